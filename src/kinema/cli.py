@@ -1,0 +1,129 @@
+"""`kinema` command line. Thin: each subcommand parses arguments and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+STAGES = """pipeline stages:
+  data        make and look at datasets (shapes world; real video folders)
+  vae         train / evaluate the video compression network; encode latents
+  dit         train the diffusion transformer on spacetime patches of latents
+  generate    text (+ frames) to video with a trained model
+  eval        prompt adherence, Fréchet distance, reports
+  demo        the main job of `make demo`
+"""
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'64' -> (64, 64); '64x96' -> (64, 96) as (H, W)."""
+    h, _, w = text.lower().partition("x")
+    try:
+        return int(h), int(w or h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be H or HxW, like 64 or 64x96; got {text!r}") from None
+
+
+def _range(text: str) -> tuple[int, int]:
+    """'2' -> (2, 2); '1-3' -> (1, 3)."""
+    lo, _, hi = text.partition("-")
+    try:
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or LO-HI, like 2 or 1-3; got {text!r}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from kinema.data.shards import synth_dataset
+    from kinema.data.world import WorldConfig
+
+    (h, w), (lo, hi) = args.size, args.objects
+    cfg = WorldConfig(frames=args.frames, height=h, width=w, min_objects=lo, max_objects=hi,
+                      holdout=tuple(args.holdout or ()))
+    out = synth_dataset(args.out, args.n, cfg, seed=args.seed, shard_size=args.shard_size,
+                        overwrite=args.overwrite)
+    print(f"wrote {args.n} clips to {out}")
+
+
+def cmd_data_show(args: argparse.Namespace) -> None:
+    from kinema.data.shards import ShardDataset
+    from kinema.io.video import contact_sheet, save_image, to_frames
+
+    ds = ShardDataset(args.dir)
+    items = [ds[i] for i in range(min(args.n, len(ds)))]
+    sheet = contact_sheet([to_frames(it["video"]) for it in items],
+                          [it["captions"][args.level] for it in items], scale=args.scale)
+    out = save_image(args.out or Path(args.dir) / "contact_sheet.png", sheet)
+    print(f"wrote {out}")
+
+
+def add_data_commands(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="make and look at datasets").add_subparsers(dest="data_cmd", required=True)
+    p = data.add_parser("synth", help="write a shapes-world dataset as tar shards + captions.jsonl")
+    p.add_argument("--n", type=int, required=True, help="number of clips")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--frames", type=int, default=17)
+    p.add_argument("--size", type=_size, default=(64, 64), help="H or HxW (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--objects", type=_range, default=(1, 3), help="objects per clip: N or LO-HI (default 1-3)")
+    p.add_argument("--holdout", nargs="*", help="'color shape' pairs never generated, e.g. 'yellow triangle'")
+    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset made with other settings")
+    p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser("show", help="write a PNG contact sheet of a few clips")
+    p.add_argument("dir")
+    p.add_argument("--n", type=int, default=6)
+    p.add_argument("--level", choices=["short", "medium", "detailed"], default="detailed")
+    p.add_argument("--scale", type=int, default=1)
+    p.add_argument("--out", help="PNG path (default DIR/contact_sheet.png)")
+    p.set_defaults(func=cmd_data_show)
+
+
+# ---------------------------------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from kinema.demo import run_demo
+
+    for path in run_demo(Path(args.out)):
+        print(f"wrote {path}")
+
+
+def add_demo_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job: make a video and a contact sheet")
+    p.add_argument("--out", default="out/demo")
+    p.set_defaults(func=cmd_demo)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kinema", description="Text-to-video, the Sora recipe, end to end.",
+                                     epilog=STAGES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (add_data_commands, add_demo_command):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"kinema: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Datasets on disk: webdataset-style tar shards of lossless mp4 + JSON scene + caption text.
+
+    DIR/meta.json               what made the dataset (world config, seed, count, shard size)
+    DIR/shards/shard-00000.tar  {key}.mp4 (libx264rgb crf 0: exact pixels), {key}.json (scene), {key}.txt
+    DIR/captions.jsonl          one line per clip: {"key", "shard", "captions": {short, medium, detailed}}
+
+Every file is written to a temporary name and renamed into place, so an interrupted `synth` leaves only
+whole shards; re-running it skips the shards already there and writes the rest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tarfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from kinema.data.captions import caption_scene
+from kinema.data.world import Scene, WorldConfig, render, sample_scene
+from kinema.io.video import atomic_write_bytes, encode_mp4, read_video, to_tensor
+
+FORMAT_VERSION = 1
+
+
+def clip_seed(dataset_seed: int, index: int) -> int:
+    """Seed of clip `index`: a pure function, so any shard can be (re)made on its own."""
+    return (dataset_seed << 32) + index
+
+
+def make_clip(cfg: WorldConfig, seed: int) -> tuple[torch.Tensor, Scene]:
+    """One captioned clip: frames (F, H, W, 3) uint8 and its scene, captions filled in."""
+    scene = sample_scene(cfg, seed)
+    scene.captions = caption_scene(scene, random.Random(seed ^ 0x5EED))
+    return render(scene), scene
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------------
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _write_shard(path: Path, cfg: WorldConfig, seed: int, indices: range) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i in indices:
+            frames, scene = make_clip(cfg, clip_seed(seed, i))
+            key = f"{i:08d}"
+            _add_member(tar, f"{key}.mp4", encode_mp4(frames.numpy(), cfg.fps, lossless=True))
+            _add_member(tar, f"{key}.json", scene.to_json().encode())
+            _add_member(tar, f"{key}.txt", scene.captions["detailed"].encode())
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _check_meta(out: Path, meta: dict, overwrite: bool) -> None:
+    meta_path = out / "meta.json"
+    if meta_path.exists() and not overwrite:
+        old = json.loads(meta_path.read_text())
+        if old != meta:
+            raise ValueError(f"{meta_path}: this folder holds a dataset made with other settings "
+                             f"({old}); pass overwrite=True (--overwrite) or choose a new folder")
+    elif overwrite and (out / "shards").exists():
+        for p in (out / "shards").glob("shard-*.tar"):
+            p.unlink()
+    atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
+
+
+def synth_dataset(out: str | Path, n: int, cfg: WorldConfig, seed: int = 0, shard_size: int = 256,
+                  overwrite: bool = False, progress: bool = True) -> Path:
+    """Write n shapes-world clips to `out` as shards + captions.jsonl. Resumes an interrupted run."""
+    from tqdm import tqdm
+
+    if n < 1 or shard_size < 1:
+        raise ValueError(f"need n >= 1 and shard_size >= 1, got n={n}, shard_size={shard_size}")
+    out = Path(out)
+    meta = {"format": FORMAT_VERSION, "kind": "shapes-world", "n": n, "seed": seed,
+            "shard_size": shard_size, "world": asdict(cfg)}
+    meta["world"] = {k: list(v) if isinstance(v, tuple) else v for k, v in meta["world"].items()}
+    _check_meta(out, meta, overwrite)
+    starts = range(0, n, shard_size)
+    for s, start in enumerate(tqdm(starts, desc="synth shards", disable=not progress)):
+        path = out / "shards" / f"shard-{s:05d}.tar"
+        if not path.exists():
+            _write_shard(path, cfg, seed, range(start, min(n, start + shard_size)))
+    _write_index(out)
+    return out
+
+
+def _write_index(out: Path) -> None:
+    lines = []
+    for shard in sorted((out / "shards").glob("shard-*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    scene = json.loads(tar.extractfile(member).read())
+                    lines.append(json.dumps({"key": member.name[:-5], "shard": shard.name,
+                                             "captions": scene["captions"]}))
+    atomic_write_bytes(out / "captions.jsonl", ("\n".join(lines) + "\n").encode())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_index(path: str | Path) -> list[dict]:
+    """Lines of captions.jsonl, each checked; a bad line raises ValueError naming file:line."""
+    rows = []
+    for lineno, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: malformed captions line ({e.msg}); expected one JSON "
+                             f"object per line") from e
+        if not isinstance(row, dict) or "key" not in row or not isinstance(row.get("captions"), dict):
+            raise ValueError(f"{path}:{lineno}: expected an object with 'key' and a 'captions' object, "
+                             f"got {line[:80]!r}")
+        rows.append(row)
+    return rows
+
+
+CAPTION_LEVELS = ("short", "medium", "detailed")
+
+
+class ShardDataset(Dataset):
+    """Clips of a shard folder as dicts: video (C, F, H, W) in [-1, 1], caption, captions, scene, key.
+
+    `caption` is drawn per item from `caption_mix` (level -> probability) with a generator seeded by
+    (seed, epoch, index): the same in any worker and any number of workers, so runs are reproducible."""
+
+    def __init__(self, root: str | Path, caption_mix: dict[str, float] | None = None, seed: int = 0):
+        self.root = Path(root)
+        index_path = self.root / "captions.jsonl"
+        if not index_path.exists():
+            raise FileNotFoundError(f"{index_path}: no captions index; is {self.root} a dataset made by "
+                                    f"`kinema data synth`?")
+        self.rows = load_index(index_path)
+        self.caption_mix = caption_mix or {"detailed": 1.0}
+        unknown = set(self.caption_mix) - set(CAPTION_LEVELS)
+        if unknown:
+            raise ValueError(f"caption_mix: unknown level(s) {sorted(unknown)}; expected {CAPTION_LEVELS}")
+        self.seed, self.epoch = seed, 0
+        self._members = self._scan_members()
+        self._files: dict[str, object] = {}
+        self._pid = os.getpid()
+
+    def _scan_members(self) -> dict[str, tuple[str, int, int]]:
+        members = {}
+        for shard in sorted({r["shard"] for r in self.rows}):
+            with tarfile.open(self.root / "shards" / shard) as tar:
+                for m in tar.getmembers():
+                    members[m.name] = (shard, m.offset_data, m.size)
+        return members
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _read(self, name: str) -> bytes:
+        if os.getpid() != self._pid:  # forked worker: open its own handles
+            self._files, self._pid = {}, os.getpid()
+        if name not in self._members:
+            raise KeyError(f"{self.root}: member {name} is listed in captions.jsonl but not in any shard")
+        shard, offset, size = self._members[name]
+        f = self._files.get(shard) or self._files.setdefault(shard, open(self.root / "shards" / shard, "rb"))  # noqa: SIM115
+        f.seek(offset)
+        return f.read(size)
+
+    def pick_caption(self, index: int, captions: dict[str, str]) -> str:
+        rng = random.Random(hash((self.seed, self.epoch, index)))
+        levels, weights = zip(*self.caption_mix.items(), strict=True)
+        return captions[rng.choices(levels, weights)[0]]
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        key = row["key"]
+        frames = read_video(self._read(f"{key}.mp4"), name=f"{row['shard']}:{key}.mp4")
+        scene = json.loads(self._read(f"{key}.json"))
+        return {"video": to_tensor(frames), "caption": self.pick_caption(index, row["captions"]),
+                "captions": row["captions"], "scene": scene, "key": key}

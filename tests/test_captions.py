@@ -1,0 +1,63 @@
+import random
+
+from kinema.data.captions import caption_scene, parse_caption
+from kinema.data.shards import make_clip
+from kinema.data.world import COLORS, SHAPES, WorldConfig, position_name, sample_scene
+
+CFG = WorldConfig()
+
+
+def test_medium_captions_parse_back_to_the_scene():
+    for seed in range(300):
+        _, scene = make_clip(CFG, seed)
+        parsed = parse_caption(scene.captions["medium"])
+        assert len(parsed.objects) == len(scene.objects), scene.captions["medium"]
+        for p, o in zip(parsed.objects, scene.objects, strict=True):
+            assert (p.color, p.shape, p.motion) == (o.color, o.shape, o.motion), scene.captions["medium"]
+            assert p.speed == o.speed, scene.captions["medium"]
+
+
+def test_detailed_captions_state_every_attribute():
+    for seed in range(300):
+        _, scene = make_clip(CFG, seed)
+        parsed = parse_caption(scene.captions["detailed"])
+        assert parsed.background == scene.background, scene.captions["detailed"]
+        assert len(parsed.objects) == len(scene.objects)
+        for p, o in zip(parsed.objects, scene.objects, strict=True):
+            assert (p.color, p.shape, p.size, p.motion, p.speed) == (o.color, o.shape, o.size, o.motion, o.speed)
+            row, col = position_name(*o.start, scene.width, scene.height)
+            assert (p.row, p.col) == (row, col), scene.captions["detailed"]
+
+
+def test_short_captions_never_contradict_the_scene():
+    for seed in range(300):
+        _, scene = make_clip(CFG, seed)
+        parsed = parse_caption(scene.captions["short"])
+        for p in parsed.objects:
+            assert p.color is None or p.color in {o.color for o in scene.objects}
+            assert p.shape is None or p.shape in {o.shape for o in scene.objects}
+
+
+def test_phrasing_varies():
+    scene = sample_scene(CFG, 0)
+    texts = {caption_scene(scene, random.Random(k))["detailed"] for k in range(30)}
+    assert len(texts) > 10
+
+
+def test_parser_on_user_prompts():
+    p = parse_caption("A big yellow triangle moving quickly to the right on a navy blue background")
+    assert p.background == "navy" and len(p.objects) == 1
+    assert (p.objects[0].size, p.objects[0].color, p.objects[0].shape) == ("large", "yellow", "triangle")
+    assert (p.objects[0].motion, p.objects[0].speed) == ("right", "quickly")
+    p = parse_caption("an orange disc that stays still and a tiny cyan box sliding down slowly")
+    assert [(o.color, o.shape, o.motion) for o in p.objects] == [("orange", "circle", "still"),
+                                                                  ("cyan", "square", "down")]
+    assert parse_caption("shapes on a dark background").objects == []
+
+
+def test_vocabulary_is_complete():
+    assert set(COLORS) and set(SHAPES)
+    for shape in SHAPES:
+        assert parse_caption(f"a red {shape}").objects[0].shape == shape
+    for color in COLORS:
+        assert parse_caption(f"a {color} circle").objects[0].color == color
