@@ -86,6 +86,92 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# vae
+# ---------------------------------------------------------------------------------------------------
+
+
+def _train_config(preset, args: argparse.Namespace):
+    """The preset's TrainConfig with the flags the user gave on top."""
+    import dataclasses
+
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "grad_accum", "ckpt_every",
+                                                "sample_every", "parallel") if getattr(args, k, None) is not None}
+    if getattr(args, "no_bf16", False):
+        overrides["bf16"] = False
+    return dataclasses.replace(preset, **overrides)
+
+
+def cmd_vae_train(args: argparse.Namespace) -> None:
+    from kinema.data.shards import ShardDataset
+    from kinema.presets import VAE_PRESETS, VAE_TRAIN, lookup
+    from kinema.train.loop import train
+    from kinema.train.vae_task import VAETask
+    from kinema.vae.loss import VAELossConfig
+
+    cfg = _train_config(lookup(VAE_TRAIN, args.preset, "vae"), args)
+    task = VAETask(ShardDataset(args.data), lookup(VAE_PRESETS, args.preset, "vae"),
+                   VAELossConfig(temporal_weight=args.temporal_weight), cfg.batch_size, cfg.grad_accum,
+                   crop_frames=args.crop_frames, crop_size=args.crop_size, seed=cfg.seed)
+    result = train(task, cfg, args.out)
+    print(f"trained to step {result.step}, loss {result.last_loss:.4f}; weights: {result.exported}")
+
+
+def cmd_vae_eval(args: argparse.Namespace) -> None:
+    from kinema.eval.vae import evaluate_vae
+
+    report = evaluate_vae(args.vae, args.data, n=args.n, batch_size=args.batch_size)
+    for line in report.lines():
+        print(line)
+
+
+def cmd_vae_encode(args: argparse.Namespace) -> None:
+    from kinema.data.latents import encode_dataset
+
+    out = encode_dataset(args.vae, args.data, args.out, batch_size=args.batch_size, text=not args.no_text)
+    print(f"wrote latents to {out}")
+
+
+def _add_train_flags(p: argparse.ArgumentParser, presets: list[str], default: str) -> None:
+    p.add_argument("--preset", choices=presets, default=default)
+    p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, samples, weights")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--sample-every", type=int)
+    p.add_argument("--parallel", choices=["auto", "ddp", "fsdp", "none"])
+    p.add_argument("--no-bf16", action="store_true", help="train in fp32")
+
+
+def add_vae_commands(sub: argparse._SubParsersAction) -> None:
+    from kinema.presets import VAE_PRESETS
+
+    vae = sub.add_parser("vae", help="the video compression network").add_subparsers(dest="vae_cmd", required=True)
+    p = vae.add_parser("train", help="train a VAE on a dataset (resumes from --out if it holds checkpoints)")
+    p.add_argument("--data", required=True)
+    _add_train_flags(p, sorted(VAE_PRESETS), "shapes")
+    p.add_argument("--crop-frames", type=int, default=9)
+    p.add_argument("--crop-size", type=int, default=32)
+    p.add_argument("--temporal-weight", type=float, default=0.0)
+    p.set_defaults(func=cmd_vae_train)
+    p = vae.add_parser("eval", help="PSNR / SSIM, compression ratio and encode/decode throughput")
+    p.add_argument("--vae", required=True, help="folder with vae.safetensors + vae.json")
+    p.add_argument("--data", required=True, nargs="+", help="dataset folders or video files")
+    p.add_argument("--n", type=int, default=64, help="clips per dataset")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=cmd_vae_eval)
+    p = vae.add_parser("encode", help="cache latents (and text embeddings) of a dataset for DiT training")
+    p.add_argument("--vae", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--no-text", action="store_true", help="skip caching text embeddings")
+    p.set_defaults(func=cmd_vae_encode)
+
+
+# ---------------------------------------------------------------------------------------------------
 # demo
 # ---------------------------------------------------------------------------------------------------
 
@@ -110,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kinema", description="Text-to-video, the Sora recipe, end to end.",
                                      epilog=STAGES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_data_commands, add_demo_command):
+    for add in (add_data_commands, add_vae_commands, add_demo_command):
         add(sub)
     return parser
 

@@ -1,0 +1,79 @@
+"""Typed configs: the training config shared by every trainer, and (de)serialisation of any config
+dataclass with errors that name the unknown or ill-typed field. Component configs live with their
+component (WorldConfig in data/world.py, VAEConfig in vae/model.py, DiTConfig in dit/model.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict:
+    """A config dataclass as plain JSON-able values (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls: type[T], d: dict, where: str = "") -> T:
+    """Build `cls` from a dict; unknown keys are an error naming them; list values become tuples where
+    the field's default is a tuple."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ValueError(f"{where or cls.__name__}: unknown field(s) {sorted(unknown)}; "
+                         f"{cls.__name__} has {sorted(fields)}")
+    kwargs = {}
+    for k, v in d.items():
+        default = fields[k].default
+        kwargs[k] = tuple(v) if isinstance(v, list) and isinstance(default, tuple) else v
+    return cls(**kwargs)
+
+
+def load_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train, whatever the model: one loop reads this (train/loop.py)."""
+
+    steps: int = 1000
+    batch_size: int = 8  # per process, per micro-step
+    grad_accum: int = 1
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0  # 0 disables EMA
+    bf16: bool = True  # autocast matmuls/convs to bf16 (AMX on CPU, tensor cores on GPU)
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 200
+    sample_every: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    parallel: str = "auto"  # auto (DDP when torchrun), ddp, fsdp, none
+    compile: bool = False
+    activation_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError(f"TrainConfig: steps, batch_size, grad_accum must be >= 1, got "
+                             f"{self.steps}, {self.batch_size}, {self.grad_accum}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.parallel not in ("auto", "ddp", "fsdp", "none"):
+            raise ValueError(f"TrainConfig.parallel = {self.parallel!r}; expected auto, ddp, fsdp or none")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")

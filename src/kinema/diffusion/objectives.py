@@ -1,0 +1,93 @@
+"""Training objectives. Each meets the model only through `model(x_t, t, **cond)` with t in [0, 1].
+
+    EpsilonObjective  DDPM: predict the noise (or v = sqrt(a) eps - sqrt(1-a) x0), MSE
+    FlowObjective     rectified flow: predict the velocity eps - x0 at s ~ logit-normal, MSE
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kinema.diffusion.schedules import DDPMSchedule
+
+Model = Callable[..., torch.Tensor]
+
+
+def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=torch.float32).to(like.dtype)
+
+
+def _expand(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, 1, ...) to broadcast over x."""
+    return v.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+
+@dataclass(frozen=True)
+class EpsilonObjective:
+    schedule: DDPMSchedule = DDPMSchedule()
+    prediction: str = "epsilon"  # epsilon | v
+    kind: str = "ddpm"
+
+    def __post_init__(self) -> None:
+        if self.prediction not in ("epsilon", "v"):
+            raise ValueError(f"prediction must be 'epsilon' or 'v', got {self.prediction!r}")
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        a = _expand(self.schedule.alphas_cumprod().to(x0.device)[timesteps], x0)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        if self.prediction == "epsilon":
+            return noise
+        a = _expand(self.schedule.alphas_cumprod().to(x0.device)[timesteps], x0)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+    def sample_timesteps(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+        return torch.randint(0, self.schedule.num_train_timesteps, (n,), generator=generator, device=device)
+
+    def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator | None = None, **cond) -> torch.Tensor:
+        timesteps = self.sample_timesteps(x0.shape[0], generator, x0.device)
+        noise = _randn(x0, generator)
+        pred = model(self.add_noise(x0, noise, timesteps), self.schedule.model_time(timesteps), **cond)
+        return (pred.float() - self.target(x0, noise, timesteps).float()).pow(2).mean()
+
+
+@dataclass(frozen=True)
+class FlowObjective:
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0  # sampling-time shift of the sigma schedule (SD3)
+    kind: str = "flow"
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        s = _expand(sigmas, x0)
+        return (1 - s) * x0 + s * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return noise - x0
+
+    def sample_sigmas(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+        """Logit-normal noise levels (SD3): most training where the velocity is hardest to guess."""
+        z = torch.randn(n, generator=generator, device=device) * self.logit_std + self.logit_mean
+        return torch.sigmoid(z)
+
+    def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator | None = None, **cond) -> torch.Tensor:
+        sigmas = self.sample_sigmas(x0.shape[0], generator, x0.device)
+        noise = _randn(x0, generator)
+        pred = model(self.add_noise(x0, noise, sigmas), sigmas, **cond)
+        return (pred.float() - self.target(x0, noise).float()).pow(2).mean()
+
+
+Objective = EpsilonObjective | FlowObjective
+
+
+def make_objective(name: str) -> Objective:
+    """'flow', 'epsilon' (DDPM) or 'v' (DDPM with v-prediction)."""
+    if name == "flow":
+        return FlowObjective()
+    if name in ("epsilon", "v"):
+        return EpsilonObjective(prediction=name)
+    raise ValueError(f"unknown objective {name!r}; expected flow, epsilon or v")

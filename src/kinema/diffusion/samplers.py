@@ -1,0 +1,160 @@
+"""Samplers: short, pure loops from noise to data. Each takes the model as a callable `fn(x, t) -> output`
+(t in [0, 1]); conditioning and classifier-free guidance are bound into that callable beforehand.
+
+    euler  (flow)      x <- x + (s_next - s) * v
+    ddim   (DDPM)      x <- sqrt(a_prev) x0 + sqrt(1 - a_prev - var) eps [+ sqrt(var) z]
+    ddpm   (DDPM)      ancestral: x <- posterior mean(x, x0) + sqrt(posterior var) z
+
+`start` (a step index) lets a sampler begin part-way, from a partly-noised input: that is SDEdit editing.
+`callback(i, x)` sees every intermediate state, e.g. to show the denoising trajectory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from kinema.diffusion.objectives import EpsilonObjective, FlowObjective, Objective
+from kinema.diffusion.schedules import ddim_timesteps, flow_sigmas
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Callback = Callable[[int, torch.Tensor], None] | None
+
+
+def classifier_free_guidance(model: Callable[..., torch.Tensor], cond: dict, uncond: dict, scale: float) -> ModelFn:
+    """fn(x, t) = uncond + scale * (cond - uncond), both halves in one batched call.
+    `cond` / `uncond` are the model's keyword arguments (text, text_mask, ...) for each half."""
+    if scale == 1.0:
+        return lambda x, t: model(x, t, **cond)
+    both = {k: _cat_padded(cond[k], uncond[k]) if cond[k] is not None else None for k in cond}
+
+    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out_cond, out_uncond = model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
+        return out_uncond + scale * (out_cond - out_uncond)
+
+    return guided
+
+
+def _cat_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Concatenate on the batch dim, padding dim 1 (text length) with zeros / False when it differs."""
+    if a.dim() >= 2 and a.shape[1] != b.shape[1] and a.shape[2:] == b.shape[2:]:
+        n = max(a.shape[1], b.shape[1])
+        a, b = (torch.cat([v, v.new_zeros(v.shape[0], n - v.shape[1], *v.shape[2:])], 1) for v in (a, b))
+    return torch.cat([a, b])
+
+
+def _full(x: torch.Tensor, value: float) -> torch.Tensor:
+    return torch.full((x.shape[0],), float(value), device=x.device)
+
+
+def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Flow matching
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def euler_sample(fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, start: int = 0,
+                 callback: Callback = None) -> torch.Tensor:
+    """Integrate the velocity field from sigmas[start] down to sigmas[-1] (= 0)."""
+    sigmas = sigmas.tolist()
+    for i in range(start, len(sigmas) - 1):
+        v = fn(x, _full(x, sigmas[i]))
+        x = x + (sigmas[i + 1] - sigmas[i]) * v
+        if callback:
+            callback(i, x)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------
+# DDPM family
+# ---------------------------------------------------------------------------------------------------
+
+
+def _x0_eps(obj: EpsilonObjective, x: torch.Tensor, out: torch.Tensor, a: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model output -> (predicted x0, predicted eps) at signal fraction a."""
+    sa, sb = a**0.5, (1 - a) ** 0.5
+    if obj.prediction == "epsilon":
+        return (x - sb * out) / sa, out
+    return sa * x - sb * out, sb * x + sa * out
+
+
+@torch.no_grad()
+def ddim_sample(fn: ModelFn, x: torch.Tensor, obj: EpsilonObjective, timesteps: list[int], eta: float = 0.0,
+                generator: torch.Generator | None = None, start: int = 0, callback: Callback = None) -> torch.Tensor:
+    """DDIM (Song et al.); eta=0 is deterministic, eta=1 matches DDPM's variance."""
+    ac = obj.schedule.alphas_cumprod().tolist()
+    prevs = [*timesteps[1:], -1]
+    for i in range(start, len(timesteps)):
+        a, a_prev = ac[timesteps[i]], (ac[prevs[i]] if prevs[i] >= 0 else 1.0)
+        x0, eps = _x0_eps(obj, x, fn(x, _full(x, timesteps[i] / obj.schedule.num_train_timesteps)), a)
+        var = eta**2 * (1 - a_prev) / (1 - a) * (1 - a / a_prev)
+        x = a_prev**0.5 * x0 + (1 - a_prev - var) ** 0.5 * eps
+        if var > 0 and prevs[i] >= 0:
+            x = x + var**0.5 * _noise(x, generator)
+        if callback:
+            callback(i, x)
+    return x
+
+
+@torch.no_grad()
+def ddpm_sample(fn: ModelFn, x: torch.Tensor, obj: EpsilonObjective, timesteps: list[int],
+                generator: torch.Generator | None = None, start: int = 0, callback: Callback = None) -> torch.Tensor:
+    """Ancestral sampling with the posterior q(x_prev | x_t, x0) ("fixed small" variance)."""
+    ac = obj.schedule.alphas_cumprod().tolist()
+    prevs = [*timesteps[1:], -1]
+    for i in range(start, len(timesteps)):
+        a, a_prev = ac[timesteps[i]], (ac[prevs[i]] if prevs[i] >= 0 else 1.0)
+        x0, _ = _x0_eps(obj, x, fn(x, _full(x, timesteps[i] / obj.schedule.num_train_timesteps)), a)
+        alpha, beta = a / a_prev, 1 - a / a_prev
+        mean = (a_prev**0.5 * beta / (1 - a)) * x0 + (alpha**0.5 * (1 - a_prev) / (1 - a)) * x
+        x = mean + ((beta * (1 - a_prev) / (1 - a)) ** 0.5 * _noise(x, generator) if prevs[i] >= 0 else 0.0)
+        if callback:
+            callback(i, x)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------
+# One entry point
+# ---------------------------------------------------------------------------------------------------
+
+SAMPLERS = {"flow": ("euler",), "ddpm": ("ddim", "ddpm")}
+
+
+def default_sampler(obj: Objective) -> str:
+    return SAMPLERS[obj.kind][0]
+
+
+def noise_levels(obj: Objective, steps: int) -> list:
+    """The levels the sampler visits: sigmas for flow (steps + 1 values), integer timesteps for DDPM."""
+    if isinstance(obj, FlowObjective):
+        return flow_sigmas(steps, obj.shift).tolist()
+    return ddim_timesteps(obj.schedule.num_train_timesteps, steps)
+
+
+def noise_to(obj: Objective, x0: torch.Tensor, noise: torch.Tensor, steps: int, start: int) -> torch.Tensor:
+    """x0 noised to the level where a sampler of `steps` steps begins at step `start` (for SDEdit)."""
+    level = noise_levels(obj, steps)[start]
+    if isinstance(obj, FlowObjective):
+        return obj.add_noise(x0, noise, _full(x0, level))
+    return obj.add_noise(x0, noise, torch.full((x0.shape[0],), level, dtype=torch.long, device=x0.device))
+
+
+def sample(obj: Objective, fn: ModelFn, noise: torch.Tensor, steps: int, sampler: str | None = None,
+           generator: torch.Generator | None = None, start: int = 0, callback: Callback = None) -> torch.Tensor:
+    """Run the named sampler (default: euler for flow, ddim for DDPM) for `steps` steps."""
+    sampler = sampler or default_sampler(obj)
+    if sampler not in SAMPLERS[obj.kind]:
+        raise ValueError(f"sampler {sampler!r} does not fit a {obj.kind} model; expected one of {SAMPLERS[obj.kind]}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    levels = noise_levels(obj, steps)
+    if sampler == "euler":
+        return euler_sample(fn, noise, torch.tensor(levels), start, callback)
+    if sampler == "ddim":
+        return ddim_sample(fn, noise, obj, levels, 0.0, generator, start, callback)
+    return ddpm_sample(fn, noise, obj, levels, generator, start, callback)

@@ -1,0 +1,227 @@
+"""Diffusion Transformer over spacetime patches of video latents (Peebles & Xie's DiT, for video).
+
+    x_t (B, C, F, H, W) --patchify--> tokens (B, L, D) --N x DiTBlock--> final layer --unpatchify--> (B, C, F, H, W)
+
+Each block: self-attention over all spacetime tokens (QK-norm, 3D RoPE, SDPA), cross-attention to the
+prompt's tokens (padding masked out; a learned null token is always present, so a dropped caption is
+"attend to nothing"), and an MLP; timestep + pooled prompt condition every block through adaLN-Zero.
+Optional frame conditioning (image-to-video, extension, editing) concatenates known latent frames and
+their mask to the input channels: one model, one sampler, many tasks.
+
+The model is called as `model(x_t, t, text=..., text_mask=..., cond=..., cond_mask=...)` with t in [0, 1]
+(the noise level of the objective); objectives and samplers never import this class.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kinema.dit.patches import apply_rope, grid_positions, patchify, rope_angles, unpatchify
+
+# ---------------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    in_channels: int = 16  # latent channels
+    patch: tuple[int, int, int] = (1, 2, 2)  # (pt, ph, pw)
+    dim: int = 384
+    depth: int = 8
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    text_dim: int = 384
+    frame_conditioning: bool = True  # extra input channels for known frames + their mask
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch", tuple(self.patch))
+        if self.dim % self.heads:
+            raise ValueError(f"DiTConfig: dim {self.dim} must be divisible by heads {self.heads}")
+        if (self.dim // self.heads) % 2:
+            raise ValueError(f"DiTConfig: head dim {self.dim // self.heads} must be even for RoPE")
+        if len(self.patch) != 3 or min(self.patch) < 1:
+            raise ValueError(f"DiTConfig: patch must be three sizes >= 1 (pt, ph, pw), got {self.patch}")
+        if min(self.depth, self.in_channels, self.text_dim) < 1:
+            raise ValueError("DiTConfig: depth, in_channels, text_dim must be >= 1")
+
+    @property
+    def input_channels(self) -> int:
+        return 2 * self.in_channels + 1 if self.frame_conditioning else self.in_channels
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in DiT(self).parameters())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers and embedders
+# ---------------------------------------------------------------------------------------------------
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class TimestepEmbedder(nn.Module):
+    """t in [0, 1] -> sinusoidal features of 1000 t -> MLP -> (B, D)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = 1000.0 * t.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+class TextEmbedder(nn.Module):
+    """Prompt tokens -> model width, with a learned null token in front that is never masked."""
+
+    def __init__(self, text_dim: int, dim: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+        self.pool_proj = nn.Linear(text_dim, dim)
+        self.null = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+
+    def forward(self, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L, Dt), (B, L) -> tokens (B, 1+L, D), key mask (B, 1+L), pooled (B, D)."""
+        m = mask[..., None].to(text.dtype)
+        pooled = self.pool_proj((text * m).sum(1) / m.sum(1).clamp(min=1.0))
+        tokens = torch.cat([self.null.expand(text.shape[0], -1, -1).to(text.dtype), self.proj(text)], dim=1)
+        key_mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
+        return tokens, key_mask, pooled
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention and the block
+# ---------------------------------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.q_norm, self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6), nn.RMSNorm(dim // heads, eps=1e-6)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:  # (B, L, D), (L, Dh/2)
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)  # each (B, heads, L, Dh)
+        q, k = apply_rope(self.q_norm(q), rope), apply_rope(self.k_norm(k), rope)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.q_norm, self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6), nn.RMSNorm(dim // heads, eps=1e-6)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        q = self.q_norm(self.q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2))  # (B, heads, L, Dh)
+        k, v = self.kv(text).unflatten(-1, (2, self.heads, -1)).permute(2, 0, 3, 1, 4)  # (B, heads, Lt, Dh)
+        out = F.scaled_dot_product_attention(q, self.k_norm(k), v, attn_mask=key_mask[:, None, None, :])
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = SelfAttention(dim, heads)
+        self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
+        self.cross_attn = CrossAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x, c, rope, text, key_mask):  # x (B, L, D), c (B, D), text (B, Lt, D), key_mask (B, Lt)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_msa[:, None] * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope)
+        x = x + self.cross_attn(self.norm_cross(x), text, key_mask)
+        return x + gate_mlp[:, None] * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, patch_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, patch_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------
+
+
+class DiT(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        pt, ph, pw = cfg.patch
+        self.x_embedder = nn.Linear(cfg.input_channels * pt * ph * pw, cfg.dim)
+        self.t_embedder = TimestepEmbedder(cfg.dim)
+        self.text_embedder = TextEmbedder(cfg.text_dim, cfg.dim)
+        self.blocks = nn.ModuleList(DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.final_layer = FinalLayer(cfg.dim, cfg.in_channels * pt * ph * pw)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Xavier linears; adaLN-Zero: every residual branch gate and the output start at zero."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+            nn.init.zeros_(block.cross_attn.proj.weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def _inputs(self, x, cond, cond_mask) -> torch.Tensor:
+        """Concatenate known frames and their mask to x when the model takes frame conditioning."""
+        if not self.cfg.frame_conditioning:
+            return x
+        B, _, Fr, H, W = x.shape
+        if cond is None:
+            cond, cond_mask = torch.zeros_like(x), x.new_zeros(B, 1, Fr, H, W)
+        return torch.cat([x, cond * cond_mask, cond_mask.to(x.dtype)], dim=1)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, C, F, H, W) noisy latents
+        t: torch.Tensor,  # (B,) noise level in [0, 1]
+        text: torch.Tensor,  # (B, Lt, Dt) prompt tokens
+        text_mask: torch.Tensor,  # (B, Lt) True where a token is real
+        cond: torch.Tensor | None = None,  # (B, C, F, H, W) known latent frames
+        cond_mask: torch.Tensor | None = None,  # (B, 1, F, H, W) 1 where cond is given
+    ) -> torch.Tensor:
+        grid = tuple(n // p for n, p in zip(x.shape[2:], self.cfg.patch, strict=True))
+        tokens = self.x_embedder(patchify(self._inputs(x, cond, cond_mask), self.cfg.patch))  # (B, L, D)
+        rope = rope_angles(grid_positions(grid, x.device), self.cfg.dim // self.cfg.heads, self.cfg.rope_theta)
+        text_tokens, key_mask, pooled = self.text_embedder(text, text_mask)  # (B, 1+Lt, D), (B, 1+Lt), (B, D)
+        c = self.t_embedder(t) + pooled  # (B, D)
+        for block in self.blocks:
+            tokens = block(tokens, c, rope, text_tokens, key_mask)
+        out = self.final_layer(tokens, c)  # (B, L, C*pt*ph*pw)
+        return unpatchify(out, self.cfg.patch, grid).to(x.dtype)

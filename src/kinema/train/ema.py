@@ -1,0 +1,38 @@
+"""Exponential moving average of a model's parameters, kept in fp32 beside the model."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+
+def _plain(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class EMA:
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in _plain(model).state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in _plain(model).state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.detach().float(), 1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Unsharded CPU tensors (under FSDP2 the shadows are sharded like the parameters)."""
+        return {k: (v.full_tensor() if isinstance(v, DTensor) else v).cpu() for k, v in self.shadow.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) - set(state)
+        if missing:
+            raise KeyError(f"EMA state is missing {sorted(missing)[:5]}")
+        for k, v in self.shadow.items():
+            full = state[k].float().to(v.device)
+            self.shadow[k] = distribute_tensor(full, v.device_mesh, v.placements) if isinstance(v, DTensor) \
+                else full.clone()

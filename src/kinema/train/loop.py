@@ -1,0 +1,211 @@
+"""One training loop for every model and for 1 process or N under torchrun.
+
+A `Task` says what to train (model, batches, loss, samples, export); this loop says how: bf16 autocast,
+gradient accumulation and clipping, warmup + cosine LR, EMA, progress bar and JSONL metrics, periodic
+samples, atomic checkpoints and exact resume.
+
+Exact resume: a batch and the noise of a step are pure functions of (seed, step, micro-step, rank), and
+the checkpoint holds model, optimizer, EMA, step and RNG states, so a run killed after a checkpoint and
+resumed ends bit-identical to one that never stopped (tests/test_train_loop.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from kinema.config import TrainConfig, to_dict
+from kinema.train import distributed as D
+from kinema.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from kinema.train.ema import EMA
+from kinema.train.parallelize import data_parallel_mode, full_state_dict, parallelize
+
+
+class Task(Protocol):
+    name: str
+
+    def build_model(self) -> nn.Module: ...
+    def model_config(self) -> dict: ...
+    def batch(self, step: int, micro: int, info: D.DistInfo) -> Any: ...
+    def loss(self, model: nn.Module, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict]: ...
+    def samples(self, model: nn.Module, step: int, out_dir: Path) -> list[Path]: ...
+    def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> Path: ...
+    def tokens_per_sample(self) -> int: ...
+
+
+@dataclass
+class TrainResult:
+    step: int
+    last_loss: float
+    out_dir: Path
+    exported: Path | None
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to lr * min_lr_ratio at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def step_generator(cfg: TrainConfig, step: int, micro: int, info: D.DistInfo) -> torch.Generator:
+    """The noise source of one micro-step: a pure function of its coordinates."""
+    g = torch.Generator(device=info.device)
+    g.manual_seed(((cfg.seed * 1_000_003 + step) * 64 + micro) * 4096 + info.rank)
+    return g
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoint states
+# ---------------------------------------------------------------------------------------------------
+
+
+def _optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, mode: str) -> dict:
+    if mode == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return opt.state_dict()
+
+
+def _load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, state: dict, mode: str) -> None:
+    if mode == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        opt.load_state_dict(state)
+
+
+def _save(path: Path, model, opt, ema, step, cfg, task, mode, info) -> None:
+    states = {
+        "model": full_state_dict(model, mode),
+        "optimizer": _optimizer_state(model, opt, mode),
+        "ema": ema.full_state_dict() if ema else {},
+        "step": step,
+        "rng": {"torch": torch.get_rng_state()},
+        "data": {"samples_seen": step * cfg.batch_size * cfg.grad_accum * info.world_size},
+        "config": {"task": task.name, "model": task.model_config(), "train": to_dict(cfg)},
+    }
+    if info.is_main:
+        save_checkpoint(path, states)
+        prune_checkpoints(path.parent, cfg.keep_checkpoints)
+    D.barrier(info)
+
+
+def _check_resumable(ckpt: dict, task: Task, path: Path) -> None:
+    saved = ckpt["config"]
+    if saved["task"] != task.name or saved["model"] != task.model_config():
+        raise ValueError(f"{path}: checkpoint is of a different model ({saved['task']}: {saved['model']}); "
+                         f"resume needs the same model config, or a new --out folder")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------
+
+
+def train(task: Task, cfg: TrainConfig, out_dir: str | Path, progress: bool = True) -> TrainResult:
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+
+    # 1. processes, seeds, model
+    info = D.setup()
+    torch.manual_seed(cfg.seed)
+    model = task.build_model().to(info.device)
+    resume_from = latest_checkpoint(ckpt_dir)
+    ckpt = load_checkpoint(resume_from) if resume_from else None
+    if ckpt:
+        _check_resumable(ckpt, task, resume_from)
+        model.load_state_dict(ckpt["model"])
+
+    # 2. parallelism from outside the model, then optimizer and EMA on the (possibly sharded) params
+    mode = data_parallel_mode(cfg, info)
+    model = parallelize(model, cfg, info)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    start = 0
+    if ckpt:
+        _load_optimizer_state(model, opt, ckpt["optimizer"], mode)
+        if ema:
+            ema.load_state_dict(ckpt["ema"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        start = ckpt["step"]
+
+    # 3. steps
+    amp = torch.autocast(info.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+    per_step = cfg.batch_size * cfg.grad_accum * info.world_size
+    log_path = out_dir / "metrics.jsonl"
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps({"task": task.name, "model": task.model_config(),
+                                                         "train": to_dict(cfg)}, indent=2))
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {task.name}", disable=not (progress and info.is_main),
+               dynamic_ncols=True)
+    loss_value, t_last, step = float("nan"), time.perf_counter(), start
+    for step in range(start, cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        model.train()
+        for micro in range(cfg.grad_accum):
+            sync = micro == cfg.grad_accum - 1 or mode != "ddp"
+            with (nullcontext() if sync else model.no_sync()), amp:
+                loss, metrics = task.loss(model, task.batch(step, micro, info),
+                                          step_generator(cfg, step, micro, info))
+            (loss / cfg.grad_accum).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if ema:
+            ema.update(model)
+        done = step + 1
+
+        # 4. log, checkpoint, sample
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            loss_value = D.mean_across(info, loss.item())
+            dt, t_last = time.perf_counter() - t_last, time.perf_counter()
+            steps_run = cfg.log_every if done % cfg.log_every == 0 else done % cfg.log_every
+            rate = per_step * steps_run / dt
+            record = {"step": done, "loss": loss_value, "lr": lr_at(step, cfg), "grad_norm": grad_norm,
+                      "samples_per_s": rate, "tokens_per_s": rate * task.tokens_per_sample(),
+                      **{k: float(v) for k, v in metrics.items()}}
+            if info.is_main:
+                with log_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{loss_value:.4f}", sps=f"{rate:.1f}")
+        bar.update(1)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            _save(ckpt_dir / f"step-{done:07d}.safetensors", model, opt, ema, done, cfg, task, mode, info)
+        if info.is_main and cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps:
+            task.samples(_eval_model(task, model, ema, mode), done, out_dir / "samples")
+    bar.close()
+
+    # 5. final samples and released weights (EMA when kept)
+    exported = None
+    if start < cfg.steps or not (out_dir / "samples").exists():
+        final = _eval_model(task, model, ema, mode)
+        if info.is_main:
+            task.samples(final, cfg.steps, out_dir / "samples")
+            exported = task.export(final.state_dict(), out_dir)
+    D.barrier(info)
+    result = TrainResult(cfg.steps, loss_value, out_dir, exported)
+    D.teardown(info)
+    return result
+
+
+def _eval_model(task: Task, model: nn.Module, ema: EMA | None, mode: str) -> nn.Module:
+    """A plain, unwrapped copy of the model in eval mode, with EMA weights when EMA is on."""
+    state = ema.full_state_dict() if ema else full_state_dict(model, mode)
+    plain = task.build_model()
+    plain.load_state_dict(state)
+    return plain.eval()

@@ -1,0 +1,85 @@
+"""Training task for the video VAE: random crops of dataset clips, L1 + MSE + KL, reconstruction sheets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kinema.config import to_dict
+from kinema.data.buckets import batch_indices
+from kinema.data.shards import ShardDataset
+from kinema.io.video import contact_sheet, save_image, to_frames
+from kinema.io.weights import save_weights
+from kinema.train.distributed import DistInfo
+from kinema.vae.loss import VAELossConfig, vae_loss
+from kinema.vae.model import VAEConfig, VideoVAE
+
+
+@dataclass
+class VAETask:
+    data: ShardDataset
+    model_cfg: VAEConfig
+    loss_cfg: VAELossConfig
+    batch_size: int
+    grad_accum: int = 1
+    crop_frames: int = 9  # train on crops: the model is convolutional, crops are cheaper
+    crop_size: int = 32
+    seed: int = 0
+    calibration_clips: int = 64
+    name: str = "vae"
+
+    def build_model(self) -> nn.Module:
+        return VideoVAE(self.model_cfg)
+
+    def model_config(self) -> dict:
+        return {"vae": to_dict(self.model_cfg), "loss": to_dict(self.loss_cfg)}
+
+    def tokens_per_sample(self) -> int:
+        return self.crop_frames * self.crop_size * self.crop_size
+
+    def _crop(self, video: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """A random (crop_frames, crop_size, crop_size) window of a (C, F, H, W) clip."""
+        _, F, H, W = video.shape
+        f, s = min(self.crop_frames, F), min(self.crop_size, H, W)
+        t0, y0, x0 = (int(torch.randint(0, n - k + 1, (), generator=g)) for n, k in ((F, f), (H, s), (W, s)))
+        return video[:, t0:t0 + f, y0:y0 + s, x0:x0 + s]
+
+    def batch(self, step: int, micro: int, info: DistInfo) -> torch.Tensor:
+        idx = batch_indices(len(self.data), self.seed, step, micro, self.grad_accum, info.rank, info.world_size,
+                            self.batch_size)
+        crops = []
+        for i in idx:
+            g = torch.Generator().manual_seed(self.seed * 7919 + i * 104729 + step)
+            crops.append(self._crop(self.data[i]["video"], g))
+        return torch.stack(crops).to(info.device)  # (B, C, f, s, s)
+
+    def loss(self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator):
+        x_hat, mean, logvar = model(batch, generator=generator)
+        return vae_loss(batch, x_hat, mean, logvar, self.loss_cfg)
+
+    @torch.no_grad()
+    def samples(self, model: nn.Module, step: int, out_dir: Path) -> list[Path]:
+        """Originals and reconstructions of the first clips, full size, as one contact sheet."""
+        clips = torch.stack([self.data[i]["video"] for i in range(min(3, len(self.data)))])
+        recon = model.decode(model.encode(clips))
+        rows, captions = [], []
+        for x, y in zip(clips, recon, strict=True):
+            rows += [to_frames(x), to_frames(y)]
+            captions += ["original", "reconstruction"]
+        return [save_image(out_dir / f"recon-{step:07d}.png", contact_sheet(rows, captions, scale=2))]
+
+    @torch.no_grad()
+    def calibrate(self, model: VideoVAE) -> None:
+        """Latent mean/std from the raw posterior means of the first clips of the dataset."""
+        means = [model.posterior(self.data[i]["video"][None])[0] for i in range(min(self.calibration_clips,
+                                                                                     len(self.data)))]
+        model.calibrate(torch.cat(means))
+
+    def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> Path:
+        model = VideoVAE(self.model_cfg)
+        model.load_state_dict(state_dict)
+        self.calibrate(model.eval())
+        return save_weights(out_dir, "vae", model.state_dict(), to_dict(self.model_cfg))

@@ -1,0 +1,183 @@
+import pytest
+import torch
+
+from kinema.diffusion.objectives import EpsilonObjective, FlowObjective
+from kinema.diffusion.samplers import (
+    classifier_free_guidance,
+    ddim_sample,
+    euler_sample,
+    noise_to,
+    sample,
+)
+from kinema.diffusion.schedules import DDPMSchedule, ddim_timesteps, flow_sigmas
+from kinema.dit.model import DiT, DiTConfig
+
+X0 = torch.randn(2, 4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Objectives: targets match closed forms
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_epsilon_objective_closed_forms():
+    obj = EpsilonObjective()
+    ac = DDPMSchedule().alphas_cumprod()
+    assert ac[0] == pytest.approx(1 - 1e-4) and ac[-1] < 1e-4
+    noise, t = torch.randn_like(X0), torch.tensor([0, 999])
+    x_t = obj.add_noise(X0, noise, t)
+    assert torch.allclose(x_t[0], ac[0].sqrt().float() * X0[0] + (1 - ac[0]).sqrt().float() * noise[0], atol=1e-6)
+    assert torch.equal(obj.target(X0, noise, t), noise)
+    v = EpsilonObjective(prediction="v").target(X0, noise, t)
+    a = ac[999].float()
+    assert torch.allclose(v[1], a.sqrt() * noise[1] - (1 - a).sqrt() * X0[1], atol=1e-6)
+
+
+def test_flow_objective_closed_forms():
+    obj = FlowObjective()
+    noise = torch.randn_like(X0)
+    s = torch.tensor([0.0, 1.0])
+    x_s = obj.add_noise(X0, noise, s)
+    assert torch.equal(x_s[0], X0[0]) and torch.equal(x_s[1], noise[1])
+    assert torch.equal(obj.target(X0, noise), noise - X0)
+    sig = obj.sample_sigmas(10000, torch.Generator().manual_seed(0), "cpu")
+    assert sig.min() > 0 and sig.max() < 1 and abs(sig.median() - 0.5) < 0.02
+
+
+def test_losses_are_zero_for_a_model_that_knows_the_target():
+    g = torch.Generator().manual_seed(3)
+
+    def oracle_flow(x_t, t, data):
+        return (x_t - data) / t.view(-1, 1, 1, 1, 1)  # v = eps - x0 = (x_t - x0) / s
+
+    assert FlowObjective().loss(oracle_flow, X0, g, data=X0) < 1e-8
+    obj = EpsilonObjective()
+    ac = obj.schedule.alphas_cumprod().float()
+
+    def oracle_eps(x_t, t, data):
+        a = ac[(t * 1000).round().long()].view(-1, 1, 1, 1, 1)
+        return (x_t - a.sqrt() * data) / (1 - a).sqrt()
+
+    assert obj.loss(oracle_eps, X0, g, data=X0) < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------
+# Samplers: an oracle model drives each to the data point; seeds reproduce
+# ---------------------------------------------------------------------------------------------------
+
+
+def _oracle(obj):
+    if isinstance(obj, FlowObjective):
+        return lambda x, t: (x - X0) / t.view(-1, 1, 1, 1, 1).clamp(min=1e-8)
+    ac = obj.schedule.alphas_cumprod()
+
+    def fn(x, t):
+        a = ac[(t * 1000).round().long()].float().view(-1, 1, 1, 1, 1)
+        eps = (x - a.sqrt() * X0) / (1 - a).sqrt()
+        return eps if obj.prediction == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * X0
+    return fn
+
+
+@pytest.mark.parametrize("obj, sampler, steps, tol", [
+    (FlowObjective(), "euler", 10, 1e-4),
+    (EpsilonObjective(), "ddim", 20, 1e-3),
+    (EpsilonObjective(prediction="v"), "ddim", 20, 1e-3),
+    (EpsilonObjective(), "ddpm", 50, 0.05),
+])
+def test_oracle_model_drives_each_sampler_to_the_data_point(obj, sampler, steps, tol):
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(X0.shape, generator=g)
+    out = sample(obj, _oracle(obj), noise, steps, sampler, generator=g)
+    assert (out - X0).abs().max() < tol
+
+
+@pytest.mark.parametrize("obj, sampler", [(FlowObjective(), "euler"), (EpsilonObjective(), "ddpm")])
+def test_samplers_reproduce_with_a_seed(obj, sampler):
+    model = DiT(DiTConfig(in_channels=4, dim=32, depth=1, heads=2, text_dim=8))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    text, mask = torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.bool)
+
+    def run(seed):
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn(X0.shape, generator=g)
+        return sample(obj, lambda x, t: model(x, t, text, mask), noise, 5, sampler, generator=g)
+    assert torch.equal(run(1), run(1)) and not torch.equal(run(1), run(2))
+
+
+def test_sdedit_start_zero_noise_returns_input():
+    obj = FlowObjective()
+    x = noise_to(obj, X0, torch.randn_like(X0), steps=10, start=10)  # the last level is 0: no noise
+    assert torch.equal(x, X0)
+    assert torch.equal(sample(obj, _oracle(obj), x, 10, start=10), X0)
+
+
+def test_sampler_errors_teach():
+    with pytest.raises(ValueError, match="does not fit a flow model"):
+        sample(FlowObjective(), _oracle(FlowObjective()), X0, 4, "ddim")
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        sample(FlowObjective(), _oracle(FlowObjective()), X0, 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Classifier-free guidance: one batched call equals two separate passes
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_cfg_batch_equals_separate_passes():
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(in_channels=4, dim=32, depth=2, heads=2, text_dim=8)).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    text, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
+    null_text, null_mask = torch.zeros(2, 2, 8), torch.zeros(2, 2, dtype=torch.bool)  # other length on purpose
+    t = torch.rand(2)
+    fn = classifier_free_guidance(model, {"text": text, "text_mask": mask},
+                                  {"text": null_text, "text_mask": null_mask}, scale=4.0)
+    cond, uncond = model(X0, t, text, mask), model(X0, t, null_text, null_mask)
+    assert torch.allclose(fn(X0, t), uncond + 4.0 * (cond - uncond), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parity with diffusers' schedulers on the same model outputs
+# ---------------------------------------------------------------------------------------------------
+
+
+def _fake_model(x, t):
+    """A fixed, non-trivial function standing in for a network."""
+    return torch.sin(3 * x) * 0.5 + t.view(-1, 1, 1, 1, 1) * 0.1
+
+
+def test_ddim_matches_diffusers_ddimscheduler():
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                                    clip_sample=False, set_alpha_to_one=True, steps_offset=0,
+                                    timestep_spacing="leading")
+    sched.set_timesteps(25)
+    assert sched.timesteps.tolist() == ddim_timesteps(1000, 25)
+    x = torch.randn(X0.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref = x.clone()
+    for t in sched.timesteps:
+        ref = sched.step(_fake_model(ref, torch.full((2,), t.item() / 1000, dtype=torch.float64)), t, ref).prev_sample
+    ours = ddim_sample(_fake_model, x, EpsilonObjective(), ddim_timesteps(1000, 25))
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=1e-6)
+
+
+def test_flow_euler_matches_diffusers_flowmatcheuler():
+    diffusers = pytest.importorskip("diffusers")
+    for shift in (1.0, 3.0):
+        sched = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+        sched.set_timesteps(12)
+        x = torch.randn(X0.shape, generator=torch.Generator().manual_seed(2))
+        ref = x.clone()
+        for t in sched.timesteps:
+            sigma = sched.sigmas[sched.index_for_timestep(t)]
+            ref = sched.step(_fake_model(ref, sigma.expand(2)), t, ref).prev_sample
+        ours = euler_sample(_fake_model, x, sched.sigmas.double())
+        assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_flow_sigmas_end_at_zero_and_shift_towards_noise():
+    s = flow_sigmas(8)
+    assert s[0] == 1 and s[-1] == 0 and (s.diff() < 0).all()
+    assert (flow_sigmas(8, shift=3.0)[1:-1] > s[1:-1]).all()

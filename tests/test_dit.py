@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from kinema.dit.model import DiT, DiTConfig
+from kinema.dit.patches import apply_rope, grid_positions, patchify, rope_angles, unpatchify
+
+TINY = DiTConfig(in_channels=4, patch=(1, 2, 2), dim=32, depth=2, heads=2, text_dim=8)
+
+
+@pytest.mark.parametrize("shape, patch", [((2, 4, 3, 8, 8), (1, 2, 2)), ((1, 16, 4, 6, 10), (2, 2, 1)),
+                                          ((3, 2, 5, 4, 12), (1, 4, 4)), ((1, 3, 6, 6, 6), (3, 3, 3))])
+def test_patchify_unpatchify_is_identity(shape, patch):
+    x = torch.randn(shape)
+    tokens = patchify(x, patch)
+    grid = tuple(n // p for n, p in zip(shape[2:], patch, strict=True))
+    assert tokens.shape == (shape[0], grid[0] * grid[1] * grid[2], shape[1] * patch[0] * patch[1] * patch[2])
+    assert torch.equal(unpatchify(tokens, patch, grid), x)
+
+
+def test_patch_tokens_follow_grid_positions():
+    x = torch.zeros(1, 1, 2, 4, 4)
+    x[0, 0, 1, 2, 3] = 1.0  # frame 1, row 2, col 3 -> patch (1, 1, 1) with patch (1, 2, 2)
+    tokens = patchify(x, (1, 2, 2))
+    hot = tokens[0].abs().sum(-1).nonzero().item()
+    assert grid_positions((2, 2, 2))[hot].tolist() == [1, 1, 1]
+
+
+def test_indivisible_latents_are_explained():
+    with pytest.raises(ValueError, match="height 5 is not divisible by the patch size 2"):
+        patchify(torch.randn(1, 4, 3, 5, 4), (1, 2, 2))
+
+
+def test_rope_is_relative():
+    """Scores depend only on position differences: shifting every position changes nothing."""
+    q, k = torch.randn(1, 1, 6, 12), torch.randn(1, 1, 6, 12)
+    pos = torch.randint(0, 5, (6, 3))
+    a = rope_angles(pos, 12)
+    b = rope_angles(pos + torch.tensor([3, 1, 2]), 12)
+    s1 = apply_rope(q, a) @ apply_rope(k, a).transpose(-1, -2)
+    s2 = apply_rope(q, b) @ apply_rope(k, b).transpose(-1, -2)
+    assert torch.allclose(s1, s2, atol=1e-4)
+    assert torch.allclose(apply_rope(q, a).norm(dim=-1), q.norm(dim=-1), atol=1e-5)
+
+
+def _inputs(B=2, F=3, H=4, W=4, L=5):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, 4, F, H, W, generator=g)
+    t = torch.rand(B, generator=g)
+    text = torch.randn(B, L, 8, generator=g)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[0, 3:] = False
+    return x, t, text, mask
+
+
+def test_zero_initialised_dit_outputs_zeros():
+    x, t, text, mask = _inputs()
+    out = DiT(TINY)(x, t, text, mask)
+    assert out.shape == x.shape and torch.equal(out, torch.zeros_like(out))
+
+
+def _trained_like(cfg=TINY) -> DiT:
+    """A DiT with every weight random, so that all paths carry signal."""
+    torch.manual_seed(1)
+    model = DiT(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model.eval()
+
+
+def test_masked_text_tokens_do_not_change_the_output():
+    model = _trained_like()
+    x, t, text, mask = _inputs()
+    out = model(x, t, text, mask)
+    text2 = text.clone()
+    text2[0, 3:] = 100.0  # only masked positions change
+    assert torch.allclose(model(x, t, text2, mask), out, atol=1e-5)
+    text2[0, 0] += 1.0  # an unmasked token changes the output
+    assert not torch.allclose(model(x, t, text2, mask)[0], out[0], atol=1e-4)
+
+
+def test_dit_takes_variable_sizes_and_batches_are_independent():
+    model = _trained_like()
+    for F, H, W in [(1, 2, 2), (5, 4, 6), (2, 8, 4)]:
+        x, t, text, mask = _inputs(F=F, H=H, W=W)
+        out = model(x, t, text, mask)
+        assert out.shape == x.shape
+        assert torch.allclose(model(x[1:], t[1:], text[1:], mask[1:]), out[1:], atol=1e-5)
+
+
+def test_frame_conditioning_changes_the_output_only_when_given():
+    model = _trained_like()
+    x, t, text, mask = _inputs()
+    none = model(x, t, text, mask)
+    zeros = model(x, t, text, mask, cond=torch.randn_like(x), cond_mask=torch.zeros_like(x[:, :1]))
+    assert torch.allclose(none, zeros, atol=1e-6)
+    cond_mask = torch.zeros_like(x[:, :1])
+    cond_mask[:, :, 0] = 1
+    assert not torch.allclose(model(x, t, text, mask, cond=torch.randn_like(x), cond_mask=cond_mask), none)
+
+
+def test_config_errors_teach():
+    with pytest.raises(ValueError, match="dim 30 must be divisible by heads 4"):
+        DiTConfig(dim=30, heads=4)

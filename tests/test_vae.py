@@ -1,0 +1,113 @@
+import pytest
+import torch
+
+from kinema.config import TrainConfig
+from kinema.data.shards import ShardDataset
+from kinema.eval.metrics import psnr
+from kinema.io.weights import WeightsError, load_model, save_model
+from kinema.presets import vae_tiny
+from kinema.train.checkpoint import CheckpointError, load_checkpoint
+from kinema.train.loop import train
+from kinema.train.vae_task import VAETask
+from kinema.vae.loss import VAELossConfig
+from kinema.vae.model import VAEConfig, VideoVAE, fold, unfold
+
+
+@pytest.mark.parametrize("t, s, c", [(4, 8, 16), (4, 4, 4), (2, 8, 8), (1, 4, 4)])
+def test_latent_shapes_and_compression(t, s, c):
+    cfg = VAEConfig(latent_channels=c, spatial_compression=s, temporal_compression=t, base_channels=8,
+                    decoder_blocks=1)
+    vae = VideoVAE(cfg)
+    x = torch.randn(2, 3, 1 + 2 * t, 32, 32)
+    z = vae.encode(x)
+    assert z.shape == (2, c, 3, 32 // s, 32 // s) == (2, *cfg.latent_shape(1 + 2 * t, 32, 32))
+    assert vae.decode(z).shape == x.shape
+    assert cfg.compression_ratio == t * s * s * 3 / c
+
+
+def test_default_shapes_preset_compression_is_at_least_48x():
+    from kinema.presets import vae_shapes
+    assert vae_shapes().compression_ratio >= 48
+
+
+def test_single_image_is_a_one_frame_video():
+    vae = VideoVAE(vae_tiny())
+    x = torch.randn(1, 3, 1, 16, 16)
+    assert vae.encode(x).shape == (1, 4, 1, 4, 4)
+    assert vae.decode(vae.encode(x)).shape == (1, 3, 1, 16, 16)
+
+
+def test_encoder_is_causal_in_time():
+    torch.manual_seed(0)
+    vae = VideoVAE(VAEConfig(latent_channels=4, spatial_compression=4, temporal_compression=4, base_channels=8))
+    x = torch.randn(1, 3, 9, 16, 16)
+    z = vae.encode(x)
+    for t in (1, 4, 5, 8):  # changing frame t leaves latent frames before (t + 3) // 4 untouched
+        x2 = x.clone()
+        x2[:, :, t] += 1.0
+        z2 = vae.encode(x2)
+        first_touched = (t + 3) // 4
+        assert torch.equal(z[:, :, :first_touched], z2[:, :, :first_touched]), t
+        assert not torch.allclose(z[:, :, first_touched], z2[:, :, first_touched])
+
+
+def test_decoder_is_causal_in_time():
+    vae = VideoVAE(vae_tiny())
+    z = torch.randn(1, 4, 3, 4, 4)
+    x = vae.decoder(z)
+    z2 = z.clone()
+    z2[:, :, 2] += 1
+    assert torch.equal(vae.decoder(z2)[:, :, :5], x[:, :, :5])  # latent frame 2 only makes frames 5..8
+
+
+def test_fold_unfold_round_trip():
+    x = torch.randn(2, 3, 9, 8, 8)
+    assert torch.equal(unfold(fold(x, 2, 2), 2, 2), x)
+
+
+def test_bad_frame_counts_and_sizes_are_explained():
+    vae = VideoVAE(vae_tiny())
+    with pytest.raises(ValueError, match=r"frames must be 1 \+ 4\*k"):
+        vae.encode(torch.randn(1, 3, 8, 16, 16))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        vae.encode(torch.randn(1, 3, 5, 18, 16))
+    with pytest.raises(ValueError, match="spatial_compression"):
+        VAEConfig(spatial_compression=3)
+
+
+def test_calibration_normalises_latents():
+    vae = VideoVAE(vae_tiny())
+    raw = torch.randn(8, 4, 2, 4, 4) * 3 + 1
+    vae.calibrate(raw)
+    z = vae.normalize(raw)
+    assert z.mean().abs() < 1e-5 and (z.std() - 1).abs() < 0.05
+    assert torch.allclose(vae.denormalize(z), raw, atol=1e-5)
+
+
+def test_tiny_vae_training_improves_reconstruction(tiny_dataset, tmp_path):
+    ds = ShardDataset(tiny_dataset)
+    clips = torch.stack([ds[i]["video"] for i in range(8)])
+    cfg = TrainConfig(steps=60, batch_size=4, lr=3e-3, warmup_steps=5, log_every=20, ckpt_every=60)
+    torch.manual_seed(0)
+    before = psnr(VideoVAE(vae_tiny()).eval().decode(VideoVAE(vae_tiny()).encode(clips)), clips).mean()
+    task = VAETask(ds, vae_tiny(), VAELossConfig(), 4, crop_frames=5, crop_size=16)
+    result = train(task, cfg, tmp_path, progress=False)
+    vae = load_model(tmp_path, "vae", VideoVAE, VAEConfig)
+    with torch.no_grad():
+        after = psnr(vae.decode(vae.encode(clips)), clips).mean()
+    assert after > before + 5, (before, after)
+    assert (tmp_path / "samples" / "recon-0000060.png").exists()
+    assert result.exported == tmp_path / "vae.safetensors"
+
+
+def test_corrupt_weights_and_checkpoints_give_clear_errors(tmp_path):
+    save_model(tmp_path, "vae", VideoVAE(vae_tiny()), vae_tiny())
+    data = (tmp_path / "vae.safetensors").read_bytes()
+    (tmp_path / "vae.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="vae.safetensors.*truncated or corrupt"):
+        load_model(tmp_path, "vae", VideoVAE, VAEConfig)
+    (tmp_path / "step-0000001.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="step-0000001.safetensors"):
+        load_checkpoint(tmp_path / "step-0000001.safetensors")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")
