@@ -172,6 +172,78 @@ def add_vae_commands(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# dit
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_dit_train(args: argparse.Namespace) -> None:
+    from kinema.data.latents import LatentDataset
+    from kinema.diffusion.objectives import make_objective
+    from kinema.presets import DIT_PRESETS, DIT_TRAIN, lookup
+    from kinema.train.dit_task import DiTTask
+    from kinema.train.loop import train
+
+    cfg = _train_config(lookup(DIT_TRAIN, args.preset, "dit"), args)
+    data = LatentDataset(args.latents)
+    model_cfg = lookup(DIT_PRESETS, args.preset, "dit")
+    if model_cfg.in_channels != data.latent_shape[0]:
+        import dataclasses
+
+        model_cfg = dataclasses.replace(model_cfg, in_channels=data.latent_shape[0])
+    task = DiTTask(data, model_cfg, make_objective(args.objective), cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
+                   vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None)
+    result = train(task, cfg, args.out)
+    print(f"trained to step {result.step}, loss {result.last_loss:.4f}; model folder: {Path(args.out) / 'model'}")
+
+
+def add_dit_commands(sub: argparse._SubParsersAction) -> None:
+    from kinema.presets import DIT_PRESETS
+
+    dit = sub.add_parser("dit", help="the diffusion transformer").add_subparsers(dest="dit_cmd", required=True)
+    p = dit.add_parser("train", help="train a DiT on a latent cache (resumes from --out if it holds checkpoints)")
+    p.add_argument("--latents", required=True, help="folder made by `kinema vae encode`")
+    _add_train_flags(p, sorted(DIT_PRESETS), "shapes")
+    p.add_argument("--objective", choices=["flow", "epsilon", "v"], default="flow")
+    p.set_defaults(func=cmd_dit_train)
+
+
+# ---------------------------------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from kinema.generate import generate_to_files
+
+    for path in generate_to_files(args):
+        print(f"wrote {path}")
+
+
+def add_generate_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="text (+ frames) to video with a trained model")
+    p.add_argument("prompt")
+    p.add_argument("-o", "--out", default="out/video.mp4", help="output .mp4 (or .gif)")
+    p.add_argument("--model", default=None, help="model folder (default: the bundled models/shapes-64)")
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int)
+    p.add_argument("--size", type=_size, help="H or HxW")
+    p.add_argument("--sampler", help="euler (flow models); ddim or ddpm (epsilon models)")
+    p.add_argument("--gif", action="store_true", help="also write a .gif beside the mp4")
+    p.add_argument("--show-steps", action="store_true", help="also write the denoising trajectory as a PNG sheet")
+    p.add_argument("--image", help="image-to-video: an image file used as the first frame")
+    p.add_argument("--extend", help="continue this video forward (its frames start the clip)")
+    p.add_argument("--extend-backward", help="lead into this video (its frames end the clip)")
+    p.add_argument("--connect", nargs=2, metavar=("A", "B"), help="a clip from the last frame of A to the first of B")
+    p.add_argument("--edit", help="video-to-video: edit this video toward the prompt (SDEdit)")
+    p.add_argument("--strength", type=float, default=0.6, help="--edit strength: 0 keeps the input, 1 ignores it")
+    p.add_argument("--no-expand", action="store_true", help="use the prompt as given (no prompt expansion)")
+    p.set_defaults(func=cmd_generate)
+
+
+# ---------------------------------------------------------------------------------------------------
 # demo
 # ---------------------------------------------------------------------------------------------------
 
@@ -196,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kinema", description="Text-to-video, the Sora recipe, end to end.",
                                      epilog=STAGES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_data_commands, add_vae_commands, add_demo_command):
+    for add in (add_data_commands, add_vae_commands, add_dit_commands, add_generate_command, add_demo_command):
         add(sub)
     return parser
 

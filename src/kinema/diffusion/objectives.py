@@ -91,3 +91,14 @@ def make_objective(name: str) -> Objective:
     if name in ("epsilon", "v"):
         return EpsilonObjective(prediction=name)
     raise ValueError(f"unknown objective {name!r}; expected flow, epsilon or v")
+
+
+def objective_from_dict(d: dict) -> Objective:
+    """Inverse of `kinema.config.to_dict` for an objective (as saved in model_index.json)."""
+    d = dict(d)
+    kind = d.pop("kind", None)
+    if kind == "flow":
+        return FlowObjective(**d)
+    if kind == "ddpm":
+        return EpsilonObjective(schedule=DDPMSchedule(**d.pop("schedule")), **d)
+    raise ValueError(f"objective kind {kind!r} unknown; expected 'flow' or 'ddpm'")

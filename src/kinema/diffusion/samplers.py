@@ -138,7 +138,10 @@ def noise_levels(obj: Objective, steps: int) -> list:
 
 def noise_to(obj: Objective, x0: torch.Tensor, noise: torch.Tensor, steps: int, start: int) -> torch.Tensor:
     """x0 noised to the level where a sampler of `steps` steps begins at step `start` (for SDEdit)."""
-    level = noise_levels(obj, steps)[start]
+    levels = noise_levels(obj, steps)
+    if start >= len(levels):  # past the last step: nothing left to denoise
+        return x0
+    level = levels[start]
     if isinstance(obj, FlowObjective):
         return obj.add_noise(x0, noise, _full(x0, level))
     return obj.add_noise(x0, noise, torch.full((x0.shape[0],), level, dtype=torch.long, device=x0.device))

@@ -1,0 +1,203 @@
+"""Text-to-video: prompt (+ optional frames) -> uint8 video, from a model folder alone.
+
+    pipe = TextToVideoPipeline.from_pretrained("models/shapes-64")
+    frames = pipe("a large red circle moving quickly to the left", seed=0)   # (F, H, W, 3) uint8
+
+A model folder holds model_index.json (objective, text encoder, default size/steps/guidance),
+dit.safetensors + dit.json and vae.safetensors + vae.json. The steps of `__call__` are numbered below.
+Conditioning on frames (image-to-video, extension, connecting, editing) goes through the same call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kinema.diffusion.objectives import Objective, objective_from_dict
+from kinema.diffusion.samplers import SAMPLERS, classifier_free_guidance, noise_to, sample
+from kinema.dit.model import DiT, DiTConfig
+from kinema.io.video import to_frames, to_tensor
+from kinema.io.weights import load_model
+from kinema.text.encoder import TextEncoder, load_text_encoder
+from kinema.vae.model import VAEConfig, VideoVAE
+
+MAX_PROMPT_CHARS = 1000
+
+
+@dataclass
+class FrameCondition:
+    """Known pixel frames and where they go: `video` (F, H, W, 3) uint8 at frame indices `at`
+    (indices into the output clip). For editing, `strength` in [0, 1] says how much to change."""
+
+    video: np.ndarray
+    at: list[int]
+    strength: float | None = None  # set: SDEdit editing of the whole clip instead of conditioning
+
+
+class TextToVideoPipeline:
+    def __init__(self, dit: DiT, vae: VideoVAE, text_encoder: TextEncoder, objective: Objective, defaults: dict):
+        self.dit, self.vae, self.text_encoder, self.objective = dit.eval(), vae.eval(), text_encoder, objective
+        self.defaults = defaults
+        self.device = torch.device("cpu")
+
+    # -----------------------------------------------------------------------------------------------
+    # Loading
+    # -----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> TextToVideoPipeline:
+        folder = Path(folder)
+        index_path = folder / "model_index.json"
+        if not index_path.exists():
+            raise FileNotFoundError(f"{index_path}: not found; a model folder needs model_index.json, "
+                                    f"dit.safetensors/.json and vae.safetensors/.json")
+        index = json.loads(index_path.read_text())
+        dit = load_model(folder, "dit", DiT, DiTConfig)
+        vae = load_model(folder, "vae", VideoVAE, VAEConfig)
+        return cls(dit, vae, load_text_encoder(index.get("text_encoder", "minilm")),
+                   objective_from_dict(index["objective"]), index)
+
+    @classmethod
+    def from_parts(cls, dit: DiT, vae_dir: str | Path, objective: Objective, latent_meta: dict) -> TextToVideoPipeline:
+        """During training: the model in memory, the VAE from its folder."""
+        vae = load_model(vae_dir, "vae", VideoVAE, VAEConfig)
+        vcfg = vae.cfg
+        defaults = {"frames": 1 + 4 * vcfg.temporal_compression, "height": 8 * vcfg.spatial_compression,
+                    "width": 8 * vcfg.spatial_compression, "steps": 30, "guidance": 4.0, "fps": 8}
+        return cls(dit, vae, load_text_encoder(latent_meta.get("text_encoder") or "minilm"), objective, defaults)
+
+    def to(self, device: str | torch.device) -> TextToVideoPipeline:
+        self.device = torch.device(device)
+        for module in (self.dit, self.vae, self.text_encoder):
+            module.to(self.device)
+        return self
+
+    # -----------------------------------------------------------------------------------------------
+    # Checks
+    # -----------------------------------------------------------------------------------------------
+
+    def check(self, prompt: str, frames: int, height: int, width: int, steps: int, guidance: float,
+              sampler: str | None) -> None:
+        """Clear errors for arguments the model cannot take."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt must be a non-empty string")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if guidance < 0:
+            raise ValueError(f"guidance must be >= 0, got {guidance}")
+        t, s = self.vae.cfg.temporal_compression, self.vae.cfg.spatial_compression
+        if frames < 1 or (frames - 1) % t:
+            raise ValueError(f"frames must be 1 + {t}*k (e.g. {1 + 4 * t}), got {frames}")
+        factor = s * max(self.dit.cfg.patch[1:])
+        if height % factor or width % factor or height < factor or width < factor:
+            raise ValueError(f"height and width must be positive multiples of {factor} (VAE x{s} times patch "
+                             f"{self.dit.cfg.patch[1]}), got {height}x{width}")
+        if (1 + (frames - 1) // t) % self.dit.cfg.patch[0]:
+            raise ValueError(f"latent frames {1 + (frames - 1) // t} not divisible by the temporal patch "
+                             f"{self.dit.cfg.patch[0]}")
+        if sampler is not None and sampler not in SAMPLERS[self.objective.kind]:
+            raise ValueError(f"sampler {sampler!r} does not fit this {self.objective.kind} model; "
+                             f"expected one of {SAMPLERS[self.objective.kind]}")
+
+    # -----------------------------------------------------------------------------------------------
+    # Generation
+    # -----------------------------------------------------------------------------------------------
+
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        text, mask = self.text_encoder(prompts)
+        return text.float().to(self.device), mask.to(self.device)
+
+    def _frame_condition(self, cond: FrameCondition, frames: int, height: int, width: int):
+        """Pixel frames -> (latent cond, latent mask) on the output's latent grid."""
+        video = np.zeros((frames, height, width, 3), dtype=np.uint8)
+        given = np.zeros(frames, dtype=bool)
+        for src, dst in enumerate(cond.at):
+            if not 0 <= dst < frames:
+                raise ValueError(f"conditioning frame index {dst} is outside the clip of {frames} frames")
+            video[dst] = _fit(cond.video[src], height, width)
+            given[dst] = True
+        latents = self.vae.encode(to_tensor(video)[None].to(self.device))  # (1, C, f, h, w)
+        t = self.vae.cfg.temporal_compression
+        # a latent frame is given when every pixel frame it covers is (frame 0 alone; then groups of t)
+        groups = [given[:1]] + [given[1 + t * i: 1 + t * (i + 1)] for i in range((frames - 1) // t)]
+        latent_given = torch.tensor([bool(g.all()) for g in groups], dtype=torch.float32, device=self.device)
+        mask = latent_given.view(1, 1, -1, 1, 1).expand(1, 1, *latents.shape[2:])
+        return latents, mask
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int = 0,
+        sampler: str | None = None,
+        condition: FrameCondition | None = None,
+        callback: Callable[[int, np.ndarray], None] | None = None,
+    ) -> np.ndarray:
+        d = self.defaults
+        frames, height, width = frames or d["frames"], height or d["height"], width or d["width"]
+        steps = d["steps"] if steps is None else steps
+        guidance = d["guidance"] if guidance is None else guidance
+        self.check(prompt, frames, height, width, steps, guidance, sampler)
+
+        # 1. encode the prompt (and the negative prompt, or the empty caption, for guidance)
+        text, mask = self.encode_prompt([prompt])
+        if negative_prompt:
+            null_text, null_mask = self.encode_prompt([negative_prompt])
+        else:
+            null_text, null_mask = torch.zeros_like(text[:, :1]), torch.zeros_like(mask[:, :1])
+
+        # 2. prepare latents: seeded noise on the latent grid, and any given frames
+        shape = (1, *self.vae.cfg.latent_shape(frames, height, width))
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        x = torch.randn(shape, generator=generator, device=self.device)
+        kwargs, start = {}, 0
+        if condition is not None and condition.strength is None:
+            cond, cond_mask = self._frame_condition(condition, frames, height, width)
+            kwargs = {"cond": cond, "cond_mask": cond_mask}
+        elif condition is not None:
+            start = _edit_start(condition.strength, steps)
+            source = self.vae.encode(to_tensor(_fit_clip(condition.video, frames, height, width))[None].to(self.device))
+            x = noise_to(self.objective, source, x, steps, start)
+
+        # 3. denoise with classifier-free guidance
+        fn = classifier_free_guidance(self.dit, {"text": text, "text_mask": mask, **kwargs},
+                                      {"text": null_text, "text_mask": null_mask, **kwargs}, guidance)
+        trace = (lambda i, z: callback(i, to_frames(self.vae.decode(z)[0]))) if callback else None
+        x = sample(self.objective, fn, x, steps, sampler, generator, start, trace)
+
+        # 4. decode to pixels, 5. postprocess to uint8 (F, H, W, 3)
+        return to_frames(self.vae.decode(x)[0])
+
+
+def _edit_start(strength: float, steps: int) -> int:
+    """SDEdit: strength 1 starts from pure noise (step 0), strength 0 returns the input (start = steps)."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"edit strength must be in [0, 1], got {strength}")
+    return round((1.0 - strength) * steps)
+
+
+def _fit(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    if frame.shape[:2] == (height, width):
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((width, height), Image.BICUBIC))
+
+
+def _fit_clip(video: np.ndarray, frames: int, height: int, width: int) -> np.ndarray:
+    """Resize a clip's frames and take/pad (repeat last) to `frames` frames."""
+    idx = [min(i, len(video) - 1) for i in range(frames)]
+    return np.stack([_fit(video[i], height, width) for i in idx])

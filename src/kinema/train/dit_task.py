@@ -1,0 +1,126 @@
+"""Training task for the DiT: cached latents + text embeddings, caption-level mix, caption dropout (for
+classifier-free guidance) and random frame masks (so one model also does image-to-video, extension,
+connecting and editing). Exports a complete model folder that `TextToVideoPipeline` loads."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kinema.config import to_dict
+from kinema.data.buckets import batch_indices
+from kinema.data.latents import LatentDataset
+from kinema.diffusion.objectives import Objective
+from kinema.dit.model import DiT, DiTConfig
+from kinema.io.weights import save_weights
+from kinema.train.distributed import DistInfo
+
+SAMPLE_PROMPTS = [
+    "a large red circle moving quickly to the left",
+    "a small yellow triangle moving slowly up",
+    "a large blue square staying still on a black background",
+    "a green diamond moving right and a white circle moving down",
+]
+
+
+def frame_mask(kind: str, frames: int, rng: random.Random) -> torch.Tensor:
+    """(F,) 0/1 mask of the latent frames given as conditioning, for one conditioning task."""
+    mask = torch.zeros(frames)
+    k = rng.randint(1, max(1, frames - 1))
+    if kind == "first":  # image-to-video
+        mask[0] = 1
+    elif kind == "prefix":  # extend forward
+        mask[:k] = 1
+    elif kind == "suffix":  # extend backward
+        mask[frames - k:] = 1
+    elif kind == "ends":  # connect two clips
+        mask[0] = mask[-1] = 1
+    return mask
+
+
+@dataclass
+class DiTTask:
+    data: LatentDataset
+    model_cfg: DiTConfig
+    objective: Objective
+    batch_size: int
+    grad_accum: int = 1
+    seed: int = 0
+    caption_mix: dict[str, float] = field(default_factory=lambda: {"detailed": 0.5, "medium": 0.4, "short": 0.1})
+    caption_dropout: float = 0.1
+    cond_prob: float = 0.3  # share of samples trained with some frames given
+    vae_dir: Path | None = None  # for decoding samples and for the exported model folder
+    sample_prompts: list[str] = field(default_factory=lambda: list(SAMPLE_PROMPTS))
+    sample_steps: int = 30
+    name: str = "dit"
+
+    def build_model(self) -> nn.Module:
+        return DiT(self.model_cfg)
+
+    def model_config(self) -> dict:
+        return {"dit": to_dict(self.model_cfg), "objective": to_dict(self.objective)}
+
+    def tokens_per_sample(self) -> int:
+        c, f, h, w = self.data.latent_shape
+        pt, ph, pw = self.model_cfg.patch
+        return (f // pt) * (h // ph) * (w // pw)
+
+    def _conditioning(self, x0: torch.Tensor, rngs: list[random.Random]) -> tuple[torch.Tensor, torch.Tensor]:
+        B, _, F, H, W = x0.shape
+        masks = []
+        for rng in rngs:
+            kind = rng.choice(["first", "prefix", "suffix", "ends"]) if rng.random() < self.cond_prob else "none"
+            masks.append(frame_mask(kind, F, rng))
+        cond_mask = torch.stack(masks).view(B, 1, F, 1, 1).expand(B, 1, F, H, W).to(x0)
+        return x0, cond_mask
+
+    def batch(self, step: int, micro: int, info: DistInfo) -> dict:
+        idx = batch_indices(len(self.data), self.seed, step, micro, self.grad_accum, info.rank, info.world_size,
+                            self.batch_size)
+        rngs = [random.Random(self.seed * 1_000_003 + step * 997 + i) for i in idx]
+        levels = [rng.choices(list(self.caption_mix), list(self.caption_mix.values()))[0] for rng in rngs]
+        b = self.data.gather(idx, levels)
+        keep = torch.tensor([rng.random() >= self.caption_dropout for rng in rngs])
+        mask = b.mask & keep[:, None]  # a dropped caption: every token masked, the null token remains
+        cond, cond_mask = self._conditioning(b.latents, rngs)
+        to = info.device
+        return {"x0": b.latents.to(to), "text": (b.text * mask[..., None]).to(to), "text_mask": mask.to(to),
+                "cond": cond.to(to), "cond_mask": cond_mask.to(to)}
+
+    def loss(self, model: nn.Module, batch: dict, generator: torch.Generator):
+        loss = self.objective.loss(model, batch["x0"], generator, text=batch["text"], text_mask=batch["text_mask"],
+                                   cond=batch["cond"], cond_mask=batch["cond_mask"])
+        return loss, {}
+
+    @torch.no_grad()
+    def samples(self, model: nn.Module, step: int, out_dir: Path) -> list[Path]:
+        """Videos for the sample prompts, as one contact sheet (needs the VAE)."""
+        if self.vae_dir is None:
+            return []
+        from kinema.io.video import contact_sheet, save_image
+        from kinema.pipeline import TextToVideoPipeline
+
+        pipe = TextToVideoPipeline.from_parts(model, self.vae_dir, self.objective, self.data.meta)
+        clips = [pipe(p, steps=self.sample_steps, seed=i) for i, p in enumerate(self.sample_prompts)]
+        return [save_image(out_dir / f"samples-{step:07d}.png", contact_sheet(clips, self.sample_prompts, scale=2))]
+
+    def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> Path:
+        """A model folder: dit.*, vae.* (copied) and model_index.json, loadable by TextToVideoPipeline."""
+        path = save_weights(out_dir / "model", "dit", state_dict, to_dict(self.model_cfg))
+        if self.vae_dir is not None:
+            for name in ("vae.safetensors", "vae.json"):
+                shutil.copyfile(Path(self.vae_dir) / name, out_dir / "model" / name)
+        c, f, h, w = self.data.latent_shape
+        vae_cfg = self.data.meta["vae_config"]
+        index = {"objective": to_dict(self.objective), "text_encoder": self.data.meta["text_encoder"] or "minilm",
+                 "frames": 1 + (f - 1) * vae_cfg["temporal_compression"],
+                 "height": h * vae_cfg["spatial_compression"], "width": w * vae_cfg["spatial_compression"],
+                 "fps": 8, "steps": self.sample_steps, "guidance": 4.0}
+        (out_dir / "model" / "model_index.json").write_text(json.dumps(index, indent=2))
+        return path

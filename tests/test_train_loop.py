@@ -1,0 +1,77 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from kinema.config import TrainConfig
+from kinema.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from kinema.train.loop import lr_at
+
+
+def _train_cmd(latents, out, steps):
+    return [sys.executable, "-m", "kinema.cli", "dit", "train", "--latents", str(latents), "--preset", "tiny",
+            "--out", str(out), "--steps", str(steps), "--ckpt-every", "50", "--batch-size", "4"]
+
+
+def test_kill_9_after_a_checkpoint_then_resume_is_bit_identical(tiny_latents, tmp_path):
+    steps = 300
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_train_cmd(tiny_latents, tmp_path / "straight", steps), check=True, env=env, capture_output=True)
+
+    proc = subprocess.Popen(_train_cmd(tiny_latents, tmp_path / "killed", steps), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 120
+    while latest_checkpoint(ckpt_dir) is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(latest_checkpoint(ckpt_dir))["step"]
+    assert killed_at < steps, "the run finished before it could be killed"
+    subprocess.run(_train_cmd(tiny_latents, tmp_path / "killed", steps), check=True, env=env, capture_output=True)
+
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / f"step-{steps:07d}.safetensors")
+    b = load_checkpoint(tmp_path / "killed" / "checkpoints" / f"step-{steps:07d}.safetensors")
+    for name in ("model", "ema"):
+        assert a[name].keys() == b[name].keys()
+        for k in a[name]:
+            assert torch.equal(a[name][k], b[name][k]), (name, k)
+    log = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == steps
+
+
+def test_checkpoint_round_trips_nested_states(tmp_path):
+    opt_state = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(2)}},
+                 "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "params": [0]}]}
+    states = {"model": {"w": torch.randn(3, 3)}, "optimizer": opt_state, "step": 7, "config": {"a": [1, 2]}}
+    back = load_checkpoint(save_checkpoint(tmp_path / "c.safetensors", states))
+    assert back["step"] == 7 and back["config"] == {"a": [1, 2]}
+    assert torch.equal(back["model"]["w"], states["model"]["w"])
+    assert 0 in back["optimizer"]["state"] and back["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.99)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(100, cfg) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 100))
+
+
+def test_resuming_with_another_model_config_is_refused(tiny_latents, tmp_path):
+    out = tmp_path / "run"
+    subprocess.run(_train_cmd(tiny_latents, out, 50), check=True, capture_output=True)
+    bad = subprocess.run([*_train_cmd(tiny_latents, out, 60), "--objective", "epsilon"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "different model" in bad.stderr
+
+
+def test_metrics_log_has_loss_and_throughput(tiny_latents, tmp_path):
+    subprocess.run(_train_cmd(tiny_latents, tmp_path, 20), check=True, capture_output=True)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20]
+    assert all(r["samples_per_s"] > 0 and r["tokens_per_s"] > 0 and r["loss"] > 0 for r in records)
+    assert (tmp_path / "model" / "dit.safetensors").exists()
