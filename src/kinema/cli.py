@@ -111,7 +111,7 @@ def cmd_vae_train(args: argparse.Namespace) -> None:
     cfg = _train_config(lookup(VAE_TRAIN, args.preset, "vae"), args)
     task = VAETask(ShardDataset(args.data), lookup(VAE_PRESETS, args.preset, "vae"),
                    VAELossConfig(temporal_weight=args.temporal_weight), cfg.batch_size, cfg.grad_accum,
-                   crop_frames=args.crop_frames, crop_size=args.crop_size, seed=cfg.seed)
+                   crop_frames=args.crop_frames, crop_size=args.crop_size, seed=cfg.seed, preload=args.preload)
     result = train(task, cfg, args.out)
     print(f"trained to step {result.step}, loss {result.last_loss:.4f}; weights: {result.exported}")
 
@@ -155,6 +155,7 @@ def add_vae_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop-frames", type=int, default=9)
     p.add_argument("--crop-size", type=int, default=32)
     p.add_argument("--temporal-weight", type=float, default=0.0)
+    p.add_argument("--preload", action="store_true", help="decode the whole dataset into memory once (fast)")
     p.set_defaults(func=cmd_vae_train)
     p = vae.add_parser("eval", help="PSNR / SSIM, compression ratio and encode/decode throughput")
     p.add_argument("--vae", required=True, help="folder with vae.safetensors + vae.json")

@@ -31,7 +31,7 @@ class DistInfo:
 def setup() -> DistInfo:
     """Join the process group when launched by torchrun; pick the device."""
     if "RANK" not in os.environ:
-        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         return DistInfo(device=device)
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():

@@ -29,7 +29,22 @@ class VAETask:
     crop_size: int = 32
     seed: int = 0
     calibration_clips: int = 64
+    preload: bool = False  # decode every clip once into memory (uint8) instead of per batch
     name: str = "vae"
+
+    def __post_init__(self) -> None:
+        self._clips: torch.Tensor | None = None  # (N, F, H, W, 3) uint8 when preloaded
+
+    def _clip(self, i: int, device: torch.device) -> torch.Tensor:
+        """Clip i as (C, F, H, W) in [-1, 1] on `device`."""
+        if not self.preload:
+            return self.data[i]["video"].to(device)
+        if self._clips is None:  # once: every clip, decoded, on the training device
+            from kinema.io.video import to_frames
+
+            self._clips = torch.stack([torch.from_numpy(to_frames(self.data[j]["video"]))
+                                       for j in range(len(self.data))]).to(device)
+        return self._clips[i].permute(3, 0, 1, 2).float() / 127.5 - 1.0
 
     def build_model(self) -> nn.Module:
         return VideoVAE(self.model_cfg)
@@ -53,8 +68,8 @@ class VAETask:
         crops = []
         for i in idx:
             g = torch.Generator().manual_seed(self.seed * 7919 + i * 104729 + step)
-            crops.append(self._crop(self.data[i]["video"], g))
-        return torch.stack(crops).to(info.device)  # (B, C, f, s, s)
+            crops.append(self._crop(self._clip(i, info.device), g))
+        return torch.stack(crops)  # (B, C, f, s, s)
 
     def loss(self, model: nn.Module, batch: torch.Tensor, generator: torch.Generator):
         x_hat, mean, logvar = model(batch, generator=generator)
