@@ -12,6 +12,7 @@ STAGES = """pipeline stages:
   dit         train the diffusion transformer on spacetime patches of latents
   generate    text (+ frames) to video with a trained model
   eval        prompt adherence, Fréchet distance, reports
+  serve       HTTP API and web page
   demo        the main job of `make demo`
 """
 
@@ -245,6 +246,92 @@ def add_generate_command(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# eval
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_eval_adherence(args: argparse.Namespace) -> None:
+    from kinema.eval.adherence import pipeline_generator, prompt_set, run_adherence
+    from kinema.generate import default_model
+
+    model = args.model or default_model()
+    report = run_adherence(pipeline_generator(model, args.steps, args.guidance), prompt_set(args.n, args.seed),
+                           args.out)
+    for line in report.lines():
+        print(line)
+    print(f"wrote {Path(args.out) / 'adherence.json'}")
+
+
+def cmd_eval_probe(args: argparse.Namespace) -> None:
+    from kinema.eval.train_probe import validate_probe
+
+    for kind, acc in validate_probe(args.n).items():
+        print(f"{kind:<11} " + "  ".join(f"{a} {v:.1%}" for a, v in acc.items()))
+
+
+def cmd_eval_train_probe(args: argparse.Namespace) -> None:
+    from kinema.eval.train_probe import train_shape_classifier
+
+    acc = train_shape_classifier(args.clips, args.epochs)
+    print(f"shape classifier held-out accuracy per crop: {acc:.1%}")
+
+
+def cmd_eval_report(args: argparse.Namespace) -> None:
+    from kinema.eval.report import write_report
+
+    print(f"wrote {write_report(args.out, runs=args.runs, adherence=args.adherence)}")
+
+
+def add_eval_commands(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="prompt adherence, Fréchet distance, reports").add_subparsers(
+        dest="eval_cmd", required=True)
+    p = ev.add_parser("adherence", help="generate a fixed prompt set and judge it with the probe")
+    p.add_argument("--model", help="model folder (default: the bundled model)")
+    p.add_argument("--n", type=int, default=25, help="prompts per category")
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--out", default="out/adherence")
+    p.set_defaults(func=cmd_eval_adherence)
+    p = ev.add_parser("probe", help="the probe's accuracy per attribute on held-out clean and degraded clips")
+    p.add_argument("--n", type=int, default=300)
+    p.set_defaults(func=cmd_eval_probe)
+    p = ev.add_parser("train-probe", help="retrain the probe's shape classifier (writes the packaged weights)")
+    p.add_argument("--clips", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=15)
+    p.set_defaults(func=cmd_eval_train_probe)
+    p = ev.add_parser("report", help="a self-contained HTML report: loss curves, adherence, sample grids")
+    p.add_argument("--runs", nargs="*", default=[], help="training run folders (metrics.jsonl, samples/)")
+    p.add_argument("--adherence", nargs="*", default=[], help="folders with adherence.json")
+    p.add_argument("--out", default="out/report.html")
+    p.set_defaults(func=cmd_eval_report)
+
+
+# ---------------------------------------------------------------------------------------------------
+# serve
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from kinema.serve.app import create_app
+
+    if args.host not in ("127.0.0.1", "localhost"):
+        print(f"warning: serving on {args.host}: anyone who can reach this address can use the model")
+    uvicorn.run(create_app(model_dir=args.model, max_queued=args.max_queued), host=args.host, port=args.port)
+
+
+def add_serve_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="HTTP API + web page over a model")
+    p.add_argument("--model", help="model folder (default: the bundled model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-queued", type=int, default=8)
+    p.set_defaults(func=cmd_serve)
+
+
+# ---------------------------------------------------------------------------------------------------
 # demo
 # ---------------------------------------------------------------------------------------------------
 
@@ -269,7 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kinema", description="Text-to-video, the Sora recipe, end to end.",
                                      epilog=STAGES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_data_commands, add_vae_commands, add_dit_commands, add_generate_command, add_demo_command):
+    for add in (add_data_commands, add_vae_commands, add_dit_commands, add_generate_command, add_eval_commands,
+                add_serve_command, add_demo_command):
         add(sub)
     return parser
 

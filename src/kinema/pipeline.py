@@ -145,7 +145,10 @@ class TextToVideoPipeline:
         sampler: str | None = None,
         condition: FrameCondition | None = None,
         callback: Callable[[int, np.ndarray], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
+        """`callback(i, frames)` sees every intermediate state decoded to pixels (costly: for showing the
+        trajectory); `progress(i, steps)` is only told the step."""
         d = self.defaults
         frames, height, width = frames or d["frames"], height or d["height"], width or d["width"]
         steps = d["steps"] if steps is None else steps
@@ -175,7 +178,12 @@ class TextToVideoPipeline:
         # 3. denoise with classifier-free guidance
         fn = classifier_free_guidance(self.dit, {"text": text, "text_mask": mask, **kwargs},
                                       {"text": null_text, "text_mask": null_mask, **kwargs}, guidance)
-        trace = (lambda i, z: callback(i, to_frames(self.vae.decode(z)[0]))) if callback else None
+        def trace(i: int, z: torch.Tensor) -> None:
+            if progress:
+                progress(i, steps)
+            if callback:
+                callback(i, to_frames(self.vae.decode(z)[0]))
+
         x = sample(self.objective, fn, x, steps, sampler, generator, start, trace)
 
         # 4. decode to pixels, 5. postprocess to uint8 (F, H, W, 3)

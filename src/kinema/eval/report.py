@@ -1,0 +1,84 @@
+"""`kinema eval report`: one self-contained HTML file (plots and images inlined as base64) with loss curves
+from training logs, adherence by category, and the latest sample sheets."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _img(data: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" style="max-width:100%">'
+
+
+def loss_plot(runs: list[Path]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for run in runs:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        last = {r["step"]: r["loss"] for r in rows}  # a resumed run may log a step twice: keep the last
+        ax.plot(list(last), list(last.values()), label=run.name)
+    ax.set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
+    ax.legend()
+    data = _png(fig)
+    plt.close(fig)
+    return _img(data, "loss curves")
+
+
+def adherence_plot(results: dict[str, dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / max(1, len(results))
+    for i, (name, r) in enumerate(results.items()):
+        cats = list(r["by_category"])
+        ax.bar([k + i * width for k in range(len(cats))], [100 * r["by_category"][c]["all_correct"] for c in cats],
+               width, label=name)
+        ax.set_xticks([k + width * (len(results) - 1) / 2 for k in range(len(cats))], cats)
+    ax.set(ylabel="all attributes correct (%)", ylim=(0, 100), title="prompt adherence by category")
+    ax.legend()
+    data = _png(fig)
+    plt.close(fig)
+    return _img(data, "adherence")
+
+
+def write_report(out: str | Path, runs: list[str] = (), adherence: list[str] = ()) -> Path:
+    from kinema.io.video import atomic_write_bytes
+
+    parts = ["<!doctype html><meta charset=utf-8><title>kinema report</title>",
+             "<body style='font-family:sans-serif;max-width:1100px;margin:auto'><h1>kinema report</h1>"]
+    run_dirs = [Path(r) for r in runs if (Path(r) / "metrics.jsonl").exists()]
+    if run_dirs:
+        parts += ["<h2>Training</h2>", loss_plot(run_dirs)]
+    results = {Path(a).name: json.loads((Path(a) / "adherence.json").read_text()) for a in adherence}
+    if results:
+        parts += ["<h2>Prompt adherence</h2>", adherence_plot(results)]
+        for name, r in results.items():
+            parts.append(f"<h3>{html.escape(name)}</h3><pre>{html.escape(json.dumps(r['by_category'], indent=1))}"
+                         f"\nFréchet distance: {r['frechet']:.3f} (real vs real {r['frechet_real_vs_real']:.3f})</pre>")
+            fail = Path(adherence[list(results).index(name)]) / "failures.png"
+            if fail.exists():
+                parts.append(_img(base64.b64encode(fail.read_bytes()).decode(), "failures"))
+    for run in run_dirs:
+        sheets = sorted((run / "samples").glob("*.png"))
+        if sheets:
+            parts += [f"<h2>Samples: {html.escape(run.name)} ({sheets[-1].stem})</h2>",
+                      _img(base64.b64encode(sheets[-1].read_bytes()).decode(), sheets[-1].stem)]
+    atomic_write_bytes(out, "\n".join(parts).encode())
+    return Path(out)
