@@ -59,9 +59,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def step_generator(cfg: TrainConfig, step: int, micro: int, info: D.DistInfo) -> torch.Generator:
-    """The noise source of one micro-step: a pure function of its coordinates."""
+    """The noise source of one micro-batch: a pure function of its global index, so 1 process with
+    gradient accumulation N and N processes without draw the very same noise for the same samples."""
+    global_micro = (step * cfg.grad_accum + micro) * info.world_size + info.rank
     g = torch.Generator(device=info.device)
-    g.manual_seed(((cfg.seed * 1_000_003 + step) * 64 + micro) * 4096 + info.rank)
+    g.manual_seed(cfg.seed * 1_000_003 + global_micro)
     return g
 
 
@@ -157,12 +159,14 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, progress: bool = Tr
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         model.train()
+        step_loss = 0.0
         for micro in range(cfg.grad_accum):
             sync = micro == cfg.grad_accum - 1 or mode != "ddp"
             with (nullcontext() if sync else model.no_sync()), amp:
                 loss, metrics = task.loss(model, task.batch(step, micro, info),
                                           step_generator(cfg, step, micro, info))
             (loss / cfg.grad_accum).backward()
+            step_loss += loss.item() / cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -172,7 +176,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, progress: bool = Tr
 
         # 4. log, checkpoint, sample
         if done % cfg.log_every == 0 or done == cfg.steps:
-            loss_value = D.mean_across(info, loss.item())
+            loss_value = D.mean_across(info, step_loss)
             dt, t_last = time.perf_counter() - t_last, time.perf_counter()
             steps_run = cfg.log_every if done % cfg.log_every == 0 else done % cfg.log_every
             rate = per_step * steps_run / dt
@@ -186,15 +190,17 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, progress: bool = Tr
         bar.update(1)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             _save(ckpt_dir / f"step-{done:07d}.safetensors", model, opt, ema, done, cfg, task, mode, info)
-        if info.is_main and cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps:
-            task.samples(_eval_model(task, model, ema, mode), done, out_dir / "samples")
+        if cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps:
+            plain = _eval_model(task, model, ema, mode, info)  # every rank gathers, the main one samples
+            if plain is not None:
+                task.samples(plain, done, out_dir / "samples")
     bar.close()
 
     # 5. final samples and released weights (EMA when kept)
     exported = None
     if start < cfg.steps or not (out_dir / "samples").exists():
-        final = _eval_model(task, model, ema, mode)
-        if info.is_main:
+        final = _eval_model(task, model, ema, mode, info)
+        if final is not None:
             task.samples(final, cfg.steps, out_dir / "samples")
             exported = task.export(final.state_dict(), out_dir)
     D.barrier(info)
@@ -203,9 +209,12 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, progress: bool = Tr
     return result
 
 
-def _eval_model(task: Task, model: nn.Module, ema: EMA | None, mode: str) -> nn.Module:
-    """A plain, unwrapped copy of the model in eval mode, with EMA weights when EMA is on."""
+def _eval_model(task: Task, model: nn.Module, ema: EMA | None, mode: str, info: D.DistInfo) -> nn.Module | None:
+    """On the main process, a plain unwrapped copy of the model in eval mode (EMA weights when EMA is on);
+    None elsewhere. Every process must call it: gathering sharded weights is collective."""
     state = ema.full_state_dict() if ema else full_state_dict(model, mode)
+    if not info.is_main:
+        return None
     plain = task.build_model()
     plain.load_state_dict(state)
     return plain.eval()
