@@ -21,10 +21,15 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
 	$(PY) benchmarks/world.py
+	$(PY) benchmarks/vae.py
+	$(PY) benchmarks/dit.py
+	$(PY) benchmarks/generate.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

@@ -16,7 +16,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, median_seconds, params  # noqa: E402
-
 from kinema.dit.model import DiT, DiTConfig  # noqa: E402
 
 

@@ -16,7 +16,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, median_seconds, params  # noqa: E402
-
 from kinema.presets import vae_shapes  # noqa: E402
 from kinema.vae.model import VideoVAE  # noqa: E402
 

@@ -58,7 +58,16 @@ def test_adherence_of_the_matching_real_clip_is_about_100_percent(tmp_path):
     for cat, m in report.by_category.items():
         assert m["all_correct"] >= 0.8 and m["color"] == 1.0, (cat, m)
     assert np.mean([m["all_correct"] for m in report.by_category.values()]) >= 0.95
+    assert all(m["temporal_consistency"] > 0.8 for m in report.by_category.values())
     assert (tmp_path / "adherence.json").exists()
+
+
+def test_temporal_consistency_drops_when_objects_flicker():
+    frames, _ = make_clip(WorldConfig(max_objects=1), 5)
+    steady = probe_clip(frames.numpy()).temporal_consistency()
+    flicker = frames.numpy().copy()
+    flicker[1::2] = flicker[0, 0, 0]  # every other frame: background only
+    assert steady > 0.9 and probe_clip(flicker).temporal_consistency() < 0.6
 
 
 def test_adherence_of_shuffled_real_clips_is_low(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 STAGES = """pipeline stages:
   data        make and look at datasets (shapes world; real video folders)
+  caption     the video captioner: train it, recaption a dataset
   vae         train / evaluate the video compression network; encode latents
   dit         train the diffusion transformer on spacetime patches of latents
   generate    text (+ frames) to video with a trained model
@@ -308,6 +309,82 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# caption
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_caption_train(args: argparse.Namespace) -> None:
+    from kinema.captioning.captioner import CaptionerConfig, Vocab
+    from kinema.captioning.recaption import CaptionerTask
+    from kinema.config import TrainConfig
+    from kinema.data.latents import LatentDataset
+    from kinema.train.loop import train
+
+    data = LatentDataset(args.latents)
+    subset = None
+    if args.subset:
+        keys = set(Path(args.subset).read_text().split())
+        subset = [i for i, r in enumerate(data.rows) if r["key"] in keys]
+        if not subset:
+            raise ValueError(f"{args.subset}: none of its keys are in {args.latents}")
+    pool = subset if subset is not None else range(len(data))
+    vocab = Vocab.build([data.rows[i]["captions"]["detailed"] for i in pool])
+    model_cfg = CaptionerConfig(latent_channels=data.latent_shape[0], vocab_size=len(vocab), dim=args.dim,
+                                encoder_layers=args.layers, decoder_layers=args.layers)
+    cfg = _train_config(TrainConfig(steps=1500, batch_size=32, lr=5e-4, warmup_steps=100, log_every=25,
+                                    ckpt_every=250), args)
+    task = CaptionerTask(data, model_cfg, vocab, cfg.batch_size, subset, cfg.grad_accum, cfg.seed)
+    result = train(task, cfg, args.out)
+    print(f"trained to step {result.step}, loss {result.last_loss:.4f}; weights: {result.exported}")
+
+
+def cmd_caption_run(args: argparse.Namespace) -> None:
+    from kinema.captioning.recaption import recaption_dataset
+
+    r = recaption_dataset(args.captioner, args.data, args.vae, args.batch_size, args.beams)
+    print(f"{r.written} captions written, {r.skipped_existing} already there, {r.failed} unreadable clips "
+          f"skipped -> {r.path}")
+
+
+def cmd_caption_eval(args: argparse.Namespace) -> None:
+    from kinema.captioning.recaption import caption_agreement, load_captioner
+    from kinema.data.latents import LatentDataset
+
+    model, vocab, _ = load_captioner(args.captioner)
+    data = LatentDataset(args.latents)
+    idx = list(range(min(args.n, len(data))))
+    b = data.gather(idx, ["detailed"] * len(idx))
+    generated = [vocab.decode(t) for t in model.generate(b.latents, beams=args.beams)]
+    for attr, acc in caption_agreement(generated, b.captions).items():
+        print(f"{attr:<10} {acc:.1%}")
+
+
+def add_caption_commands(sub: argparse._SubParsersAction) -> None:
+    cap = sub.add_parser("caption", help="the video captioner: train, evaluate, recaption a dataset")
+    cap = cap.add_subparsers(dest="caption_cmd", required=True)
+    p = cap.add_parser("train", help="train a captioner on a latent cache's detailed captions")
+    p.add_argument("--latents", required=True)
+    p.add_argument("--subset", help="a file of clip keys that have detailed captions (default: all)")
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--layers", type=int, default=3)
+    _add_train_flags(p, ["default"], "default")
+    p.set_defaults(func=cmd_caption_train)
+    p = cap.add_parser("run", help="caption every clip of a dataset into DIR/recaptions.jsonl (resumable)")
+    p.add_argument("--captioner", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--vae", help="VAE folder (default: the one the captioner was trained with)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--beams", type=int, default=1)
+    p.set_defaults(func=cmd_caption_run)
+    p = cap.add_parser("eval", help="attribute agreement of generated captions with the detailed ones")
+    p.add_argument("--captioner", required=True)
+    p.add_argument("--latents", required=True)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--beams", type=int, default=1)
+    p.set_defaults(func=cmd_caption_eval)
+
+
+# ---------------------------------------------------------------------------------------------------
 # serve
 # ---------------------------------------------------------------------------------------------------
 
@@ -357,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=STAGES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_data_commands, add_vae_commands, add_dit_commands, add_generate_command, add_eval_commands,
-                add_serve_command, add_demo_command):
+                add_caption_commands, add_serve_command, add_demo_command):
         add(sub)
     return parser
 

@@ -1,4 +1,6 @@
-"""The main job behind `make demo`: shapes-world clips with their captions, as an mp4 and a contact sheet."""
+"""The main job behind `make demo`: text-to-video with the bundled model (prompt -> mp4, gif, and a sheet
+of the denoising trajectory), plus a captioned contact sheet of real shapes-world clips for comparison.
+Without a bundled model it falls back to the shapes-world sample alone."""
 
 from __future__ import annotations
 
@@ -8,11 +10,13 @@ import numpy as np
 
 from kinema.data.shards import make_clip
 from kinema.data.world import WorldConfig
-from kinema.io.video import contact_sheet, save_image, write_mp4
+from kinema.io.video import contact_sheet, save_image, write_gif, write_mp4
+
+DEMO_PROMPTS = ["a large red circle moving quickly to the left", "a small yellow square moving slowly up"]
 
 
-def run_demo(out: Path, n: int = 4, seed: int = 0) -> list[Path]:
-    """Render n clips, tile them side by side into one mp4, and write a captioned contact sheet."""
+def world_sample(out: Path, n: int = 4, seed: int = 0) -> list[Path]:
+    """n real shapes-world clips tiled into one mp4, and a captioned contact sheet."""
     cfg = WorldConfig()
     clips, captions = [], []
     for i in range(n):
@@ -20,7 +24,32 @@ def run_demo(out: Path, n: int = 4, seed: int = 0) -> list[Path]:
         clips.append(frames.numpy())
         captions.append(scene.captions["detailed"])
     tiled = np.concatenate(clips, axis=2)  # (F, H, n*W, 3)
-    mp4 = write_mp4(out / "shapes.mp4", tiled, fps=cfg.fps)
-    sheet = save_image(out / "shapes_contact_sheet.png", contact_sheet(clips, captions, scale=2))
-    (out / "captions.txt").write_text("\n".join(captions) + "\n")
-    return [mp4, sheet, out / "captions.txt"]
+    return [write_mp4(out / "shapes.mp4", tiled, fps=cfg.fps),
+            save_image(out / "shapes_contact_sheet.png", contact_sheet(clips, captions, scale=2))]
+
+
+def generated_sample(out: Path, model: Path) -> list[Path]:
+    from kinema.pipeline import TextToVideoPipeline
+    from kinema.text.expand import expand_prompt
+
+    pipe = TextToVideoPipeline.from_pretrained(model)
+    written, clips, captions = [], [], []
+    for i, prompt in enumerate(DEMO_PROMPTS):
+        detailed = expand_prompt(prompt, seed=i)
+        trajectory: list[np.ndarray] = []
+        video = pipe(detailed, seed=i, callback=lambda _, x, t=trajectory: t.append(x))
+        name = "_".join(prompt.split()[1:4])
+        written += [write_mp4(out / f"{name}.mp4", video), write_gif(out / f"{name}.gif", video)]
+        clips += [*trajectory[::6], video]
+        captions += [f"{prompt}  ->  {detailed}  (step {k})" for k in range(0, len(trajectory), 6)] + ["final"]
+    written.append(save_image(out / "generated_contact_sheet.png", contact_sheet(clips, captions, scale=2)))
+    return written
+
+
+def run_demo(out: Path) -> list[Path]:
+    from kinema.generate import BUNDLED_MODEL
+
+    written = world_sample(out)
+    if (BUNDLED_MODEL / "model_index.json").exists():
+        written += generated_sample(out, BUNDLED_MODEL)
+    return written

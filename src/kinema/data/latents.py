@@ -33,13 +33,14 @@ def _save_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
 @torch.no_grad()
 def _encode_rows(vae, text_encoder, ds: ShardDataset, rows: list[int], batch_size: int) -> dict[str, torch.Tensor]:
-    latents, texts = [], {level: [] for level in CAPTION_LEVELS}
+    levels = [lv for lv in CAPTION_LEVELS if all(lv in ds.rows[i]["captions"] for i in rows)]
+    latents, texts = [], {level: [] for level in levels}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         videos = torch.stack([ds[i]["video"] for i in chunk])  # (B, C, F, H, W)
         latents.append(vae.encode(videos).float())
         if text_encoder is not None:
-            for level in CAPTION_LEVELS:
+            for level in levels:
                 texts[level].append(text_encoder([ds.rows[i]["captions"][level] for i in chunk]))
     out = {"latents": torch.cat(latents)}
     for level, parts in texts.items():

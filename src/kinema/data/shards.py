@@ -132,7 +132,7 @@ def load_index(path: str | Path) -> list[dict]:
     return rows
 
 
-CAPTION_LEVELS = ("short", "medium", "detailed")
+CAPTION_LEVELS = ("short", "medium", "detailed", "recaption")  # recaption: written by `kinema caption run`
 
 
 class ShardDataset(Dataset):
@@ -148,6 +148,7 @@ class ShardDataset(Dataset):
             raise FileNotFoundError(f"{index_path}: no captions index; is {self.root} a dataset made by "
                                     f"`kinema data synth`?")
         self.rows = load_index(index_path)
+        self._merge_recaptions(self.root / "recaptions.jsonl")
         self.caption_mix = caption_mix or {"detailed": 1.0}
         unknown = set(self.caption_mix) - set(CAPTION_LEVELS)
         if unknown:
@@ -156,6 +157,16 @@ class ShardDataset(Dataset):
         self._members = self._scan_members()
         self._files: dict[str, object] = {}
         self._pid = os.getpid()
+
+    def _merge_recaptions(self, path: Path) -> None:
+        """Add the captioner's captions (if the recaption job ran) as the level 'recaption'."""
+        if not path.exists():
+            return
+        recaptions = {r["key"]: r["caption"] for r in (json.loads(line) for line in path.read_text().splitlines()
+                                                       if line.strip())}
+        for row in self.rows:
+            if row["key"] in recaptions:
+                row["captions"]["recaption"] = recaptions[row["key"]]
 
     def _scan_members(self) -> dict[str, tuple[str, int, int]]:
         members = {}

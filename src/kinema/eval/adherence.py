@@ -97,10 +97,11 @@ class AdherenceReport:
     failures: list[dict]
 
     def lines(self) -> list[str]:
-        out = [f"{'category':<11} {'n':>3} {'all':>6} " + " ".join(f"{a:>10}" for a in ATTRIBUTES)]
+        out = [f"{'category':<11} {'n':>3} {'all':>6} " + " ".join(f"{a:>10}" for a in ATTRIBUTES) + "  temporal"]
         for cat, m in self.by_category.items():
             out.append(f"{cat:<11} {m['n']:>3.0f} {m['all_correct']:>6.1%} "
-                       + " ".join(f"{m.get(a, float('nan')):>10.1%}" for a in ATTRIBUTES))
+                       + " ".join(f"{m.get(a, float('nan')):>10.1%}" for a in ATTRIBUTES)
+                       + f"  {m['temporal_consistency']:>8.3f}")
         out.append(f"Fréchet distance (probe features): generated vs real {self.frechet:.3f}; "
                    f"real vs real {self.frechet_real_vs_real:.3f}")
         return out
@@ -115,7 +116,9 @@ def run_adherence(generate: Generator, prompts: list[AdherencePrompt], out_dir: 
     failures, generated, real = [], [], []
     for p in tqdm(prompts, desc="adherence", disable=not progress):
         clip = generate(p.prompt, p.seed)
-        hits = score(probe_clip(clip), p.scene)
+        probed = probe_clip(clip)
+        hits = score(probed, p.scene)
+        per_cat[p.category]["temporal_consistency"].append(probed.temporal_consistency())
         for attr, verdicts in hits.items():
             per_cat[p.category][attr] += verdicts
         ok = all(all(v) for v in hits.values())

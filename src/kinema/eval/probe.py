@@ -37,6 +37,8 @@ class ProbedObject:
     speed: str | None
     area: float  # largest area over frames, pixels
     track: list[tuple[float, float]] = field(repr=False, default_factory=list)  # centroid (x, y) per frame
+    presence: float = 1.0  # share of frames where the object is seen
+    area_stability: float = 1.0  # 1 - coefficient of variation of its area over those frames
 
 
 @dataclass
@@ -47,6 +49,13 @@ class ProbeResult:
     @property
     def count(self) -> int:
         return len(self.objects)
+
+    def temporal_consistency(self) -> float:
+        """Mean over objects of presence x area stability: 1 when every object stays visible with a constant
+        size from frame to frame (objects that flicker, vanish or morph score lower); 1 for an empty clip."""
+        if not self.objects:
+            return 1.0
+        return sum(o.presence * max(0.0, o.area_stability) for o in self.objects) / len(self.objects)
 
     def by_color(self) -> dict[str, ProbedObject]:
         return {o.color: o for o in self.objects}
@@ -159,7 +168,9 @@ def find_objects(frames: np.ndarray | torch.Tensor) -> tuple[ProbeResult, list[t
         track = torch.stack([(m * xs).sum((1, 2)) / n, (m * ys).sum((1, 2)) / n], 1)  # (F', 2)
         motion, speed = _motion(track, H)
         area = float(n.max())
-        objects.append(ProbedObject(color, None, _size(area, H), motion, speed, area, track.tolist()))
+        stability = 1.0 - float(n.std() / n.mean()) if len(n) > 1 else 1.0
+        objects.append(ProbedObject(color, None, _size(area, H), motion, speed, area, track.tolist(),
+                                    float(present.float().mean()), stability))
         views = n.argsort(descending=True)[:CROP_VIEWS]  # the frames where the object is least occluded
         crops.append(torch.stack([mask_crop(m[int(v)]) for v in views]))
     return ProbeResult(background, objects), crops

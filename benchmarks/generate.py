@@ -1,0 +1,58 @@
+"""Seconds per generated 17x64x64 clip on this machine, the bundled model at its default steps and at 4
+steps, side by side with a diffusers WanPipeline assembled from parts of the same size (a
+WanTransformer3DModel of the same width/depth/heads, an AutoencoderKLWan of similar size, the same
+number of Euler flow steps and guidance; random weights: speed only).
+
+    python benchmarks/generate.py [--model models/shapes-64] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import machine, median_seconds, params  # noqa: E402
+from dit import wan_like  # noqa: E402
+from kinema.generate import default_model  # noqa: E402
+from kinema.pipeline import TextToVideoPipeline  # noqa: E402
+from vae import wan_vae_like  # noqa: E402
+
+PROMPT = "A large red circle starts near the right side and moves quickly to the left, on a black background."
+
+
+def wan_pipeline(pipe: TextToVideoPipeline):
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    transformer = wan_like(pipe.dit.cfg).eval()
+    vae = wan_vae_like(params(pipe.vae))
+    return WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    pipe = TextToVideoPipeline.from_pretrained(args.model or default_model())
+    steps, guidance = pipe.defaults["steps"], pipe.defaults["guidance"]
+    peer = wan_pipeline(pipe)
+    text, _ = pipe.encode_prompt([PROMPT])
+    print(f"machine: {machine()}; 17x64x64, guidance {guidance}")
+    results = {}
+    for n in (steps, 4):
+        ours = median_seconds(lambda n=n: pipe(PROMPT, steps=n, guidance=guidance), args.repeats)
+        theirs = median_seconds(lambda n=n: peer(prompt_embeds=text, negative_prompt_embeds=torch.zeros_like(text),
+                                                 height=64, width=64, num_frames=17, num_inference_steps=n,
+                                                 guidance_scale=guidance, output_type="np"), args.repeats)
+        results[n] = (ours, theirs)
+        print(f"{n:>2} steps: kinema {ours:6.3f} s/clip   WanPipeline (same-size parts) {theirs:6.3f} s/clip   "
+              f"ratio {theirs / ours:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

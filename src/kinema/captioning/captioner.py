@@ -1,0 +1,174 @@
+"""A video captioner: VAE latents -> a detailed caption (the recipe's "second model").
+
+    latents (B, C, F, H, W) --patchify--> video tokens --encoder--> memory
+    caption tokens --decoder (causal self-attention, cross-attention to memory)--> next-token logits
+
+The vocabulary is built from the training captions (words and punctuation, plus <pad> <bos> <eos> <unk>),
+which for a closed world like ours is exactly as expressive as word pieces and far smaller. Decoding is
+greedy or beam search and always terminates (max_length).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kinema.dit.patches import grid_positions, patchify
+
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+PAD, BOS, EOS, UNK = range(4)
+_TOKEN_RE = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
+
+# ---------------------------------------------------------------------------------------------------
+# Vocabulary
+# ---------------------------------------------------------------------------------------------------
+
+
+class Vocab:
+    def __init__(self, words: list[str]):
+        self.words = list(SPECIALS) + [w for w in words if w not in SPECIALS]
+        self.index = {w: i for i, w in enumerate(self.words)}
+
+    @classmethod
+    def build(cls, captions: list[str]) -> Vocab:
+        return cls(sorted({t for c in captions for t in tokenize(c)}))
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def encode(self, text: str, max_length: int) -> list[int]:
+        ids = [self.index.get(t, UNK) for t in tokenize(text)][: max_length - 2]
+        return [BOS, *ids, EOS]
+
+    def decode(self, ids: list[int]) -> str:
+        words = []
+        for i in ids:
+            if i == EOS:
+                break
+            if i not in (PAD, BOS):
+                words.append(self.words[i])
+        return detokenize(words)
+
+    def to_json(self) -> str:
+        return json.dumps(self.words[len(SPECIALS):])
+
+    @classmethod
+    def from_json(cls, text: str) -> Vocab:
+        return cls(json.loads(text))
+
+
+def tokenize(text: str) -> list[str]:
+    return _TOKEN_RE.findall(text.lower())
+
+
+def detokenize(words: list[str]) -> str:
+    text = " ".join(words)
+    text = re.sub(r" ([,.;:!?])", r"\1", text)
+    return text[:1].upper() + text[1:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config and model
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptionerConfig:
+    latent_channels: int = 16
+    patch: tuple[int, int, int] = (1, 2, 2)
+    vocab_size: int = 256
+    dim: int = 256
+    heads: int = 4
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    max_length: int = 64
+    max_video_tokens: int = 1024
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch", tuple(self.patch))
+        if self.dim % self.heads:
+            raise ValueError(f"CaptionerConfig: dim {self.dim} must be divisible by heads {self.heads}")
+        if self.vocab_size <= len(SPECIALS):
+            raise ValueError(f"CaptionerConfig: vocab_size {self.vocab_size} leaves no room for words")
+
+
+class VideoCaptioner(nn.Module):
+    def __init__(self, cfg: CaptionerConfig):
+        super().__init__()
+        self.cfg = cfg
+        pt, ph, pw = cfg.patch
+        self.video_embedder = nn.Linear(cfg.latent_channels * pt * ph * pw, cfg.dim)
+        self.axis_embedders = nn.ModuleList(nn.Embedding(64, cfg.dim) for _ in range(3))  # f, h, w positions
+        layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, 4 * cfg.dim, dropout=0.0, batch_first=True,
+                                           norm_first=True, activation="gelu")
+        self.encoder = nn.TransformerEncoder(layer, cfg.encoder_layers, enable_nested_tensor=False)
+        self.token_embedder = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=PAD)
+        self.position_embedder = nn.Embedding(cfg.max_length, cfg.dim)
+        layer = nn.TransformerDecoderLayer(cfg.dim, cfg.heads, 4 * cfg.dim, dropout=0.0, batch_first=True,
+                                           norm_first=True, activation="gelu")
+        self.decoder = nn.TransformerDecoder(layer, cfg.decoder_layers)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+
+    def encode_video(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, F, H, W) -> memory (B, L, D)."""
+        grid = tuple(n // p for n, p in zip(latents.shape[2:], self.cfg.patch, strict=True))
+        x = self.video_embedder(patchify(latents, self.cfg.patch))  # (B, L, D)
+        pos = grid_positions(grid, latents.device).clamp(max=63)  # (L, 3)
+        x = x + sum(emb(pos[:, i]) for i, emb in enumerate(self.axis_embedders))
+        return self.encoder(x)
+
+    def decode_step(self, tokens: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids so far -> (B, T, vocab) logits."""
+        T = tokens.shape[1]
+        x = self.token_embedder(tokens) + self.position_embedder(torch.arange(T, device=tokens.device))
+        causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).triu(1)  # True: may not attend
+        h = self.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=tokens == PAD, tgt_is_causal=True)
+        return self.head(self.norm(h))
+
+    def loss(self, latents: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced cross-entropy; tokens (B, T) = <bos> words <eos> <pad>..."""
+        logits = self.decode_step(tokens[:, :-1], self.encode_video(latents))
+        return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), ignore_index=PAD)
+
+    @torch.no_grad()
+    def generate(self, latents: torch.Tensor, beams: int = 1) -> list[list[int]]:
+        """Token ids per clip, greedy (beams=1) or beam search; stops at <eos> or max_length."""
+        memory = self.encode_video(latents)
+        if beams == 1:
+            return self._greedy(memory)
+        return [self._beam(memory[i:i + 1], beams) for i in range(memory.shape[0])]
+
+    def _greedy(self, memory: torch.Tensor) -> list[list[int]]:
+        B = memory.shape[0]
+        tokens = torch.full((B, 1), BOS, dtype=torch.long, device=memory.device)
+        done = torch.zeros(B, dtype=torch.bool, device=memory.device)
+        for _ in range(self.cfg.max_length - 1):
+            nxt = self.decode_step(tokens, memory)[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, PAD), nxt)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            done |= nxt == EOS
+            if done.all():
+                break
+        return [row[1:].tolist() for row in tokens]
+
+    def _beam(self, memory: torch.Tensor, beams: int) -> list[int]:
+        hyps = [([BOS], 0.0)]
+        for _ in range(self.cfg.max_length - 1):
+            live = [h for h in hyps if h[0][-1] != EOS]
+            if not live:
+                break
+            tokens = torch.tensor([h[0] for h in live], device=memory.device)
+            logp = self.decode_step(tokens, memory.expand(len(live), -1, -1))[:, -1].log_softmax(-1)
+            top = logp.topk(beams, dim=-1)
+            candidates = [h for h in hyps if h[0][-1] == EOS]
+            for i, (seq, score) in enumerate(live):
+                for lp, tok in zip(top.values[i].tolist(), top.indices[i].tolist(), strict=True):
+                    candidates.append((seq + [tok], score + lp))
+            hyps = sorted(candidates, key=lambda h: h[1] / len(h[0]), reverse=True)[:beams]
+        return hyps[0][0][1:]

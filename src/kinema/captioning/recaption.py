@@ -1,0 +1,189 @@
+"""Training the captioner, measuring it, and the recaption batch job.
+
+    train:     `CaptionerTask` for the shared training loop, on a latent cache's detailed captions
+               (optionally only a subset of clips: those that have them)
+    measure:   `caption_agreement`: parse generated and reference captions, compare attribute by attribute
+    recaption: `recaption_dataset` writes DIR/recaptions.jsonl ({"key", "caption"}), appending as it goes, so
+               an interrupted job resumes; the original captions are never touched; clips that cannot be
+               read are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kinema.captioning.captioner import PAD, CaptionerConfig, VideoCaptioner, Vocab
+from kinema.config import from_dict, to_dict
+from kinema.data.buckets import global_indices
+from kinema.data.captions import parse_caption
+from kinema.data.latents import LatentDataset
+from kinema.io.weights import WeightsError, load_weights, save_weights
+from kinema.train.distributed import DistInfo
+
+
+def _tokens(vocab: Vocab, captions: list[str], max_length: int) -> torch.Tensor:
+    ids = [vocab.encode(c, max_length) for c in captions]
+    out = torch.full((len(ids), max(len(i) for i in ids)), PAD, dtype=torch.long)
+    for row, seq in enumerate(ids):
+        out[row, : len(seq)] = torch.tensor(seq)
+    return out
+
+
+@dataclass
+class CaptionerTask:
+    data: LatentDataset
+    model_cfg: CaptionerConfig
+    vocab: Vocab
+    batch_size: int
+    subset: list[int] | None = None  # dataset indices that have detailed captions (default: all)
+    grad_accum: int = 1
+    seed: int = 0
+    name: str = "captioner"
+    eval_indices: list[int] = field(default_factory=list)
+
+    def build_model(self) -> nn.Module:
+        return VideoCaptioner(self.model_cfg)
+
+    def model_config(self) -> dict:
+        return {"captioner": to_dict(self.model_cfg), "vocab": self.vocab.words}
+
+    def tokens_per_sample(self) -> int:
+        return self.model_cfg.max_length
+
+    def batch(self, step: int, micro: int, info: DistInfo) -> dict:
+        pool = self.subset if self.subset is not None else list(range(len(self.data)))
+        first = ((step * self.grad_accum + micro) * info.world_size + info.rank) * self.batch_size
+        idx = [pool[i] for i in global_indices(len(pool), self.seed, first, self.batch_size)]
+        b = self.data.gather(idx, ["detailed"] * len(idx))
+        return {"latents": b.latents.to(info.device),
+                "tokens": _tokens(self.vocab, b.captions, self.model_cfg.max_length).to(info.device)}
+
+    def loss(self, model: nn.Module, batch: dict, generator: torch.Generator):
+        return model.loss(batch["latents"], batch["tokens"]), {}
+
+    @torch.no_grad()
+    def samples(self, model: nn.Module, step: int, out_dir: Path) -> list[Path]:
+        idx = self.eval_indices or list(range(min(8, len(self.data))))
+        b = self.data.gather(idx, ["detailed"] * len(idx))
+        generated = [self.vocab.decode(t) for t in model.generate(b.latents)]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"captions-{step:07d}.txt"
+        path.write_text("".join(f"truth: {t}\nmodel: {g}\n\n" for t, g in zip(b.captions, generated, strict=True)))
+        return [path]
+
+    def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> Path:
+        config = {**to_dict(self.model_cfg), "vocab": self.vocab.words[4:],
+                  "vae": self.data.meta.get("vae")}
+        return save_weights(out_dir, "captioner", state_dict, config)
+
+
+def load_captioner(folder: str | Path) -> tuple[VideoCaptioner, Vocab, str | None]:
+    """(model, vocab, the VAE folder it reads latents of)."""
+    state, cfg = load_weights(folder, "captioner")
+    vocab, vae = Vocab(cfg.pop("vocab")), cfg.pop("vae", None)
+    model = VideoCaptioner(from_dict(CaptionerConfig, cfg, where=f"{folder}/captioner.json"))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsError(f"{folder}/captioner.safetensors does not fit its config: {e}") from e
+    return model.eval(), vocab, vae
+
+
+# ---------------------------------------------------------------------------------------------------
+# Caption quality: attribute agreement with the reference
+# ---------------------------------------------------------------------------------------------------
+
+
+def caption_agreement(generated: list[str], references: list[str]) -> dict[str, float]:
+    """Share of stated attributes a generated caption gets right (objects matched by color), per attribute,
+    plus 'all' (every attribute of the clip right). References are detailed captions (ground truth)."""
+    hits: dict[str, list[bool]] = {k: [] for k in ("count", "background", "color", "shape", "size", "motion",
+                                                   "speed", "all")}
+    for gen, ref in zip(generated, references, strict=True):
+        g, r = parse_caption(gen), parse_caption(ref)
+        clip = [len(g.objects) == len(r.objects), g.background == r.background]
+        found = {o.color: o for o in g.objects}
+        for obj in r.objects:
+            got = found.get(obj.color)
+            clip.append(got is not None)
+            hits["color"].append(got is not None)
+            for attr in ("shape", "size", "motion", "speed"):
+                ok = got is not None and getattr(got, attr) == getattr(obj, attr)
+                hits[attr].append(ok)
+                clip.append(ok)
+        hits["count"].append(clip[0])
+        hits["background"].append(clip[1])
+        hits["all"].append(all(clip))
+    return {k: sum(v) / len(v) for k, v in hits.items() if v}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The recaption job
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RecaptionResult:
+    written: int
+    skipped_existing: int
+    failed: int
+    path: Path
+
+
+def _done_keys(path: Path) -> set[str]:
+    """Keys already captioned; a torn last line (the job was killed mid-write) is dropped."""
+    if not path.exists():
+        return set()
+    keys, good = set(), []
+    for line in path.read_text().splitlines():
+        try:
+            keys.add(json.loads(line)["key"])
+            good.append(line)
+        except (json.JSONDecodeError, KeyError):
+            continue
+    path.write_text("".join(f"{line}\n" for line in good))
+    return keys
+
+
+@torch.no_grad()
+def recaption_dataset(captioner_dir: str | Path, data_dir: str | Path, vae_dir: str | Path | None = None,
+                      batch_size: int = 16, beams: int = 1, progress: bool = True) -> RecaptionResult:
+    """Caption every clip of a shard dataset into DATA/recaptions.jsonl; resumable; originals untouched."""
+    from tqdm import tqdm
+
+    from kinema.data.shards import ShardDataset
+    from kinema.io.video import VideoReadError
+    from kinema.io.weights import load_model
+    from kinema.vae.model import VAEConfig, VideoVAE
+
+    model, vocab, vae_ref = load_captioner(captioner_dir)
+    vae = load_model(vae_dir or vae_ref, "vae", VideoVAE, VAEConfig)
+    ds = ShardDataset(data_dir)
+    out = Path(data_dir) / "recaptions.jsonl"
+    done = _done_keys(out)
+    todo = [i for i, row in enumerate(ds.rows) if row["key"] not in done]
+    written = failed = 0
+    with out.open("a") as f:
+        for start in tqdm(range(0, len(todo), batch_size), desc="recaption", disable=not progress):
+            videos, keys = [], []
+            for i in todo[start:start + batch_size]:
+                try:
+                    videos.append(ds[i]["video"])
+                    keys.append(ds.rows[i]["key"])
+                except (VideoReadError, KeyError, OSError):
+                    failed += 1
+            if not videos:
+                continue
+            ids = model.generate(vae.encode(torch.stack(videos)), beams=beams)
+            for key, seq in zip(keys, ids, strict=True):
+                f.write(json.dumps({"key": key, "caption": vocab.decode(seq)}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            written += len(keys)
+    return RecaptionResult(written, len(done), failed, out)

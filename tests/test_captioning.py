@@ -1,0 +1,115 @@
+import json
+
+import pytest
+import torch
+
+from kinema.captioning.captioner import CaptionerConfig, VideoCaptioner, Vocab, detokenize, tokenize
+from kinema.captioning.recaption import (
+    CaptionerTask,
+    caption_agreement,
+    load_captioner,
+    recaption_dataset,
+)
+from kinema.config import TrainConfig
+from kinema.data.latents import LatentDataset
+from kinema.data.shards import ShardDataset
+from kinema.train.loop import train
+
+
+def test_vocab_round_trip():
+    caps = ["A big red circle starts near the top edge and moves quickly left, on a black background."]
+    vocab = Vocab.build(caps)
+    assert vocab.decode(vocab.encode(caps[0], 64)[1:]) == caps[0]
+    assert Vocab.from_json(vocab.to_json()).words == vocab.words
+    assert detokenize(tokenize("a b, c.")) == "A b, c."
+
+
+def _tiny(vocab_size=40):
+    return VideoCaptioner(CaptionerConfig(latent_channels=4, vocab_size=vocab_size, dim=32, heads=2,
+                                          encoder_layers=1, decoder_layers=1, max_length=12))
+
+
+def test_shapes_and_decoding_terminates():
+    torch.manual_seed(0)
+    model = _tiny().eval()
+    latents = torch.randn(3, 4, 2, 8, 8)
+    tokens = torch.randint(4, 40, (3, 7))
+    assert model.decode_step(tokens, model.encode_video(latents)).shape == (3, 7, 40)
+    for beams in (1, 3):
+        out = model.generate(latents, beams=beams)
+        assert len(out) == 3 and all(len(seq) <= 11 for seq in out)
+
+
+def test_decoder_is_causal():
+    torch.manual_seed(0)
+    model = _tiny().eval()
+    memory = model.encode_video(torch.randn(1, 4, 2, 8, 8))
+    a = torch.tensor([[1, 5, 6, 7, 8]])
+    b = a.clone()
+    b[0, 4] = 9
+    assert torch.allclose(model.decode_step(a, memory)[:, :4], model.decode_step(b, memory)[:, :4], atol=1e-5)
+
+
+def test_tiny_captioner_overfits_a_handful_of_clips(tiny_latents, tmp_path):
+    data = LatentDataset(tiny_latents)
+    subset = [0, 1, 2, 3]
+    vocab = Vocab.build([data.rows[i]["captions"]["detailed"] for i in subset])
+    cfg = CaptionerConfig(latent_channels=4, vocab_size=len(vocab), dim=64, heads=2, encoder_layers=1,
+                          decoder_layers=2, max_length=48)
+    task = CaptionerTask(data, cfg, vocab, batch_size=4, subset=subset, eval_indices=subset)
+    train(task, TrainConfig(steps=300, batch_size=4, lr=3e-3, warmup_steps=10, log_every=50, ckpt_every=300,
+                            bf16=False), tmp_path, progress=False)
+    model, vocab2, _ = load_captioner(tmp_path)
+    b = data.gather(subset, ["detailed"] * 4)
+    generated = [vocab2.decode(t) for t in model.generate(b.latents)]
+    assert caption_agreement(generated, b.captions)["all"] == 1.0, generated
+    assert (tmp_path / "samples" / "captions-0000300.txt").exists()
+
+
+def test_caption_agreement_counts_attributes():
+    ref = ["A big red circle starts near the left side and moves quickly right, on a black background."]
+    assert caption_agreement(ref, ref)["all"] == 1.0
+    wrong = ["A big red square starts near the left side and moves slowly right, on a black background."]
+    got = caption_agreement(wrong, ref)
+    assert got["color"] == 1.0 and got["shape"] == 0.0 and got["speed"] == 0.0 and got["all"] == 0.0
+
+
+@pytest.fixture()
+def tiny_captioner(tiny_latents, tmp_path):
+    data = LatentDataset(tiny_latents)
+    vocab = Vocab.build([r["captions"]["detailed"] for r in data.rows])
+    cfg = CaptionerConfig(latent_channels=4, vocab_size=len(vocab), dim=32, heads=2, encoder_layers=1,
+                          decoder_layers=1, max_length=24)
+    task = CaptionerTask(data, cfg, vocab, batch_size=4)
+    train(task, TrainConfig(steps=2, batch_size=4, warmup_steps=1, ckpt_every=2, bf16=False), tmp_path / "cap",
+          progress=False)
+    return tmp_path / "cap"
+
+
+def test_recaption_job_resumes_keeps_originals_and_skips_corrupt(tiny_dataset, tiny_captioner, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    original = (data / "captions.jsonl").read_text()
+    first = recaption_dataset(tiny_captioner, data, batch_size=5, progress=False)
+    assert (first.written, first.failed) == (24, 0)
+    lines = (data / "recaptions.jsonl").read_text().splitlines()
+    # simulate a job killed part-way: keep 10 lines and a torn one
+    (data / "recaptions.jsonl").write_text("\n".join(lines[:10]) + '\n{"key": "000')
+    again = recaption_dataset(tiny_captioner, data, batch_size=5, progress=False)
+    assert (again.written, again.skipped_existing) == (14, 10)
+    rows = [json.loads(line) for line in (data / "recaptions.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in rows) == sorted(json.loads(line)["key"] for line in original.splitlines())
+    assert (data / "captions.jsonl").read_text() == original  # the originals are kept
+    ds = ShardDataset(data)
+    assert all("recaption" in r["captions"] and "detailed" in r["captions"] for r in ds.rows)
+    # a corrupt clip is skipped and counted
+    (data / "recaptions.jsonl").unlink()
+    shard = data / "shards" / "shard-00000.tar"
+    raw = bytearray(shard.read_bytes())
+    start = raw.find(b"ftyp")  # inside the first mp4
+    raw[start: start + 2000] = bytes(2000)
+    shard.write_bytes(bytes(raw))
+    broken = recaption_dataset(tiny_captioner, data, batch_size=5, progress=False)
+    assert broken.failed >= 1 and broken.written + broken.failed == 24
