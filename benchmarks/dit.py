@@ -86,7 +86,7 @@ def main() -> None:
         ):
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-            def step(model=model, call=call, opt=opt):
+            def step(model=model, call=call, opt=opt, amp=amp):
                 with amp:
                     loss = call(model).float().pow(2).mean()
                 loss.backward()
