@@ -75,3 +75,20 @@ def test_metrics_log_has_loss_and_throughput(tiny_latents, tmp_path):
     assert [r["step"] for r in records] == [10, 20]
     assert all(r["samples_per_s"] > 0 and r["tokens_per_s"] > 0 and r["loss"] > 0 for r in records)
     assert (tmp_path / "model" / "dit.safetensors").exists()
+
+
+def test_ema_warms_up_then_tracks_slowly():
+    from kinema.train.ema import EMA
+
+    model = torch.nn.Linear(2, 2, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(200):
+        ema.update(model)
+    assert ema.shadow["weight"].mean() > 0.8  # the init no longer dominates after 200 updates
+    assert ema.current_decay() == pytest.approx(201 / 210)
+    for _ in range(20000):
+        ema.updates += 1
+    assert ema.current_decay() == 0.999

@@ -12,15 +12,24 @@ def _plain(model: nn.Module) -> nn.Module:
 
 
 class EMA:
+    """decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates n, so that short runs are not
+    dominated by the initial weights (with a fixed 0.999, 2000 steps still leave 13% of the init in the EMA)."""
+
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
+        self.updates = 0
         self.shadow = {k: v.detach().float().clone() for k, v in _plain(model).state_dict().items()}
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        decay = self.current_decay()
+        self.updates += 1
         for k, v in _plain(model).state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.detach().float(), 1 - self.decay)
+                self.shadow[k].lerp_(v.detach().float(), 1 - decay)
             else:
                 self.shadow[k].copy_(v)
 

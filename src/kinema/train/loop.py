@@ -141,6 +141,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, progress: bool = Tr
         _load_optimizer_state(model, opt, ckpt["optimizer"], mode)
         if ema:
             ema.load_state_dict(ckpt["ema"])
+            ema.updates = ckpt["step"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         start = ckpt["step"]
 
