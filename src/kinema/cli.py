@@ -199,6 +199,13 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
     print(f"trained to step {result.step}, loss {result.last_loss:.4f}; model folder: {Path(args.out) / 'model'}")
 
 
+def cmd_dit_export(args: argparse.Namespace) -> None:
+    from kinema.train.export import export_model_folder
+
+    out = export_model_folder(args.run, args.out, weights=args.weights, half=args.fp16)
+    print(f"wrote model folder {out}")
+
+
 def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     from kinema.presets import DIT_PRESETS
 
@@ -208,6 +215,12 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     _add_train_flags(p, sorted(DIT_PRESETS), "shapes")
     p.add_argument("--objective", choices=["flow", "epsilon", "v"], default="flow")
     p.set_defaults(func=cmd_dit_train)
+    p = dit.add_parser("export", help="a model folder from a run's latest checkpoint (raw or EMA weights)")
+    p.add_argument("--run", required=True, help="a `dit train` --out folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--weights", choices=["model", "ema"], default="ema")
+    p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size)")
+    p.set_defaults(func=cmd_dit_export)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -37,12 +37,13 @@ def generated_sample(out: Path, model: Path) -> list[Path]:
     for i, prompt in enumerate(DEMO_PROMPTS):
         detailed = expand_prompt(prompt, seed=i)
         trajectory: list[np.ndarray] = []
-        video = pipe(detailed, seed=i, callback=lambda _, x, t=trajectory: t.append(x))
+        video = pipe(detailed, seed=i, callback=lambda _, x, t=trajectory: t.append(x), callback_every=6)
         name = "_".join(prompt.split()[1:4])
         written += [write_mp4(out / f"{name}.mp4", video), write_gif(out / f"{name}.gif", video)]
-        clips += [*trajectory[::6], video]
-        captions += [f"{prompt}  ->  {detailed}  (step {k})" for k in range(0, len(trajectory), 6)] + ["final"]
+        clips += [*trajectory, video]
+        captions += [f"{prompt}  ->  {detailed}  (step {6 * k})" for k in range(len(trajectory))] + ["final"]
     written.append(save_image(out / "generated_contact_sheet.png", contact_sheet(clips, captions, scale=2)))
+    print(f"generated videos: {', '.join(str(p) for p in written if p.suffix == '.mp4')}")
     return written
 
 

@@ -56,14 +56,16 @@ def generate_to_files(args: argparse.Namespace) -> list[Path]:
     video = pipe(prompt, negative_prompt=args.negative_prompt, frames=frames, height=height, width=width,
                  steps=args.steps, guidance=args.guidance, seed=args.seed, sampler=args.sampler,
                  condition=frame_condition(args, frames),
-                 callback=(lambda i, x: trajectory.append(x)) if args.show_steps else None)
+                 callback=(lambda i, x: trajectory.append(x)) if args.show_steps else None,
+                 callback_every=max(1, (args.steps or pipe.defaults["steps"]) // 8))
     out = Path(args.out)
     fps = pipe.defaults.get("fps", 8)
     written = [write_mp4(out, video, fps) if out.suffix != ".gif" else write_gif(out, video, fps)]
     if args.gif and out.suffix != ".gif":
         written.append(write_gif(out.with_suffix(".gif"), video, fps))
     if args.show_steps:
-        rows = [*trajectory[:: max(1, len(trajectory) // 8)], video]
-        labels = [f"step {i}" for i in range(0, len(trajectory), max(1, len(trajectory) // 8))] + ["final"]
+        every = max(1, (args.steps or pipe.defaults["steps"]) // 8)
+        rows = [*trajectory, video]
+        labels = [f"step {every * i}" for i in range(len(trajectory))] + ["final"]
         written.append(save_image(out.with_name(out.stem + "_steps.png"), contact_sheet(rows, labels, scale=2)))
     return written

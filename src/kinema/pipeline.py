@@ -146,9 +146,10 @@ class TextToVideoPipeline:
         condition: FrameCondition | None = None,
         callback: Callable[[int, np.ndarray], None] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        callback_every: int = 1,
     ) -> np.ndarray:
-        """`callback(i, frames)` sees every intermediate state decoded to pixels (costly: for showing the
-        trajectory); `progress(i, steps)` is only told the step."""
+        """`callback(i, frames)` sees every `callback_every`-th intermediate state decoded to pixels (each
+        decode costs a VAE pass); `progress(i, steps)` is only told the step."""
         d = self.defaults
         frames, height, width = frames or d["frames"], height or d["height"], width or d["width"]
         steps = d["steps"] if steps is None else steps
@@ -181,7 +182,7 @@ class TextToVideoPipeline:
         def trace(i: int, z: torch.Tensor) -> None:
             if progress:
                 progress(i, steps)
-            if callback:
+            if callback and i % callback_every == 0:
                 callback(i, to_frames(self.vae.decode(z)[0]))
 
         x = sample(self.objective, fn, x, steps, sampler, generator, start, trace)

@@ -1,0 +1,42 @@
+"""A model folder (what `TextToVideoPipeline.from_pretrained` loads) from a DiT run's latest checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from kinema.io.weights import save_weights
+from kinema.train.checkpoint import latest_checkpoint, load_checkpoint
+
+
+def export_model_folder(run: str | Path, out: str | Path, weights: str = "ema", half: bool = False) -> Path:
+    """Copy the run's model_index.json and VAE, and write the checkpoint's `weights` ("model" or "ema") as
+    dit.safetensors (float16 when `half`; loading casts back to float32)."""
+    run, out = Path(run), Path(out)
+    path = latest_checkpoint(run / "checkpoints")
+    if path is None:
+        raise FileNotFoundError(f"{run}/checkpoints: no checkpoint to export")
+    ckpt = load_checkpoint(path)
+    state = ckpt[weights] or ckpt["model"]  # runs without EMA keep an empty "ema"
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights(out, "dit", state, ckpt["config"]["model"]["dit"])
+    for name in ("vae.safetensors", "vae.json", "model_index.json"):
+        src = run / "model" / name
+        if not src.exists():
+            raise FileNotFoundError(f"{src}: missing; the run has not exported a model folder yet")
+        if name == "vae.safetensors" and half:
+            from safetensors.torch import load_file
+
+            vae = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(src)).items()}
+            save_weights(out, "vae", vae, json.loads((run / "model" / "vae.json").read_text()))
+        elif not (name == "vae.json" and half):
+            shutil.copyfile(src, out / name)
+    index = json.loads((out / "model_index.json").read_text())
+    index["trained_steps"], index["weights"] = ckpt["step"], weights
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    return out
+
+
