@@ -1,0 +1,85 @@
+import random
+
+from kinema.data.captions import parse_caption
+from kinema.data.world import BACKGROUNDS, COLORS, SHAPES
+from kinema.text.expand import OpenAIExpander, ShapesExpander, expand_prompt
+
+ATTRS = {"size": ["small", "large"], "motion": ["left", "right", "up", "down", "still"],
+         "speed": ["slowly", "quickly"]}
+
+
+def _random_prompt(rng: random.Random) -> tuple[str, list[dict], str | None]:
+    """A user prompt stating a random subset of attributes for 1-2 objects, and what it states."""
+    objects, parts = [], []
+    colors = rng.sample(list(COLORS), 2)
+    for k in range(rng.randint(1, 2)):
+        stated = {"color": colors[k], "shape": rng.choice(SHAPES)}
+        words = [stated["color"], stated["shape"]]
+        if rng.random() < 0.5:
+            stated["size"] = rng.choice(ATTRS["size"])
+            words.insert(0, stated["size"])
+        text = "a " + " ".join(words)
+        if rng.random() < 0.7:
+            stated["motion"] = rng.choice(ATTRS["motion"])
+            if stated["motion"] == "still":
+                text += " staying still"
+            else:
+                text += f" moving {stated['motion']}"
+                if rng.random() < 0.5:
+                    stated["speed"] = rng.choice(ATTRS["speed"])
+                    text += f" {stated['speed']}"
+        objects.append(stated)
+        parts.append(text)
+    background = rng.choice(list(BACKGROUNDS)) if rng.random() < 0.4 else None
+    prompt = " and ".join(parts) + (f" on a {background} background" if background else "")
+    return prompt, objects, background
+
+
+def test_expansion_never_drops_or_contradicts_a_stated_attribute():
+    rng = random.Random(0)
+    for trial in range(500):
+        prompt, stated, background = _random_prompt(rng)
+        expanded = expand_prompt(prompt, seed=trial)
+        parsed = parse_caption(expanded)
+        assert len(parsed.objects) == len(stated), (prompt, expanded)
+        if background:
+            assert parsed.background == background, (prompt, expanded)
+        for want, got in zip(stated, parsed.objects, strict=True):
+            for attr, value in want.items():
+                assert getattr(got, attr) == value, (attr, prompt, expanded)
+        # and it fills in what was not stated: a detailed caption states everything
+        assert parsed.background is not None
+        assert all(o.size and o.motion and (o.speed or o.motion == "still") for o in parsed.objects)
+
+
+def test_expansion_is_seeded_and_keeps_ungroundable_prompts():
+    assert expand_prompt("a red circle", seed=1) == expand_prompt("a red circle", seed=1)
+    assert expand_prompt("a dog on a beach") == "a dog on a beach"
+
+
+def test_openai_backend_builds_a_chat_request(monkeypatch):
+    import json
+    import urllib.request
+
+    seen = {}
+
+    class Reply:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def read(self):
+            return json.dumps({"choices": [{"message": {"content": " A detailed caption. "}}]}).encode()
+
+    def fake_urlopen(request, timeout):
+        seen["url"], seen["body"] = request.full_url, json.loads(request.data)
+        return Reply()
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    out = OpenAIExpander("http://localhost:9/v1", "tiny-llm", examples=["ex"]).expand("a red circle", seed=3)
+    assert out == "A detailed caption."
+    assert seen["url"] == "http://localhost:9/v1/chat/completions"
+    assert seen["body"]["model"] == "tiny-llm" and seen["body"]["messages"][-1]["content"] == "a red circle"
+    assert isinstance(ShapesExpander().expand("a red circle"), str)
