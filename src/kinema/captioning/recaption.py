@@ -164,9 +164,9 @@ def recaption_dataset(captioner_dir: str | Path, data_dir: str | Path, vae_dir: 
 
     model, vocab, vae_ref = load_captioner(captioner_dir)
     vae = load_model(vae_dir or vae_ref, "vae", VideoVAE, VAEConfig)
-    ds = ShardDataset(data_dir)
     out = Path(data_dir) / "recaptions.jsonl"
-    done = _done_keys(out)
+    done = _done_keys(out)  # first: drops a torn last line left by a killed job
+    ds = ShardDataset(data_dir)
     todo = [i for i, row in enumerate(ds.rows) if row["key"] not in done]
     written = failed = 0
     with out.open("a") as f:

@@ -162,8 +162,13 @@ class ShardDataset(Dataset):
         """Add the captioner's captions (if the recaption job ran) as the level 'recaption'."""
         if not path.exists():
             return
-        recaptions = {r["key"]: r["caption"] for r in (json.loads(line) for line in path.read_text().splitlines()
-                                                       if line.strip())}
+        recaptions = {}
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                recaptions[row["key"]] = row["caption"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a torn line from an interrupted job: that clip is simply not recaptioned yet
         for row in self.rows:
             if row["key"] in recaptions:
                 row["captions"]["recaption"] = recaptions[row["key"]]
