@@ -24,9 +24,10 @@ def test_epsilon_objective_closed_forms():
     obj = EpsilonObjective()
     ac = DDPMSchedule().alphas_cumprod()
     assert ac[0] == pytest.approx(1 - 1e-4) and ac[-1] < 1e-4
-    noise, t = torch.randn_like(X0), torch.tensor([0, 999])
+    noise, t = torch.randn(X0.shape, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 999])
     x_t = obj.add_noise(X0, noise, t)
-    assert torch.allclose(x_t[0], ac[0].sqrt().float() * X0[0] + (1 - ac[0]).sqrt().float() * noise[0], atol=1e-6)
+    expected = ac[0].sqrt() * X0[0].double() + (1 - ac[0]).sqrt() * noise[0].double()
+    assert torch.allclose(x_t[0].double(), expected, atol=1e-5)  # float32 rounding of values up to ~3
     assert torch.equal(obj.target(X0, noise, t), noise)
     v = EpsilonObjective(prediction="v").target(X0, noise, t)
     a = ac[999].float()

@@ -92,3 +92,22 @@ def test_psnr_and_ssim_basics():
     assert torch.allclose(ssim(x, x), torch.ones(2), atol=1e-4)
     noisy = (x + 0.1 * torch.randn_like(x)).clamp(-1, 1)
     assert (psnr(noisy, x) < 40).all() and (ssim(noisy, x) < 1).all()
+
+
+def test_report_is_self_contained_html(tmp_path):
+    import json
+
+    from kinema.eval.report import write_report
+
+    run = tmp_path / "run"
+    (run / "samples").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1 / s}) + "\n" for s in (1, 2, 3)))
+    from PIL import Image
+    Image.new("RGB", (8, 8)).save(run / "samples" / "samples-0000003.png")
+    adh = tmp_path / "adh"
+    prompts = prompt_set(2)
+    run_adherence(_oracle(prompts), prompts, adh, progress=False)
+    out = write_report(tmp_path / "report.html", runs=[str(run)], adherence=[str(adh)])
+    html = out.read_text()
+    assert html.count("data:image/png;base64,") >= 3  # loss curve, adherence bars, sample sheet
+    assert "Prompt adherence" in html and "src=\"http" not in html
