@@ -94,11 +94,9 @@ class WorldConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> WorldConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"WorldConfig: unknown field(s) {sorted(unknown)}; "
-                             f"expected some of {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+        from kinema.config import from_dict
+
+        return from_dict(cls, d)
 
 
 # ---------------------------------------------------------------------------------------------------

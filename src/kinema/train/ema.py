@@ -6,9 +6,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-
-def _plain(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+from kinema.train.parallelize import unwrap
 
 
 class EMA:
@@ -18,7 +16,7 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.updates = 0
-        self.shadow = {k: v.detach().float().clone() for k, v in _plain(model).state_dict().items()}
+        self.shadow = {k: v.detach().float().clone() for k, v in unwrap(model).state_dict().items()}
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
@@ -27,7 +25,7 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         decay = self.current_decay()
         self.updates += 1
-        for k, v in _plain(model).state_dict().items():
+        for k, v in unwrap(model).state_dict().items():
             if v.dtype.is_floating_point:
                 self.shadow[k].lerp_(v.detach().float(), 1 - decay)
             else:
