@@ -27,6 +27,15 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"size must be H or HxW, like 64 or 64x96; got {text!r}") from None
 
 
+def _fhw(text: str) -> tuple[int, int, int]:
+    """'17x64x96' -> (17, 64, 96) as (frames, H, W)."""
+    try:
+        f, h, w = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FRAMESxHxW, like 17x64x96; got {text!r}") from None
+    return f, h, w
+
+
 def _range(text: str) -> tuple[int, int]:
     """'2' -> (2, 2); '1-3' -> (1, 3)."""
     lo, _, hi = text.partition("-")
@@ -49,7 +58,7 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     cfg = WorldConfig(frames=args.frames, height=h, width=w, min_objects=lo, max_objects=hi,
                       holdout=tuple(args.holdout or ()))
     out = synth_dataset(args.out, args.n, cfg, seed=args.seed, shard_size=args.shard_size,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, sizes=args.sizes)
     print(f"wrote {args.n} clips to {out}")
 
 
@@ -75,6 +84,8 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--objects", type=_range, default=(1, 3), help="objects per clip: N or LO-HI (default 1-3)")
     p.add_argument("--holdout", nargs="*", help="'color shape' pairs never generated, e.g. 'yellow triangle'")
+    p.add_argument("--sizes", nargs="+", type=_fhw, metavar="FxHxW",
+                   help="mixed durations/sizes: each clip gets one of these, e.g. 17x64x64 17x64x96 33x64x64")
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--overwrite", action="store_true", help="replace a dataset made with other settings")
     p.set_defaults(func=cmd_data_synth)

@@ -1,9 +1,14 @@
 """The latent cache: VAE latents and text embeddings of a dataset, computed once for DiT training.
 
     OUT/meta.json                   source dataset, VAE config, text encoder, caption levels
-    OUT/latents-00000.safetensors   latents (n, c, f, h, w) fp32; text.{level} (n, L, D) bf16,
-                                    mask.{level} (n, L) bool; header: the keys of the n clips
-    OUT/index.jsonl                 {"key", "shard", "row", "captions"} per clip
+    OUT/latents-00000.safetensors   latents.{f}x{h}x{w} (n_b, c, f, h, w) fp32, one tensor per size bucket;
+                                    text.{level} (n, L, D) bf16, mask.{level} (n, L) bool in clip order;
+                                    header: the keys of the n clips
+    OUT/index.jsonl                 {"key", "shard", "row", "bucket", "brow", "captions"} per clip: row is the
+                                    clip's place in the shard, (bucket, brow) where its latent is
+
+Clips of different durations and sizes (variable F, H, W: Sora trains at native sizes) fall into buckets by
+latent shape; a batch is drawn from one bucket (`kinema.data.buckets.bucket_batch_indices`).
 
 One latents file per source shard, each written atomically; an interrupted encode re-run skips the
 files already there.
@@ -32,23 +37,38 @@ def _save_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
 
 @torch.no_grad()
-def _encode_rows(vae, text_encoder, ds: ShardDataset, rows: list[int], batch_size: int) -> dict[str, torch.Tensor]:
+def _encode_rows(vae, text_encoder, ds: ShardDataset, rows: list[int],
+                 batch_size: int) -> tuple[dict[str, torch.Tensor], dict[int, tuple[str, int]]]:
+    """Latents per size bucket (and each row's (bucket, position)), text embeddings in row order."""
     levels = [lv for lv in CAPTION_LEVELS if all(lv in ds.rows[i]["captions"] for i in rows)]
-    latents, texts = [], {level: [] for level in levels}
+    videos = {i: ds[i]["video"] for i in rows}  # (C, F, H, W), sizes may differ
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i in rows:
+        by_size.setdefault(tuple(videos[i].shape[1:]), []).append(i)
+    out, where = {}, {}
+    for _, members in sorted(by_size.items()):
+        parts = [vae.encode(torch.stack([videos[i] for i in members[s:s + batch_size]])).float()
+                 for s in range(0, len(members), batch_size)]
+        latents = torch.cat(parts)  # (n_b, c, f, h, w)
+        bucket = bucket_name(latents.shape[2:])
+        out[f"latents.{bucket}"] = latents
+        where.update({i: (bucket, j) for j, i in enumerate(members)})
+    texts = {level: [] for level in levels} if text_encoder is not None else {}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        videos = torch.stack([ds[i]["video"] for i in chunk])  # (B, C, F, H, W)
-        latents.append(vae.encode(videos).float())
-        if text_encoder is not None:
-            for level in levels:
-                texts[level].append(text_encoder([ds.rows[i]["captions"][level] for i in chunk]))
-    out = {"latents": torch.cat(latents)}
+        for level in texts:
+            texts[level].append(text_encoder([ds.rows[i]["captions"][level] for i in chunk]))
     for level, parts in texts.items():
         if parts:
             length = max(t.shape[1] for t, _ in parts)
             out[f"text.{level}"] = torch.cat([_pad(t, length).to(torch.bfloat16) for t, _ in parts])
             out[f"mask.{level}"] = torch.cat([_pad(m, length) for _, m in parts])
-    return out
+    return out, where
+
+
+def bucket_name(shape: tuple[int, ...] | torch.Size) -> str:
+    """Latent (f, h, w) -> "fxhxw", the name of a size bucket."""
+    return "x".join(str(int(n)) for n in shape)
 
 
 def _pad(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -82,13 +102,25 @@ def encode_dataset(vae_dir: str | Path, data_dir: str | Path, out: str | Path, b
     index = []
     for n, (shard, rows) in enumerate(tqdm(sorted(by_shard.items()), desc="encode", disable=not progress)):
         path = out / f"latents-{n:05d}.safetensors"
-        if not path.exists():
-            tensors = _encode_rows(vae, encoder, ds, rows, batch_size)
-            _save_atomic(path, tensors, {"keys": json.dumps([ds.rows[i]["key"] for i in rows]), "source": shard})
-        index += [{"key": ds.rows[i]["key"], "shard": path.name, "row": r, "captions": ds.rows[i]["captions"]}
-                  for r, i in enumerate(rows)]
+        if path.exists():  # done by an earlier, interrupted run: read where each row went
+            where = _bucket_rows(path, rows)
+        else:
+            tensors, where = _encode_rows(vae, encoder, ds, rows, batch_size)
+            _save_atomic(path, tensors, {"keys": json.dumps([ds.rows[i]["key"] for i in rows]), "source": shard,
+                                         "buckets": json.dumps([where[i] for i in rows])})
+        index += [{"key": ds.rows[i]["key"], "shard": path.name, "row": r, "bucket": where[i][0],
+                   "brow": where[i][1], "captions": ds.rows[i]["captions"]} for r, i in enumerate(rows)]
     atomic_write_bytes(out / "index.jsonl", ("\n".join(json.dumps(r) for r in index) + "\n").encode())
     return out
+
+
+def _bucket_rows(path: Path, rows: list[int]) -> dict[int, tuple[str, int]]:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if "buckets" in meta:
+            return {i: tuple(b) for i, b in zip(rows, json.loads(meta["buckets"]), strict=True)}
+        bucket = bucket_name(f.get_slice("latents").get_shape()[2:])  # a cache from before buckets
+        return {i: (bucket, j) for j, i in enumerate(rows)}
 
 
 @dataclass
@@ -114,39 +146,67 @@ class LatentDataset:
         self.latents, self.text, self.mask = self._load()
 
     def _load(self):
+        """latents: bucket -> (n_b, c, f, h, w); text/mask: level -> (n, L, D) / (n, L) in index order."""
         shards = sorted({r["shard"] for r in self.rows})
-        parts: dict[str, list[torch.Tensor]] = {}
+        latents: dict[str, list[torch.Tensor]] = {}
+        texts: dict[str, list[torch.Tensor]] = {}
+        bucket_offset, text_offset, total = {}, {}, 0
         for shard in shards:
             with safe_open(str(self.root / shard), framework="pt") as f:
-                for k in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                    parts.setdefault(k, []).append(f.get_tensor(k))
-        offsets, total = {}, 0
-        for shard, lat in zip(shards, parts["latents"], strict=True):
-            offsets[shard], total = total, total + lat.shape[0]
-        self._row_of = [offsets[r["shard"]] + r["row"] for r in self.rows]
-        latents = torch.cat(parts.pop("latents"))
+                keys = list(f.keys())
+                rows = len(json.loads((f.metadata() or {}).get("keys", "[]")))
+                for k in keys:
+                    if k == "latents" or k.startswith("latents."):
+                        t = f.get_tensor(k)
+                        bucket = k.partition(".")[2] or bucket_name(t.shape[2:])
+                        bucket_offset[shard, bucket] = sum(x.shape[0] for x in latents.get(bucket, []))
+                        latents.setdefault(bucket, []).append(t)
+                        rows = rows or t.shape[0]
+                    else:
+                        texts.setdefault(k, []).append(f.get_tensor(k))
+            text_offset[shard], total = total, total + rows
+        self._loc = []
+        for r in self.rows:
+            bucket = r.get("bucket") or next(b for (s, b) in bucket_offset if s == r["shard"])
+            self._loc.append((bucket, bucket_offset[r["shard"], bucket] + r.get("brow", r["row"])))
+        self._text_row = [text_offset[r["shard"]] + r["row"] for r in self.rows]
         text, mask = {}, {}
         for level in CAPTION_LEVELS:
-            if f"text.{level}" in parts:
-                length = max(t.shape[1] for t in parts[f"text.{level}"])
-                text[level] = torch.cat([_pad(t, length) for t in parts[f"text.{level}"]])
-                mask[level] = torch.cat([_pad(m, length) for m in parts[f"mask.{level}"]])
-        return latents, text, mask
+            if f"text.{level}" in texts:
+                length = max(t.shape[1] for t in texts[f"text.{level}"])
+                text[level] = torch.cat([_pad(t, length) for t in texts[f"text.{level}"]])
+                mask[level] = torch.cat([_pad(m, length) for m in texts[f"mask.{level}"]])
+        return {b: torch.cat(parts) for b, parts in latents.items()}, text, mask
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @property
+    def buckets(self) -> dict[str, list[int]]:
+        """Size bucket -> the dataset indices in it."""
+        out: dict[str, list[int]] = {}
+        for i, (bucket, _) in enumerate(self._loc):
+            out.setdefault(bucket, []).append(i)
+        return out
+
+    @property
     def latent_shape(self) -> tuple[int, ...]:
-        return tuple(self.latents.shape[1:])
+        """(c, f, h, w) of the largest bucket (the only one, for a single-size dataset)."""
+        bucket = max(self.latents, key=lambda b: self.latents[b].shape[0])
+        return tuple(self.latents[bucket].shape[1:])
 
     def gather(self, indices: list[int], levels: list[str]) -> LatentBatch:
-        """Latents of `indices`, with the text of caption level levels[i] for clip i."""
-        rows = [self._row_of[i] for i in indices]
+        """Latents of `indices` (all from one size bucket), with the text of caption level levels[i] for clip i."""
+        buckets = {self._loc[i][0] for i in indices}
+        if len(buckets) > 1:
+            raise ValueError(f"{self.root}: a batch must come from one size bucket, got {sorted(buckets)}")
+        bucket = buckets.pop()
+        latents = self.latents[bucket][[self._loc[i][1] for i in indices]]
         captions = [self.rows[i]["captions"][lv] for i, lv in zip(indices, levels, strict=True)]
         if not self.text:
-            return LatentBatch(self.latents[rows], None, None, captions)
+            return LatentBatch(latents, None, None, captions)
+        rows = [self._text_row[i] for i in indices]
         length = max(self.text[lv].shape[1] for lv in set(levels))
         text = torch.stack([_pad(self.text[lv][r][None], length)[0] for r, lv in zip(rows, levels, strict=True)])
         mask = torch.stack([_pad(self.mask[lv][r][None], length)[0] for r, lv in zip(rows, levels, strict=True)])
-        return LatentBatch(self.latents[rows], text.float(), mask, captions)
+        return LatentBatch(latents, text.float(), mask, captions)

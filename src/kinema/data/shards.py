@@ -15,7 +15,7 @@ import json
 import os
 import random
 import tarfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -51,11 +51,20 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _write_shard(path: Path, cfg: WorldConfig, seed: int, indices: range) -> None:
+def clip_config(cfg: WorldConfig, sizes: list[tuple[int, int, int]] | None, seed: int) -> WorldConfig:
+    """The world config of one clip: with `sizes` ((F, H, W) choices), its duration and size drawn by seed."""
+    if not sizes:
+        return cfg
+    frames, height, width = sizes[random.Random(seed ^ 0x517E).randrange(len(sizes))]
+    return replace(cfg, frames=frames, height=height, width=width)
+
+
+def _write_shard(path: Path, cfg: WorldConfig, seed: int, indices: range,
+                 sizes: list[tuple[int, int, int]] | None = None) -> None:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for i in indices:
-            frames, scene = make_clip(cfg, clip_seed(seed, i))
+            frames, scene = make_clip(clip_config(cfg, sizes, clip_seed(seed, i)), clip_seed(seed, i))
             key = f"{i:08d}"
             _add_member(tar, f"{key}.mp4", encode_mp4(frames.numpy(), cfg.fps, lossless=True))
             _add_member(tar, f"{key}.json", scene.to_json().encode())
@@ -77,8 +86,10 @@ def _check_meta(out: Path, meta: dict, overwrite: bool) -> None:
 
 
 def synth_dataset(out: str | Path, n: int, cfg: WorldConfig, seed: int = 0, shard_size: int = 256,
-                  overwrite: bool = False, progress: bool = True) -> Path:
-    """Write n shapes-world clips to `out` as shards + captions.jsonl. Resumes an interrupted run."""
+                  overwrite: bool = False, progress: bool = True,
+                  sizes: list[tuple[int, int, int]] | None = None) -> Path:
+    """Write n shapes-world clips to `out` as shards + captions.jsonl. Resumes an interrupted run.
+    With `sizes` ((F, H, W) triples), each clip gets one of them (mixed durations, sizes, aspect ratios)."""
     from tqdm import tqdm
 
     if n < 1 or shard_size < 1:
@@ -87,12 +98,16 @@ def synth_dataset(out: str | Path, n: int, cfg: WorldConfig, seed: int = 0, shar
     meta = {"format": FORMAT_VERSION, "kind": "shapes-world", "n": n, "seed": seed,
             "shard_size": shard_size, "world": asdict(cfg)}
     meta["world"] = {k: list(v) if isinstance(v, tuple) else v for k, v in meta["world"].items()}
+    if sizes:
+        for f, h, w in sizes:
+            WorldConfig(frames=f, height=h, width=w)  # validates each size
+        meta["sizes"] = [list(s) for s in sizes]
     _check_meta(out, meta, overwrite)
     starts = range(0, n, shard_size)
     for s, start in enumerate(tqdm(starts, desc="synth shards", disable=not progress)):
         path = out / "shards" / f"shard-{s:05d}.tar"
         if not path.exists():
-            _write_shard(path, cfg, seed, range(start, min(n, start + shard_size)))
+            _write_shard(path, cfg, seed, range(start, min(n, start + shard_size)), sizes)
     _write_index(out)
     return out
 

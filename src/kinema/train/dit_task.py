@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from kinema.config import to_dict
-from kinema.data.buckets import batch_indices
+from kinema.data.buckets import batch_indices, bucket_batch_indices
 from kinema.data.latents import LatentDataset
 from kinema.diffusion.objectives import Objective
 from kinema.dit.model import DiT, DiTConfig
@@ -53,6 +53,7 @@ class DiTTask:
     grad_accum: int = 1
     seed: int = 0
     caption_mix: dict[str, float] = field(default_factory=lambda: {"detailed": 0.5, "medium": 0.4, "short": 0.1})
+    clip_levels: list[str] | None = None  # a fixed caption level per clip (overrides caption_mix), e.g. ablations
     caption_dropout: float = 0.1
     cond_prob: float = 0.3  # share of samples trained with some frames given
     vae_dir: Path | None = None  # for decoding samples and for the exported model folder
@@ -71,27 +72,42 @@ class DiTTask:
         pt, ph, pw = self.model_cfg.patch
         return (f // pt) * (h // ph) * (w // pw)
 
-    def _conditioning(self, x0: torch.Tensor, rngs: list[random.Random]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _cond_mask(self, x0: torch.Tensor, rngs: list[random.Random]) -> torch.Tensor:
+        """(B, 1, F, H, W) 1 where a latent frame is given (the clean x0 there is the conditioning)."""
         B, _, F, H, W = x0.shape
         masks = []
         for rng in rngs:
             kind = rng.choice(["first", "prefix", "suffix", "ends"]) if rng.random() < self.cond_prob else "none"
             masks.append(frame_mask(kind, F, rng))
-        cond_mask = torch.stack(masks).view(B, 1, F, 1, 1).expand(B, 1, F, H, W).to(x0)
-        return x0, cond_mask
+        return torch.stack(masks).view(B, 1, F, 1, 1).expand(B, 1, F, H, W).to(x0)
+
+    def _indices(self, step: int, micro: int, info: DistInfo) -> list[int]:
+        """One micro-batch of dataset indices; with several size buckets, all from one bucket."""
+        buckets = self.data.buckets
+        if len(buckets) == 1:
+            return batch_indices(len(self.data), self.seed, step, micro, self.grad_accum, info.rank,
+                                 info.world_size, self.batch_size)
+        number = (step * self.grad_accum + micro) * info.world_size + info.rank
+        return bucket_batch_indices([buckets[b] for b in sorted(buckets)], self.seed, number, self.batch_size)
+
+    def _levels(self, idx: list[int], rngs: list[random.Random]) -> list[str]:
+        if self.clip_levels is not None:
+            return [self.clip_levels[i] for i in idx]
+        mix = {lv: p for lv, p in self.caption_mix.items() if lv in self.data.text}
+        mix = mix or {lv: 1.0 for lv in self.data.text}  # e.g. ingested videos: one caption level only
+        return [rng.choices(list(mix), list(mix.values()))[0] for rng in rngs]
 
     def batch(self, step: int, micro: int, info: DistInfo) -> dict:
-        idx = batch_indices(len(self.data), self.seed, step, micro, self.grad_accum, info.rank, info.world_size,
-                            self.batch_size)
+        idx = self._indices(step, micro, info)
         rngs = [random.Random(self.seed * 1_000_003 + step * 997 + i) for i in idx]
-        levels = [rng.choices(list(self.caption_mix), list(self.caption_mix.values()))[0] for rng in rngs]
+        levels = self._levels(idx, rngs)
         b = self.data.gather(idx, levels)
         keep = torch.tensor([rng.random() >= self.caption_dropout for rng in rngs])
         mask = b.mask & keep[:, None]  # a dropped caption: every token masked, the null token remains
-        cond, cond_mask = self._conditioning(b.latents, rngs)
+        cond_mask = self._cond_mask(b.latents, rngs)
         to = info.device
         return {"x0": b.latents.to(to), "text": (b.text * mask[..., None]).to(to), "text_mask": mask.to(to),
-                "cond": cond.to(to), "cond_mask": cond_mask.to(to)}
+                "cond": b.latents.to(to), "cond_mask": cond_mask.to(to)}
 
     def loss(self, model: nn.Module, batch: dict, generator: torch.Generator):
         loss = self.objective.loss(model, batch["x0"], generator, text=batch["text"], text_mask=batch["text_mask"],
