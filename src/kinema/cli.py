@@ -62,6 +62,20 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     print(f"wrote {args.n} clips to {out}")
 
 
+def cmd_data_ingest(args: argparse.Namespace) -> None:
+    from kinema.data.ingest import IngestConfig, ingest_folder
+
+    cfg = IngestConfig(frames=args.frames, fps=args.fps, sizes=tuple(args.sizes), min_motion=args.min_motion,
+                       scene_threshold=None if args.no_scene_cuts else args.scene_threshold,
+                       max_clips_per_video=args.max_clips, shard_size=args.shard_size)
+    report = ingest_folder(args.dir, args.captions, args.out, cfg)
+    for bad in report.unreadable:
+        print(f"unreadable: {bad['error']}")
+    for name in report.too_short:
+        print(f"too short: {name}")
+    print(f"{report.summary()} -> {args.out} (details: {Path(args.out) / 'ingest_report.json'})")
+
+
 def cmd_data_show(args: argparse.Namespace) -> None:
     from kinema.data.shards import ShardDataset
     from kinema.io.video import contact_sheet, save_image, to_frames
@@ -69,7 +83,7 @@ def cmd_data_show(args: argparse.Namespace) -> None:
     ds = ShardDataset(args.dir)
     items = [ds[i] for i in range(min(args.n, len(ds)))]
     sheet = contact_sheet([to_frames(it["video"]) for it in items],
-                          [it["captions"][args.level] for it in items], scale=args.scale)
+                          [it["captions"].get(args.level, it["caption"]) for it in items], scale=args.scale)
     out = save_image(args.out or Path(args.dir) / "contact_sheet.png", sheet)
     print(f"wrote {out}")
 
@@ -89,10 +103,27 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--overwrite", action="store_true", help="replace a dataset made with other settings")
     p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser("ingest", help="a folder of real videos + a captions file -> a dataset (probe, filter, "
+                                       "scene cuts, size buckets)")
+    p.add_argument("dir", help="folder the captions file's paths are relative to")
+    p.add_argument("--captions", required=True, help="CSV (path,caption|text columns) or JSONL ({path, caption})")
+    p.add_argument("--out", required=True)
+    p.add_argument("--frames", type=int, default=17, help="frames per clip (1 + 4k)")
+    p.add_argument("--fps", type=float, default=8.0, help="sample clips at this frame rate")
+    p.add_argument("--sizes", nargs="+", type=_size, default=[(64, 64)], metavar="HxW",
+                   help="size buckets; each video goes to the one nearest its aspect ratio (default 64x64)")
+    p.add_argument("--min-motion", type=float, default=1.0, help="drop clips with a lower motion score (0-255)")
+    p.add_argument("--scene-threshold", type=float, default=40.0, help="frame difference that marks a cut")
+    p.add_argument("--no-scene-cuts", action="store_true")
+    p.add_argument("--max-clips", type=int, default=8, help="clips per video at most")
+    p.add_argument("--shard-size", type=int, default=256)
+    p.set_defaults(func=cmd_data_ingest)
+
     p = data.add_parser("show", help="write a PNG contact sheet of a few clips")
     p.add_argument("dir")
     p.add_argument("--n", type=int, default=6)
-    p.add_argument("--level", choices=["short", "medium", "detailed"], default="detailed")
+    p.add_argument("--level", choices=["short", "medium", "detailed", "original", "recaption"], default="detailed",
+                   help="caption level to print (a clip without it shows the caption it has)")
     p.add_argument("--scale", type=int, default=1)
     p.add_argument("--out", help="PNG path (default DIR/contact_sheet.png)")
     p.set_defaults(func=cmd_data_show)

@@ -147,7 +147,9 @@ def load_index(path: str | Path) -> list[dict]:
     return rows
 
 
-CAPTION_LEVELS = ("short", "medium", "detailed", "recaption")  # recaption: written by `kinema caption run`
+# short/medium/detailed: the shapes world; original: an ingested video's own caption;
+# recaption: written by `kinema caption run`
+CAPTION_LEVELS = ("short", "medium", "detailed", "original", "recaption")
 
 
 class ShardDataset(Dataset):
@@ -214,7 +216,8 @@ class ShardDataset(Dataset):
 
     def pick_caption(self, index: int, captions: dict[str, str]) -> str:
         rng = random.Random(hash((self.seed, self.epoch, index)))
-        levels, weights = zip(*self.caption_mix.items(), strict=True)
+        mix = {lv: p for lv, p in self.caption_mix.items() if lv in captions} or {lv: 1.0 for lv in captions}
+        levels, weights = zip(*mix.items(), strict=True)
         return captions[rng.choices(levels, weights)[0]]
 
     def __getitem__(self, index: int) -> dict:
