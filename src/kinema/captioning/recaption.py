@@ -95,6 +95,16 @@ def load_captioner(folder: str | Path) -> tuple[VideoCaptioner, Vocab, str | Non
     return model.eval(), vocab, vae
 
 
+@torch.no_grad()
+def caption_latents(model: VideoCaptioner, vocab: Vocab, latents: torch.Tensor, batch_size: int = 64,
+                    beams: int = 1) -> list[str]:
+    """Captions for (n, c, f, h, w) latents of one size."""
+    out = []
+    for start in range(0, latents.shape[0], batch_size):
+        out += [vocab.decode(seq) for seq in model.generate(latents[start:start + batch_size], beams=beams)]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # Caption quality: attribute agreement with the reference
 # ---------------------------------------------------------------------------------------------------

@@ -195,6 +195,23 @@ class LatentDataset:
         bucket = max(self.latents, key=lambda b: self.latents[b].shape[0])
         return tuple(self.latents[bucket].shape[1:])
 
+    def latents_of(self, indices: list[int]) -> torch.Tensor:
+        """(n, c, f, h, w) latents of clips from one size bucket."""
+        return self.gather(indices, [next(iter(self.rows[i]["captions"])) for i in indices]).latents
+
+    def add_level(self, level: str, captions: list[str], text: torch.Tensor, mask: torch.Tensor) -> None:
+        """Add a caption level in memory (e.g. a captioner's captions): captions[i], text[i] (L, D) and
+        mask[i] (L,) belong to clip i."""
+        if not len(captions) == text.shape[0] == mask.shape[0] == len(self):
+            raise ValueError(f"add_level({level!r}): need one caption, text and mask per clip ({len(self)}), got "
+                             f"{len(captions)}, {text.shape[0]}, {mask.shape[0]}")
+        rows = torch.tensor(self._text_row)
+        self.text[level] = text.new_zeros(int(rows.max()) + 1, *text.shape[1:])
+        self.mask[level] = mask.new_zeros(int(rows.max()) + 1, *mask.shape[1:])
+        self.text[level][rows], self.mask[level][rows] = text, mask
+        for row, caption in zip(self.rows, captions, strict=True):
+            row["captions"][level] = caption
+
     def gather(self, indices: list[int], levels: list[str]) -> LatentBatch:
         """Latents of `indices` (all from one size bucket), with the text of caption level levels[i] for clip i."""
         buckets = {self._loc[i][0] for i in indices}

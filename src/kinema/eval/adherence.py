@@ -130,9 +130,10 @@ def run_adherence(generate: Generator, prompts: list[AdherencePrompt], out_dir: 
                              "wrong": sorted(a for a, v in hits.items() if not all(v))})
     by_category = {c: {a: float(np.mean(v)) for a, v in m.items()} | {"n": float(len(m["all_correct"]))}
                    for c, m in per_cat.items()}
-    half = len(real) // 2
-    report = AdherenceReport(by_category, frechet_distance(np.stack(generated), np.stack(real)),
-                             frechet_distance(np.stack(real[:half]), np.stack(real[half:2 * half])), failures)
+    half = len(real) // 2  # a Fréchet distance needs at least 2 clips per set
+    fd = frechet_distance(np.stack(generated), np.stack(real)) if len(real) >= 2 else float("nan")
+    floor = frechet_distance(np.stack(real[:half]), np.stack(real[half:2 * half])) if half >= 2 else float("nan")
+    report = AdherenceReport(by_category, fd, floor, failures)
     if out_dir is not None:
         _write(report, Path(out_dir))
     return report
