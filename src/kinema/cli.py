@@ -495,9 +495,26 @@ def cmd_experiment_recaption(args: argparse.Namespace) -> None:
     results = run_recaption_experiment(exp, Path(args.doc) if args.doc else None)
     for arm, r in results["arms"].items():
         m = r["adherence"][exp.categories[0]]
+        attrs = ("shape", "size", "motion", "speed", "background")
         print(f"({arm}) {r['name']:<18} all-correct {m['all_correct']:.1%}  "
-              + "  ".join(f"{k} {m.get(k, float('nan')):.0%}" for k in ("shape", "size", "motion", "speed", "background")))
+              + "  ".join(f"{k} {m.get(k, float('nan')):.0%}" for k in attrs))
     print(f"results: {exp.out / 'results.json'}" + (f"; report: {args.doc}" if args.doc else ""))
+
+
+def cmd_experiment_scaling(args: argparse.Namespace) -> None:
+    from kinema.experiments.scaling import ScalingExperiment, run_scaling_experiment
+
+    exp = ScalingExperiment(Path(args.latents), Path(args.out), tuple(args.sizes), args.steps, args.batch_size,
+                            args.lr, args.val_clips, args.evals, None if args.no_unet else args.unet_match,
+                            args.eval_n, args.eval_steps, args.seed)
+    results = run_scaling_experiment(exp, Path(args.doc) if args.doc else None)
+    for name, r in results["runs"].items():
+        last = r["points"][-1]
+        print(f"{name:<12} {r['params'] / 1e6:6.2f} M params  {last['compute']:.3g} FLOPs  val loss "
+              f"{last['val_loss']:.4f}  all-correct {r['adherence']['all_correct']:.0%}")
+    fit = results["fit_frontier"] or results["fit_final"]
+    print(f"power law: loss = {fit['a']:.3g} * C^{fit['exponent']:.4f} (R² {fit['r2']:.3f}); "
+          f"results: {exp.out / 'results.json'}" + (f"; report: {args.doc}" if args.doc else ""))
 
 
 def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
@@ -516,6 +533,22 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--doc", help="write the markdown report (and a .png plot beside it) here")
     p.set_defaults(func=cmd_experiment_recaption)
+    p = ex.add_parser("scaling", help="DiT sizes at fixed data: loss vs compute power law, adherence, vs a 3D U-Net")
+    p.add_argument("--latents", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--sizes", nargs="+", default=["64x2", "96x3", "128x4", "192x6"], help="DiT WIDTHxDEPTH each")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--val-clips", type=int, default=256, help="held out from training for the validation loss")
+    p.add_argument("--evals", type=int, default=4, help="validation points per run (checkpoints kept)")
+    p.add_argument("--unet-match", default="128x4", help="DiT size whose FLOPs the U-Net baseline matches")
+    p.add_argument("--no-unet", action="store_true")
+    p.add_argument("--eval-n", type=int, default=16)
+    p.add_argument("--eval-steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--doc", help="write the markdown report (and a .png plot beside it) here")
+    p.set_defaults(func=cmd_experiment_scaling)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -39,6 +39,16 @@ class FrameCondition:
     strength: float | None = None  # set: SDEdit editing of the whole clip instead of conditioning
 
 
+def load_backbone(folder: str | Path) -> torch.nn.Module:
+    """The denoiser in `folder/dit.*`: the DiT, or the 3D U-Net baseline when its config says backbone "unet"."""
+    cfg = json.loads((Path(folder) / "dit.json").read_text()) if (Path(folder) / "dit.json").exists() else {}
+    if cfg.get("backbone") == "unet":
+        from kinema.unet.model import UNet3D, UNetConfig
+
+        return load_model(folder, "dit", UNet3D, UNetConfig)
+    return load_model(folder, "dit", DiT, DiTConfig)
+
+
 class TextToVideoPipeline:
     def __init__(self, dit: DiT, vae: VideoVAE, text_encoder: TextEncoder, objective: Objective, defaults: dict):
         self.dit, self.vae, self.text_encoder, self.objective = dit.eval(), vae.eval(), text_encoder, objective
@@ -57,7 +67,7 @@ class TextToVideoPipeline:
             raise FileNotFoundError(f"{index_path}: not found; a model folder needs model_index.json, "
                                     f"dit.safetensors/.json and vae.safetensors/.json")
         index = json.loads(index_path.read_text())
-        dit = load_model(folder, "dit", DiT, DiTConfig)
+        dit = load_backbone(folder)
         vae = load_model(folder, "vae", VideoVAE, VAEConfig)
         return cls(dit, vae, load_text_encoder(index.get("text_encoder", "minilm")),
                    objective_from_dict(index["objective"]), index)

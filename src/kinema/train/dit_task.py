@@ -47,13 +47,14 @@ def frame_mask(kind: str, frames: int, rng: random.Random) -> torch.Tensor:
 @dataclass
 class DiTTask:
     data: LatentDataset
-    model_cfg: DiTConfig
+    model_cfg: DiTConfig  # or a UNetConfig: the same task trains the U-Net baseline
     objective: Objective
     batch_size: int
     grad_accum: int = 1
     seed: int = 0
     caption_mix: dict[str, float] = field(default_factory=lambda: {"detailed": 0.5, "medium": 0.4, "short": 0.1})
     clip_levels: list[str] | None = None  # a fixed caption level per clip (overrides caption_mix), e.g. ablations
+    train_indices: list[int] | None = None  # train on these clips only (default: all), e.g. to hold some out
     caption_dropout: float = 0.1
     cond_prob: float = 0.3  # share of samples trained with some frames given
     vae_dir: Path | None = None  # for decoding samples and for the exported model folder
@@ -62,6 +63,10 @@ class DiTTask:
     name: str = "dit"
 
     def build_model(self) -> nn.Module:
+        if getattr(self.model_cfg, "backbone", "dit") == "unet":  # the 3D U-Net baseline (scaling study)
+            from kinema.unet.model import UNet3D
+
+            return UNet3D(self.model_cfg)
         return DiT(self.model_cfg)
 
     def model_config(self) -> dict:
@@ -83,12 +88,15 @@ class DiTTask:
 
     def _indices(self, step: int, micro: int, info: DistInfo) -> list[int]:
         """One micro-batch of dataset indices; with several size buckets, all from one bucket."""
+        pool = self.train_indices if self.train_indices is not None else range(len(self.data))
         buckets = self.data.buckets
         if len(buckets) == 1:
-            return batch_indices(len(self.data), self.seed, step, micro, self.grad_accum, info.rank,
-                                 info.world_size, self.batch_size)
+            return [pool[i] for i in batch_indices(len(pool), self.seed, step, micro, self.grad_accum, info.rank,
+                                                   info.world_size, self.batch_size)]
+        keep = set(pool)
+        groups = [[i for i in buckets[b] if i in keep] for b in sorted(buckets)]
         number = (step * self.grad_accum + micro) * info.world_size + info.rank
-        return bucket_batch_indices([buckets[b] for b in sorted(buckets)], self.seed, number, self.batch_size)
+        return bucket_batch_indices([g for g in groups if g], self.seed, number, self.batch_size)
 
     def _levels(self, idx: list[int], rngs: list[random.Random]) -> list[str]:
         if self.clip_levels is not None:

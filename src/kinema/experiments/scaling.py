@@ -1,0 +1,271 @@
+"""The scaling study: the same code, larger models, more compute; does the model get better?
+
+    kinema experiment scaling --latents LATENTS --out RUNS [--sizes 64x2 96x3 128x4 192x6] [--doc ...]
+
+1. fixed data: one latent cache; its last `val_clips` clips are held out for a validation loss
+2. DiTs of several widths x depths (heads = width / 32), the same steps, batch, learning rate, seed and data
+   order; training FLOPs per clip counted with torch's FlopCounterMode (forward x 3)
+3. every run keeps `evals` checkpoints; each is scored on the same held-out clips at the same fixed noise
+   draws -> (compute, loss) points; power law loss = a * C^b fitted on the compute-efficient frontier and on
+   the final points
+4. adherence (probe-judged, detailed single-object prompts) per size
+5. a 3D U-Net baseline whose FLOPs per clip match one of the DiT sizes, trained identically: DiT vs U-Net
+   at equal compute
+6. results.json, plots and a markdown report
+
+Every run resumes from its checkpoints; finished evaluations are read back from results files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kinema.eval.scaling import VALIDATION_DRAWS, fit_power_law, pareto_front
+
+
+@dataclass
+class ScalingExperiment:
+    latents: Path
+    out: Path
+    sizes: tuple[str, ...] = ("64x2", "96x3", "128x4", "192x6")  # width x depth
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 6e-4
+    val_clips: int = 256
+    evals: int = 4  # validation points per run
+    unet_match: str | None = "128x4"  # the DiT size the U-Net's FLOPs per clip are matched to (None: no U-Net)
+    eval_n: int = 16
+    eval_steps: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.latents, self.out = Path(self.latents), Path(self.out)
+        self.sizes = tuple(self.sizes)
+        for s in self.sizes:
+            parse_size(s)
+        if self.unet_match is not None and self.unet_match not in self.sizes:
+            raise ValueError(f"unet_match {self.unet_match!r} must be one of the sizes {self.sizes}")
+        if self.evals < 1 or self.steps % self.evals:
+            raise ValueError(f"steps ({self.steps}) must be a multiple of evals ({self.evals})")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        dim, depth = (int(n) for n in text.split("x"))
+    except ValueError:
+        raise ValueError(f"DiT size {text!r}: expected WIDTHxDEPTH like 128x4") from None
+    if dim % 32 or depth < 1:
+        raise ValueError(f"DiT size {text!r}: width must be a multiple of 32 and depth >= 1")
+    return dim, depth
+
+
+def dit_config(size: str, in_channels: int):
+    from kinema.presets import dit
+
+    dim, depth = parse_size(size)
+    return dit(dim, depth, dim // 32, in_channels=in_channels)
+
+
+def matched_unet(target_flops: float, latent_shape: tuple[int, ...]):
+    """The U-Net config (two levels, widths a multiple of 8) whose training FLOPs per clip are nearest."""
+    import math
+
+    from kinema.eval.scaling import training_flops_per_sample
+    from kinema.unet.model import UNet3D, UNetConfig
+
+    best = None
+    for channels in range(8, 257, 8):
+        cfg = UNetConfig(in_channels=latent_shape[0], channels=channels, mults=(1, 2), heads=4)
+        flops = training_flops_per_sample(UNet3D(cfg), latent_shape)
+        gap = abs(math.log(flops / target_flops))
+        if best is None or gap < best[0]:
+            best = (gap, cfg, flops)
+        if flops > target_flops:
+            break
+    return best[1], best[2]
+
+
+# ---------------------------------------------------------------------------------------------------
+# One run: train, score every kept checkpoint, adherence
+# ---------------------------------------------------------------------------------------------------
+
+
+def _run(exp: ScalingExperiment, data, name: str, model_cfg, train_idx: list[int], val_idx: list[int]) -> dict:
+    from kinema.config import TrainConfig
+    from kinema.diffusion.objectives import FlowObjective
+    from kinema.eval.adherence import pipeline_generator, prompt_set, run_adherence
+    from kinema.eval.scaling import training_flops_per_sample, validation_loss
+    from kinema.train.checkpoint import load_checkpoint
+    from kinema.train.dit_task import DiTTask
+    from kinema.train.loop import train
+
+    run = exp.out / name
+    done = run / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    objective = FlowObjective()
+    cfg = TrainConfig(steps=exp.steps, batch_size=exp.batch_size, lr=exp.lr, warmup_steps=min(100, exp.steps // 10),
+                      seed=exp.seed, log_every=25, ckpt_every=exp.steps // exp.evals, keep_checkpoints=exp.evals,
+                      sample_every=0)
+    task = DiTTask(data, model_cfg, objective, cfg.batch_size, seed=exp.seed, train_indices=train_idx,
+                   vae_dir=Path(data.meta["vae"]), sample_steps=exp.eval_steps)
+    model = task.build_model()
+    flops = training_flops_per_sample(model, data.latent_shape)
+    train(task, cfg, run)
+    points = []
+    for ckpt in sorted((run / "checkpoints").glob("step-*.safetensors")):
+        state = load_checkpoint(ckpt)
+        model.load_state_dict(state["model"])
+        step = int(state["step"])
+        points.append({"step": step, "compute": step * cfg.batch_size * flops,
+                       "val_loss": validation_loss(model, objective, data, val_idx)})
+    prompts = [p for p in prompt_set(exp.eval_n) if p.category == "single"]
+    report = run_adherence(pipeline_generator(run / "model", steps=exp.eval_steps), prompts, run / "adherence")
+    result = {"name": name, "config": dataclasses.asdict(model_cfg),
+              "params": sum(p.numel() for p in model.parameters()), "flops_per_clip": flops, "points": points,
+              "adherence": report.by_category["single"]}
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def run_scaling_experiment(exp: ScalingExperiment, doc: Path | None = None) -> dict:
+    from kinema.data.latents import LatentDataset
+
+    exp.out.mkdir(parents=True, exist_ok=True)
+    data = LatentDataset(exp.latents)
+    if exp.val_clips >= len(data):
+        raise ValueError(f"val_clips ({exp.val_clips}) must be fewer than the {len(data)} clips of {exp.latents}")
+    train_idx, val_idx = list(range(len(data) - exp.val_clips)), list(range(len(data) - exp.val_clips, len(data)))
+    c = data.latent_shape[0]
+    runs = {f"dit-{s}": _run(exp, data, f"dit-{s}", dit_config(s, c), train_idx, val_idx) for s in exp.sizes}
+    if exp.unet_match is not None:
+        unet_cfg, _ = matched_unet(runs[f"dit-{exp.unet_match}"]["flops_per_clip"], data.latent_shape)
+        runs["unet"] = _run(exp, data, "unet", unet_cfg, train_idx, val_idx)
+    dits = [r for n, r in runs.items() if n.startswith("dit-")]
+    all_points = [(p["compute"], p["val_loss"]) for r in dits for p in r["points"]]
+    front = pareto_front(all_points)
+    finals = [(r["points"][-1]["compute"], r["points"][-1]["val_loss"]) for r in dits]
+    results = {"experiment": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(exp).items()},
+               "runs": runs,
+               "fit_frontier": asdict(fit_power_law(*zip(*front, strict=True))) if len(front) >= 2 else None,
+               "fit_final": asdict(fit_power_law(*zip(*finals, strict=True))),
+               "frontier": front}
+    (exp.out / "results.json").write_text(json.dumps(results, indent=2))
+    if doc is not None:
+        write_report(results, Path(doc))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------------
+
+
+def plot(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from kinema.eval.scaling import PowerLaw
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    for name, r in results["runs"].items():
+        xs, ys = [p["compute"] for p in r["points"]], [p["val_loss"] for p in r["points"]]
+        style = dict(marker="s", linestyle="--", color="black") if name == "unet" else dict(marker="o")
+        ax.plot(xs, ys, label=f"{name} ({r['params'] / 1e6:.2f} M)", **style)
+    fit = results["fit_frontier"] or results["fit_final"]
+    law = PowerLaw(fit["a"], fit["exponent"], fit["r2"], fit["points"])
+    xs = np.geomspace(min(c for c, _ in results["frontier"]), max(c for c, _ in results["frontier"]), 50)
+    ax.plot(xs, law(xs), color="gray", linewidth=3, alpha=0.5,
+            label=f"fit: L = {law.a:.3g} C^{law.exponent:.3f} (R² {law.r2:.3f})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training compute (FLOPs)")
+    ax.set_ylabel("validation loss (flow matching)")
+    ax.legend(fontsize=7)
+    ax.set_title("Validation loss vs training compute")
+    names = list(results["runs"])
+    bx.bar(range(len(names)), [100 * results["runs"][n]["adherence"]["all_correct"] for n in names],
+           label="all attributes")
+    for k, attr in enumerate(("color", "shape", "motion")):
+        bx.plot(range(len(names)), [100 * results["runs"][n]["adherence"].get(attr, float("nan")) for n in names],
+                marker="o", label=attr, color=f"C{k + 1}")
+    bx.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    bx.set_ylabel("correct (%)")
+    bx.set_ylim(0, 105)
+    bx.legend(fontsize=7)
+    bx.set_title("Adherence, detailed single-object prompts")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict, doc: Path) -> Path:
+    image = plot(results, doc.with_suffix(".png"))
+    e = results["experiment"]
+    rows = []
+    for name, r in results["runs"].items():
+        last, adh = r["points"][-1], r["adherence"]
+        rows.append(f"| {name} | {r['params'] / 1e6:.2f} M | {r['flops_per_clip'] / 1e9:.2f} | "
+                    f"{last['compute']:.3g} | {last['val_loss']:.4f} | {100 * adh['all_correct']:.0f}% | "
+                    f"{100 * adh.get('color', 0):.0f}% | "
+                    f"{100 * adh.get('shape', 0):.0f}% | {100 * adh.get('motion', 0):.0f}% |")
+    ff, fl = results["fit_frontier"], results["fit_final"]
+    unet = results["runs"].get("unet")
+    match = results["runs"].get(f"dit-{e['unet_match']}") if e["unet_match"] else None
+    versus = ""
+    if unet and match:
+        versus = (f"\n## DiT vs 3D U-Net at equal compute\n\nThe U-Net (`kinema.unet.model.UNet3D`, "
+                  f"{unet['params'] / 1e6:.2f} M parameters, {unet['flops_per_clip'] / 1e9:.2f} GFLOP per training "
+                  f"clip) is matched to DiT "
+                  f"{e['unet_match']} ({match['params'] / 1e6:.2f} M, {match['flops_per_clip'] / 1e9:.2f} GFLOP) and "
+                  f"trained identically. Final validation loss: DiT {match['points'][-1]['val_loss']:.4f} vs U-Net "
+                  f"{unet['points'][-1]['val_loss']:.4f}; all-attribute adherence: DiT "
+                  f"{100 * match['adherence']['all_correct']:.0f}% vs U-Net "
+                  f"{100 * unet['adherence']['all_correct']:.0f}%.\n")
+    frontier = (f"- compute-efficient frontier ({ff['points']} points): **L = {ff['a']:.3g} · "
+                f"C^{ff['exponent']:.4f}**, R² = {ff['r2']:.3f}\n" if ff else "")
+    text = f"""# Scaling study
+
+Does the same code, given more compute, make a better model? DiTs of {len(e['sizes'])} sizes trained on the same
+data with the same recipe; validation loss measured against training compute.
+
+## Setup
+
+- Data: `{e['latents']}` (shapes world, 17x64x64 clips, VAE latents 16x5x8x8, 80 tokens per clip with patch
+  1x2x2); the last {e['val_clips']} clips are held out.
+- Models: DiT width x depth {', '.join(e['sizes'])} (heads = width/32), flow matching; each trained {e['steps']}
+  steps at batch {e['batch_size']}, lr {e['lr']}, seed {e['seed']}, identical data order and noise.
+- Compute: training FLOPs per clip counted by `torch.utils.flop_counter` (forward x 3), times clips seen.
+- Validation loss: the same held-out clips and the same {VALIDATION_DRAWS} fixed (noise level, noise) draws per
+  clip for every model, at {e['evals']} checkpoints per run.
+- Adherence: {e['eval_n']} detailed single-object prompts, {e['eval_steps']} Euler steps, guidance 4, probe-judged.
+
+## Result
+
+![loss vs compute, adherence per size]({image.name})
+
+| model | params | GFLOP / clip | compute (FLOPs) | val loss | all correct | color | shape | motion |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+Power-law fits of validation loss against training compute C (FLOPs):
+{frontier}- final points of the {len(e['sizes'])} DiT sizes: L = {fl['a']:.3g} · C^{fl['exponent']:.4f}, \
+R² = {fl['r2']:.3f}
+{versus}
+## Reproduce
+
+```
+kinema experiment scaling --latents {e['latents']} --out {e['out']} --sizes {' '.join(e['sizes'])} \\
+    --steps {e['steps']} --batch-size {e['batch_size']} --eval-n {e['eval_n']} --doc {doc}
+```
+"""
+    doc.write_text(text)
+    return doc
