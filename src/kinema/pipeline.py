@@ -133,6 +133,12 @@ class TextToVideoPipeline:
                 raise ValueError(f"conditioning frame index {dst} is outside the clip of {frames} frames")
             video[dst] = _fit(cond.video[src], height, width)
             given[dst] = True
+        # frames not given are filled with the nearest given one: the causal encoder's latents of later given
+        # frames depend on the frames before them, and a still history is closer to the truth than black
+        known = np.flatnonzero(given)
+        if len(known):
+            nearest = known[np.abs(np.arange(frames)[:, None] - known[None]).argmin(1)]
+            video = video[nearest]
         latents = self.vae.encode(to_tensor(video)[None].to(self.device))  # (1, C, f, h, w)
         t = self.vae.cfg.temporal_compression
         # a latent frame is given when every pixel frame it covers is (frame 0 alone; then groups of t)
@@ -196,6 +202,8 @@ class TextToVideoPipeline:
                 callback(i, to_frames(self.vae.decode(z)[0]))
 
         x = sample(self.objective, fn, x, steps, sampler, generator, start, trace)
+        if "cond" in kwargs:  # given frames are kept exactly as given (their latents), not as re-generated
+            x = kwargs["cond_mask"] * kwargs["cond"] + (1 - kwargs["cond_mask"]) * x
 
         # 4. decode to pixels, 5. postprocess to uint8 (F, H, W, 3)
         return to_frames(self.vae.decode(x)[0])
