@@ -249,6 +249,23 @@ def cmd_dit_export(args: argparse.Namespace) -> None:
     print(f"wrote model folder {out}")
 
 
+def cmd_dit_distill(args: argparse.Namespace) -> None:
+    from kinema.config import TrainConfig
+    from kinema.train.reflow import distill
+
+    preset = TrainConfig(steps=600, batch_size=32, lr=1e-4, warmup_steps=50, ema_decay=0.0, log_every=25,
+                         ckpt_every=100)
+    exported = distill(args.model or _bundled(), args.latents, args.out, _train_config(preset, args), args.pairs,
+                       args.teacher_steps, args.guidance, args.seed or 0)
+    print(f"few-step student: {exported.parent if exported else args.out} (sample with --steps 4 --guidance 1)")
+
+
+def _bundled() -> str:
+    from kinema.generate import BUNDLED_MODEL
+
+    return str(BUNDLED_MODEL)
+
+
 def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     from kinema.presets import DIT_PRESETS
 
@@ -258,6 +275,14 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     _add_train_flags(p, sorted(DIT_PRESETS), "shapes")
     p.add_argument("--objective", choices=["flow", "epsilon", "v"], default="flow")
     p.set_defaults(func=cmd_dit_train)
+    p = dit.add_parser("distill", help="a few-step student by rectified-flow reflow on the teacher's own samples")
+    p.add_argument("--model", help="teacher model folder (default: the bundled model)")
+    p.add_argument("--latents", required=True, help="latent cache whose captions prompt the teacher")
+    p.add_argument("--pairs", type=int, default=1024, help="(noise, teacher sample) pairs to make")
+    p.add_argument("--teacher-steps", type=int, default=16)
+    p.add_argument("--guidance", type=float, help="teacher guidance (default: the model's)")
+    _add_train_flags(p, ["reflow"], "reflow")
+    p.set_defaults(func=cmd_dit_distill)
     p = dit.add_parser("export", help="a model folder from a run's latest checkpoint (raw or EMA weights)")
     p.add_argument("--run", required=True, help="a `dit train` --out folder")
     p.add_argument("--out", required=True)
