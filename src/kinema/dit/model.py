@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kinema.dit.patches import apply_rope, grid_positions, patchify, rope_angles, unpatchify
+from kinema.dit.patches import apply_rope, grid_positions, patchify, rope_angles, rope_cos_sin, unpatchify
 
 # ---------------------------------------------------------------------------------------------------
 # Config
@@ -62,6 +62,11 @@ class DiTConfig:
 # ---------------------------------------------------------------------------------------------------
 # Helpers and embedders
 # ---------------------------------------------------------------------------------------------------
+
+
+def rms(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """RMSNorm in x's dtype (under bf16 autocast a float32 weight would force the slow unfused path)."""
+    return F.rms_norm(x, norm.normalized_shape, norm.weight.to(x.dtype), norm.eps)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -113,9 +118,9 @@ class SelfAttention(nn.Module):
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.q_norm, self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6), nn.RMSNorm(dim // heads, eps=1e-6)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:  # (B, L, D), (L, Dh/2)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:  # (B, L, D), cos/sin
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)  # each (B, heads, L, Dh)
-        q, k = apply_rope(self.q_norm(q), rope), apply_rope(self.k_norm(k), rope)
+        q, k = apply_rope(rms(self.q_norm, q), rope), apply_rope(rms(self.k_norm, k), rope)
         return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
 
 
@@ -127,9 +132,9 @@ class CrossAttention(nn.Module):
         self.q_norm, self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6), nn.RMSNorm(dim // heads, eps=1e-6)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        q = self.q_norm(self.q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2))  # (B, heads, L, Dh)
+        q = rms(self.q_norm, self.q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2))  # (B, heads, L, Dh)
         k, v = self.kv(text).unflatten(-1, (2, self.heads, -1)).permute(2, 0, 3, 1, 4)  # (B, heads, Lt, Dh)
-        out = F.scaled_dot_product_attention(q, self.k_norm(k), v, attn_mask=key_mask[:, None, None, :])
+        out = F.scaled_dot_product_attention(q, rms(self.k_norm, k), v, attn_mask=key_mask[:, None, None, :])
         return self.proj(out.transpose(1, 2).flatten(2))
 
 
@@ -218,7 +223,8 @@ class DiT(nn.Module):
     ) -> torch.Tensor:
         grid = tuple(n // p for n, p in zip(x.shape[2:], self.cfg.patch, strict=True))
         tokens = self.x_embedder(patchify(self._inputs(x, cond, cond_mask), self.cfg.patch))  # (B, L, D)
-        rope = rope_angles(grid_positions(grid, x.device), self.cfg.dim // self.cfg.heads, self.cfg.rope_theta)
+        rope = rope_cos_sin(rope_angles(grid_positions(grid, x.device), self.cfg.dim // self.cfg.heads,
+                                        self.cfg.rope_theta))  # (L, Dh) each, shared by every block
         text_tokens, key_mask, pooled = self.text_embedder(text, text_mask)  # (B, 1+Lt, D), (B, 1+Lt), (B, D)
         c = self.t_embedder(t) + pooled  # (B, D)
         for block in self.blocks:

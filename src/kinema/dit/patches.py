@@ -62,10 +62,15 @@ def rope_angles(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) 
     return torch.cat(angles, dim=-1).float()
 
 
-def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of dims of x (B, heads, L, Dh) by angles (L, Dh/2)."""
-    x_pairs = x.float().unflatten(-1, (-1, 2))  # (B, heads, L, Dh/2, 2)
-    cos, sin = angles.cos(), angles.sin()
-    x1, x2 = x_pairs[..., 0], x_pairs[..., 1]
-    rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
+def apply_rope(x: torch.Tensor, angles: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate consecutive pairs of dims of x (B, heads, L, Dh) by angles (L, Dh/2), or by precomputed
+    `rope_cos_sin(angles)` (cheaper when many layers share them). Computed in x's dtype."""
+    cos, sin = rope_cos_sin(angles) if isinstance(angles, torch.Tensor) else angles
+    pairs = x.unflatten(-1, (-1, 2))  # (B, heads, L, Dh/2, 2)
+    swapped = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)  # (-x2, x1) per pair
+    return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
+
+
+def rope_cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, Dh/2) angles -> cos, sin of shape (L, Dh), each angle repeated for its pair of dims."""
+    return angles.cos().repeat_interleave(2, dim=-1), angles.sin().repeat_interleave(2, dim=-1)
