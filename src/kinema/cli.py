@@ -143,6 +143,10 @@ def _train_config(preset, args: argparse.Namespace):
                                                 "sample_every", "parallel") if getattr(args, k, None) is not None}
     if getattr(args, "no_bf16", False):
         overrides["bf16"] = False
+    if getattr(args, "compile", False):
+        overrides["compile"] = True
+    if getattr(args, "activation_checkpointing", False):
+        overrides["activation_checkpointing"] = True
     return dataclasses.replace(preset, **overrides)
 
 
@@ -188,6 +192,9 @@ def _add_train_flags(p: argparse.ArgumentParser, presets: list[str], default: st
     p.add_argument("--sample-every", type=int)
     p.add_argument("--parallel", choices=["auto", "ddp", "fsdp", "none"])
     p.add_argument("--no-bf16", action="store_true", help="train in fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU: worth it; CPU: slow start)")
+    p.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations in "
+                   "backward (less memory, ~30%% more compute)")
 
 
 def add_vae_commands(sub: argparse._SubParsersAction) -> None:
