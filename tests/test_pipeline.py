@@ -47,8 +47,8 @@ def test_edit_strength_zero_returns_the_input_reconstruction(pipe):
     import torch
 
     from kinema.io.video import to_frames, to_tensor
-    with torch.no_grad():
-        recon = to_frames(pipe.vae.decode(pipe.vae.encode(to_tensor(source)[None]))[0])
+    with torch.no_grad(), pipe._autocast():
+        recon = to_frames(pipe.vae.decode(pipe.vae.encode(to_tensor(source)[None]).float())[0].float())
     assert np.array_equal(edited, recon)
 
 

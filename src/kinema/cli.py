@@ -331,6 +331,7 @@ def add_generate_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--edit", help="video-to-video: edit this video toward the prompt (SDEdit)")
     p.add_argument("--strength", type=float, default=0.6, help="--edit strength: 0 keeps the input, 1 ignores it")
     p.add_argument("--no-expand", action="store_true", help="use the prompt as given (no prompt expansion)")
+    p.add_argument("--fp32", action="store_true", help="run the DiT and VAE in float32 (default: bf16 autocast)")
     p.set_defaults(func=cmd_generate)
 
 

@@ -54,6 +54,12 @@ class TextToVideoPipeline:
         self.dit, self.vae, self.text_encoder, self.objective = dit.eval(), vae.eval(), text_encoder, objective
         self.defaults = defaults
         self.device = torch.device("cpu")
+        # the DiT and VAE run under bf16 autocast (CPU: AMX matmuls and convs, ~1.4x DiT, ~6x VAE decode measured;
+        # the samplers' state stays float32); set False for float32 throughout
+        self.bf16 = True
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # -----------------------------------------------------------------------------------------------
     # Loading
@@ -139,7 +145,7 @@ class TextToVideoPipeline:
         if len(known):
             nearest = known[np.abs(np.arange(frames)[:, None] - known[None]).argmin(1)]
             video = video[nearest]
-        latents = self.vae.encode(to_tensor(video)[None].to(self.device))  # (1, C, f, h, w)
+        latents = self.vae.encode(to_tensor(video)[None].to(self.device)).float()  # (1, C, f, h, w)
         t = self.vae.cfg.temporal_compression
         # a latent frame is given when every pixel frame it covers is (frame 0 alone; then groups of t)
         groups = [given[:1]] + [given[1 + t * i: 1 + t * (i + 1)] for i in range((frames - 1) // t)]
@@ -179,34 +185,36 @@ class TextToVideoPipeline:
         else:
             null_text, null_mask = torch.zeros_like(text[:, :1]), torch.zeros_like(mask[:, :1])
 
-        # 2. prepare latents: seeded noise on the latent grid, and any given frames
-        shape = (1, *self.vae.cfg.latent_shape(frames, height, width))
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        x = torch.randn(shape, generator=generator, device=self.device)
-        kwargs, start = {}, 0
-        if condition is not None and condition.strength is None:
-            cond, cond_mask = self._frame_condition(condition, frames, height, width)
-            kwargs = {"cond": cond, "cond_mask": cond_mask}
-        elif condition is not None:
-            start = _edit_start(condition.strength, steps)
-            source = self.vae.encode(to_tensor(_fit_clip(condition.video, frames, height, width))[None].to(self.device))
-            x = noise_to(self.objective, source, x, steps, start)
+        with self._autocast():  # steps 2-5 in bf16 where it is faster (see __init__)
+            # 2. prepare latents: seeded noise on the latent grid, and any given frames
+            shape = (1, *self.vae.cfg.latent_shape(frames, height, width))
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            x = torch.randn(shape, generator=generator, device=self.device)
+            kwargs, start = {}, 0
+            if condition is not None and condition.strength is None:
+                cond, cond_mask = self._frame_condition(condition, frames, height, width)
+                kwargs = {"cond": cond, "cond_mask": cond_mask}
+            elif condition is not None:
+                start = _edit_start(condition.strength, steps)
+                clip = to_tensor(_fit_clip(condition.video, frames, height, width))[None].to(self.device)
+                source = self.vae.encode(clip).float()
+                x = noise_to(self.objective, source, x, steps, start)
 
-        # 3. denoise with classifier-free guidance
-        fn = classifier_free_guidance(self.dit, {"text": text, "text_mask": mask, **kwargs},
-                                      {"text": null_text, "text_mask": null_mask, **kwargs}, guidance)
-        def trace(i: int, z: torch.Tensor) -> None:
-            if progress:
-                progress(i, steps)
-            if callback and i % callback_every == 0:
-                callback(i, to_frames(self.vae.decode(z)[0]))
+            # 3. denoise with classifier-free guidance
+            fn = classifier_free_guidance(self.dit, {"text": text, "text_mask": mask, **kwargs},
+                                          {"text": null_text, "text_mask": null_mask, **kwargs}, guidance)
+            def trace(i: int, z: torch.Tensor) -> None:
+                if progress:
+                    progress(i, steps)
+                if callback and i % callback_every == 0:
+                    callback(i, to_frames(self.vae.decode(z)[0].float()))
 
-        x = sample(self.objective, fn, x, steps, sampler, generator, start, trace)
-        if "cond" in kwargs:  # given frames are kept exactly as given (their latents), not as re-generated
-            x = kwargs["cond_mask"] * kwargs["cond"] + (1 - kwargs["cond_mask"]) * x
+            x = sample(self.objective, fn, x, steps, sampler, generator, start, trace)
+            if "cond" in kwargs:  # given frames are kept exactly as given (their latents), not as re-generated
+                x = kwargs["cond_mask"] * kwargs["cond"] + (1 - kwargs["cond_mask"]) * x
 
-        # 4. decode to pixels, 5. postprocess to uint8 (F, H, W, 3)
-        return to_frames(self.vae.decode(x)[0])
+            # 4. decode to pixels, 5. postprocess to uint8 (F, H, W, 3)
+            return to_frames(self.vae.decode(x)[0].float())
 
 
 def _edit_start(strength: float, steps: int) -> int:
