@@ -1,9 +1,12 @@
 """Seconds per generated 17x64x64 clip on this machine, the bundled model at its default steps and at 4
 steps, side by side with a diffusers WanPipeline assembled from parts of the same size (a
 WanTransformer3DModel of the same width/depth/heads, an AutoencoderKLWan of similar size, the same
-number of Euler flow steps and guidance; random weights: speed only).
+number of Euler flow steps and guidance; random weights: speed only). Both run under bf16 autocast (ours does by
+default; the peer is wrapped in the same autocast), so the comparison is like for like.
+With --few-step MODEL (a `kinema dit distill` student: 4 steps, guidance 1 = one model call per step) the
+student is timed too, against the peer at 4 steps without guidance.
 
-    python benchmarks/generate.py [--model models/shapes-64] [--repeats 5]
+    python benchmarks/generate.py [--model models/shapes-64] [--few-step runs/reflow/model] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def wan_pipeline(pipe: TextToVideoPipeline):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--few-step", help="a distilled few-step model folder")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     pipe = TextToVideoPipeline.from_pretrained(args.model or default_model())
@@ -43,16 +47,21 @@ def main() -> None:
     peer = wan_pipeline(pipe)
     text, _ = pipe.encode_prompt([PROMPT])
     print(f"machine: {machine()}; 17x64x64, guidance {guidance}")
-    results = {}
-    for n in (steps, 4):
-        ours = median_seconds(lambda n=n: pipe(PROMPT, steps=n, guidance=guidance), args.repeats)
-        theirs = median_seconds(lambda n=n: peer(prompt_embeds=text, negative_prompt_embeds=torch.zeros_like(text),
-                                                 height=64, width=64, num_frames=17, num_inference_steps=n,
-                                                 guidance_scale=guidance, output_type="np"), args.repeats)
-        results[n] = (ours, theirs)
-        print(f"{n:>2} steps: kinema {ours:6.3f} s/clip   WanPipeline (same-size parts) {theirs:6.3f} s/clip   "
-              f"ratio {theirs / ours:.2f}x")
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
 
+    def peer_call(n: int, g: float):
+        with bf16:
+            return peer(prompt_embeds=text, negative_prompt_embeds=torch.zeros_like(text), height=64, width=64,
+                        num_frames=17, num_inference_steps=n, guidance_scale=g, output_type="np")
+
+    rows = [("bundled", pipe, steps, guidance), ("bundled", pipe, 4, guidance)]
+    if args.few_step:
+        rows.append(("few-step student", TextToVideoPipeline.from_pretrained(args.few_step), 4, 1.0))
+    for name, p, n, g in rows:
+        ours = median_seconds(lambda p=p, n=n, g=g: p(PROMPT, steps=n, guidance=g), args.repeats)
+        theirs = median_seconds(lambda n=n, g=g: peer_call(n, g), args.repeats)
+        print(f"{name:<17} {n:>2} steps, guidance {g}: kinema {ours:6.3f} s/clip   WanPipeline (same-size parts) "
+              f"{theirs:6.3f} s/clip   ratio {theirs / ours:.2f}x")
 
 if __name__ == "__main__":
     main()
