@@ -171,7 +171,8 @@ def _clips_of(path: Path, cfg: IngestConfig, report: IngestReport, name: str):
         return
     size = nearest_size(info.height, info.width, cfg.sizes)
     # (F', H', W', 3) at ~cfg.fps, resized while decoding so long or large videos stay small in memory
-    sampled = read_video(path, stride=stride, size=cover_size(info.height, info.width, size), name=name)
+    limit = 4 * cfg.max_clips_per_video * cfg.frames  # enough for the clips wanted, even with cuts and static parts
+    sampled = read_video(path, stride=stride, size=cover_size(info.height, info.width, size), name=name, limit=limit)
     segments = scene_segments(sampled, cfg.scene_threshold)
     report.scene_cuts += len(segments) - 1
     kept = 0

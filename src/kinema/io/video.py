@@ -127,11 +127,13 @@ def read_video(
     fps: float | None = None,
     size: tuple[int, int] | None = None,
     name: str | None = None,
+    limit: int | None = None,
 ) -> np.ndarray:
     """Decode frames as (F, H, W, 3) uint8.
 
     Pick frames by explicit `indices`, or by `start`/`stride`/`num_frames`, or resample to `fps` (which
-    sets the stride from the file's own rate). `size=(H, W)` resizes. Asking for more frames than the
+    sets the stride from the file's own rate). `size=(H, W)` resizes; `limit` stops after that many frames
+    (without requiring them: a bound on memory for long files). Asking for more frames than the
     file holds raises VideoReadError, as does a missing, empty, corrupt or truncated file."""
     name = name or str(source if not isinstance(source, bytes) else "<bytes>")
     with _open(source, name) as container:
@@ -146,7 +148,7 @@ def read_video(
                 take = i in wanted if wanted is not None else (i >= start and (i - start) % stride == 0)
                 if take:
                     frames.append(_resize(frame.to_ndarray(format="rgb24"), size))
-                if last is not None and i >= last:
+                if (last is not None and i >= last) or (limit is not None and len(frames) >= limit):
                     break
         except av.error.FFmpegError as e:
             raise VideoReadError(f"{name}: corrupt video data after {len(frames)} frames ({e})") from e
