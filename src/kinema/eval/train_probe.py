@@ -78,11 +78,8 @@ def validate_probe(n: int = 300, seed: int = 10_000, degradations=("clean", "blu
 
 
 def _score(result, scene, hits: dict[str, list[bool]]) -> None:
-    hits["count"].append(result.count == len(scene.objects))
-    hits["background"].append(result.background == scene.background)
-    found = result.by_color()
-    for obj in scene.objects:
-        got = found.get(obj.color)
-        hits["color"].append(got is not None)
-        for attr in ("shape", "size", "motion", "speed"):
-            hits[attr].append(got is not None and getattr(got, attr) == getattr(obj, attr))
+    """The adherence verdicts (speed only for moving objects), added to `hits`."""
+    from kinema.eval.adherence import score
+
+    for attr, verdicts in score(result, scene.to_dict()).items():
+        hits[attr] += verdicts
