@@ -198,6 +198,7 @@ def plot(results: dict, path: Path) -> Path:
 
 def write_report(results: dict, doc: Path) -> Path:
     image = plot(results, doc.with_suffix(".png"))
+    doc.with_suffix(".json").write_text(json.dumps(results, indent=2))
     e, cat = results["experiment"], results["experiment"]["categories"][0]
     a, b = (results["arms"][k]["adherence"][cat] for k in ("a", "b"))
     ag = results["captioner_agreement"]
