@@ -232,17 +232,13 @@ def add_vae_commands(sub: argparse._SubParsersAction) -> None:
 def cmd_dit_train(args: argparse.Namespace) -> None:
     from kinema.data.latents import LatentDataset
     from kinema.diffusion.objectives import make_objective
-    from kinema.presets import DIT_PRESETS, DIT_TRAIN, lookup
+    from kinema.presets import DIT_TRAIN, dit_preset, lookup
     from kinema.train.dit_task import DiTTask
     from kinema.train.loop import train
 
     cfg = _train_config(lookup(DIT_TRAIN, args.preset, "dit"), args)
     data = LatentDataset(args.latents)
-    model_cfg = lookup(DIT_PRESETS, args.preset, "dit")
-    if model_cfg.in_channels != data.latent_shape[0]:
-        import dataclasses
-
-        model_cfg = dataclasses.replace(model_cfg, in_channels=data.latent_shape[0])
+    model_cfg = dit_preset(args.preset, data.latent_shape[0])
     task = DiTTask(data, model_cfg, make_objective(args.objective), cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
                    vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None)
     result = train(task, cfg, args.out)

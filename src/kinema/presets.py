@@ -79,3 +79,10 @@ DIT_TRAIN = {
     "l": TrainConfig(steps=400_000, batch_size=64, lr=1e-4, warmup_steps=5000, ema_decay=0.9999, log_every=100,
                      ckpt_every=5000, sample_every=20_000, activation_checkpointing=True, parallel="fsdp"),
 }
+
+
+def dit_preset(name: str, in_channels: int) -> DiTConfig:
+    """The named DiT preset with its input channels set to a latent cache's."""
+    import dataclasses
+
+    return dataclasses.replace(lookup(DIT_PRESETS, name, "dit"), in_channels=in_channels)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from kinema.data.shards import jsonl_lines
 from kinema.io.video import VideoReadError, atomic_write_bytes, encode_mp4, probe_video, read_video
 
 INGEST_FORMAT = 1
@@ -78,14 +79,7 @@ def read_captions_file(path: str | Path) -> list[tuple[str, str]]:
         raise FileNotFoundError(f"{path}: captions file not found")
     pairs = []
     if path.suffix == ".jsonl":
-        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not JSON ({e.msg}); expected {{\"path\": ..., "
-                                 f"\"caption\": ...}}") from e
+        for lineno, row, line in jsonl_lines(path, '{"path": ..., "caption": ...} per line'):
             if not isinstance(row, dict) or not isinstance(row.get("path"), str) or \
                     not isinstance(row.get("caption", row.get("text")), str):
                 raise ValueError(f"{path}:{lineno}: expected string fields 'path' and 'caption', got {line[:80]!r}")

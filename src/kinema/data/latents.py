@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -181,7 +182,7 @@ class LatentDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
-    @property
+    @cached_property
     def buckets(self) -> dict[str, list[int]]:
         """Size bucket -> the dataset indices in it."""
         out: dict[str, list[int]] = {}
@@ -197,7 +198,10 @@ class LatentDataset:
 
     def latents_of(self, indices: list[int]) -> torch.Tensor:
         """(n, c, f, h, w) latents of clips from one size bucket."""
-        return self.gather(indices, [next(iter(self.rows[i]["captions"])) for i in indices]).latents
+        buckets = {self._loc[i][0] for i in indices}
+        if len(buckets) > 1:
+            raise ValueError(f"{self.root}: a batch must come from one size bucket, got {sorted(buckets)}")
+        return self.latents[buckets.pop()][[self._loc[i][1] for i in indices]]
 
     def add_level(self, level: str, captions: list[str], text: torch.Tensor, mask: torch.Tensor) -> None:
         """Add a caption level in memory (e.g. a captioner's captions): captions[i], text[i] (L, D) and
@@ -214,11 +218,7 @@ class LatentDataset:
 
     def gather(self, indices: list[int], levels: list[str]) -> LatentBatch:
         """Latents of `indices` (all from one size bucket), with the text of caption level levels[i] for clip i."""
-        buckets = {self._loc[i][0] for i in indices}
-        if len(buckets) > 1:
-            raise ValueError(f"{self.root}: a batch must come from one size bucket, got {sorted(buckets)}")
-        bucket = buckets.pop()
-        latents = self.latents[bucket][[self._loc[i][1] for i in indices]]
+        latents = self.latents_of(indices)
         captions = [self.rows[i]["captions"][lv] for i, lv in zip(indices, levels, strict=True)]
         if not self.text:
             return LatentBatch(latents, None, None, captions)

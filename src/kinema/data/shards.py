@@ -15,6 +15,7 @@ import json
 import os
 import random
 import tarfile
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -129,17 +130,22 @@ def _write_index(out: Path) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def load_index(path: str | Path) -> list[dict]:
-    """Lines of captions.jsonl, each checked; a bad line raises ValueError naming file:line."""
-    rows = []
+def jsonl_lines(path: str | Path, expected: str) -> Iterator[tuple[int, object, str]]:
+    """(line number, parsed value, text) per non-blank line; a line that is not JSON raises ValueError naming
+    file:line and `expected` (what a line should hold)."""
     for lineno, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield lineno, json.loads(line), line
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: malformed captions line ({e.msg}); expected one JSON "
-                             f"object per line") from e
+            raise ValueError(f"{path}:{lineno}: malformed line ({e.msg}); expected {expected}") from e
+
+
+def load_index(path: str | Path) -> list[dict]:
+    """Lines of captions.jsonl, each checked; a bad line raises ValueError naming file:line."""
+    rows = []
+    for lineno, row, line in jsonl_lines(path, "one JSON object per line"):
         if not isinstance(row, dict) or "key" not in row or not isinstance(row.get("captions"), dict):
             raise ValueError(f"{path}:{lineno}: expected an object with 'key' and a 'captions' object, "
                              f"got {line[:80]!r}")

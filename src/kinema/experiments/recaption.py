@@ -92,11 +92,11 @@ def _train_arm(exp: RecaptionExperiment, data, levels: list[str], arm: str) -> P
     import dataclasses
 
     from kinema.diffusion.objectives import FlowObjective
-    from kinema.presets import DIT_PRESETS, DIT_TRAIN, lookup
+    from kinema.presets import DIT_TRAIN, dit_preset, lookup
     from kinema.train.dit_task import DiTTask
     from kinema.train.loop import train
 
-    model_cfg = dataclasses.replace(lookup(DIT_PRESETS, exp.preset, "DiT preset"), in_channels=data.latent_shape[0])
+    model_cfg = dit_preset(exp.preset, data.latent_shape[0])
     cfg = lookup(DIT_TRAIN, exp.preset, "DiT preset")
     cfg = dataclasses.replace(cfg, steps=exp.steps or cfg.steps, batch_size=exp.batch_size or cfg.batch_size,
                               seed=exp.seed, sample_every=0)
@@ -171,10 +171,9 @@ SHOWN = ("all_correct", "count", "background", "color", "shape", "size", "motion
 
 
 def plot(results: dict, path: Path) -> Path:
-    import matplotlib
+    from kinema.eval.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cat = results["experiment"]["categories"][0]
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=120)
@@ -189,11 +188,7 @@ def plot(results: dict, path: Path) -> Path:
     ax.set_ylim(0, 110)
     ax.set_title(f"Adherence on detailed {cat}-object prompts (n={results['arms']['a']['adherence'][cat]['n']:.0f})")
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(results: dict, doc: Path) -> Path:

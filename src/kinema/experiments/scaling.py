@@ -165,10 +165,9 @@ def run_scaling_experiment(exp: ScalingExperiment, doc: Path | None = None) -> d
 
 
 def plot(results: dict, path: Path) -> Path:
-    import matplotlib
+    from kinema.eval.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     from kinema.eval.scaling import PowerLaw
@@ -200,11 +199,7 @@ def plot(results: dict, path: Path) -> Path:
     bx.set_ylim(0, 105)
     bx.legend(fontsize=7)
     bx.set_title("Adherence, detailed single-object prompts")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(results: dict, doc: Path) -> Path:
