@@ -84,7 +84,7 @@ def main() -> None:
             ("kinema DiT", ours, lambda m: m(x, t, text, mask)),
             ("WanTransformer3DModel", peer, lambda m: m(x, t * 1000, text, return_dict=False)[0]),
         ):
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # what `kinema dit train` uses
 
             def step(model=model, call=call, opt=opt, amp=amp):
                 with amp:
