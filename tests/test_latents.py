@@ -20,7 +20,7 @@ def test_latent_cache_round_trips_and_resumes(tiny_dataset, tmp_path):
     batch = cache.gather([0, 13], ["detailed", "short"])
     assert torch.allclose(batch.latents, expected, atol=1e-5)
     assert batch.captions == [ds.rows[0]["captions"]["detailed"], ds.rows[13]["captions"]["short"]]
-    assert batch.text.shape[0] == 2 and batch.text.shape[2] == 384
+    assert batch.text.shape[0] == 2 and batch.text.shape[2] == 768  # minilm:0,6, the default
     assert batch.mask[1].sum() < batch.mask[0].sum()  # the short caption has fewer tokens
     # resume: a deleted shard is rewritten, the others are kept as they are
     from safetensors.torch import load_file

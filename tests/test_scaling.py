@@ -3,6 +3,7 @@ and the experiment end to end at toy scale."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -34,6 +35,7 @@ class _Linear(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.lin = torch.nn.Linear(4, 8, bias=False)
+        self.cfg = type("Cfg", (), {"text_dim": 16})()  # a backbone's config names its text width
 
     def forward(self, x, t, text, text_mask):
         return self.lin(x.flatten(1))
@@ -69,7 +71,7 @@ def test_validation_loss_is_deterministic_and_model_dependent(tiny_latents):
 
     data = LatentDataset(tiny_latents)
     torch.manual_seed(0)
-    model = DiT(DIT_PRESETS["tiny"]())
+    model = DiT(dataclasses.replace(DIT_PRESETS["tiny"](), text_dim=data.meta["text_dim"]))
     a = validation_loss(model, FlowObjective(), data, list(range(8)), batch_size=4)
     assert a == validation_loss(model, FlowObjective(), data, list(range(8)), batch_size=4)
     for p in model.final_layer.parameters():

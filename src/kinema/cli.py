@@ -77,6 +77,13 @@ def cmd_data_ingest(args: argparse.Namespace) -> None:
     print(f"{report.summary()} -> {args.out} (details: {Path(args.out) / 'ingest_report.json'})")
 
 
+def cmd_data_retext(args: argparse.Namespace) -> None:
+    from kinema.data.latents import reencode_text
+
+    out = reencode_text(args.latents, args.out, args.text_encoder)
+    print(f"wrote {out} (latents from {args.latents}, captions encoded by {args.text_encoder})")
+
+
 def cmd_data_show(args: argparse.Namespace) -> None:
     from kinema.data.shards import ShardDataset
     from kinema.io.video import contact_sheet, save_image, to_frames
@@ -119,6 +126,12 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-clips", type=int, default=8, help="clips per video at most")
     p.add_argument("--shard-size", type=int, default=256)
     p.set_defaults(func=cmd_data_ingest)
+
+    p = data.add_parser("retext", help="a latent cache's captions encoded by another text encoder (latents reused)")
+    p.add_argument("--latents", required=True, help="a latent cache made by `kinema vae encode`")
+    p.add_argument("--out", required=True, help="new cache folder")
+    _add_text_encoder_flag(p)
+    p.set_defaults(func=cmd_data_retext)
 
     p = data.add_parser("show", help="write a PNG contact sheet of a few clips")
     p.add_argument("dir")
@@ -176,8 +189,17 @@ def cmd_vae_eval(args: argparse.Namespace) -> None:
 def cmd_vae_encode(args: argparse.Namespace) -> None:
     from kinema.data.latents import encode_dataset
 
-    out = encode_dataset(args.vae, args.data, args.out, batch_size=args.batch_size, text=not args.no_text)
+    out = encode_dataset(args.vae, args.data, args.out, batch_size=args.batch_size, text=not args.no_text,
+                         text_encoder_name=args.text_encoder)
     print(f"wrote latents to {out}")
+
+
+def _add_text_encoder_flag(p: argparse.ArgumentParser) -> None:
+    from kinema.text.encoder import DEFAULT_TEXT_ENCODER
+
+    p.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER,
+                   help="'minilm' (last layer), 'minilm:0,6' (input embeddings + last layer, the default) or a "
+                        "local Hugging Face model folder")
 
 
 def _add_train_flags(p: argparse.ArgumentParser, presets: list[str], default: str) -> None:
@@ -221,6 +243,7 @@ def add_vae_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-text", action="store_true", help="skip caching text embeddings")
+    _add_text_encoder_flag(p)
     p.set_defaults(func=cmd_vae_encode)
 
 
@@ -240,7 +263,8 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
     data = LatentDataset(args.latents)
     model_cfg = dit_preset(args.preset, data.latent_shape[0])
     task = DiTTask(data, model_cfg, make_objective(args.objective), cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
-                   vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None)
+                   vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None,
+                   init_from=Path(args.init_from) if args.init_from else None)
     result = train(task, cfg, args.out)
     print(f"trained to step {result.step}, loss {result.last_loss:.4f}; model folder: {Path(args.out) / 'model'}")
 
@@ -277,6 +301,8 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latents", required=True, help="folder made by `kinema vae encode`")
     _add_train_flags(p, sorted(DIT_PRESETS), "shapes")
     p.add_argument("--objective", choices=["flow", "epsilon", "v"], default="flow")
+    p.add_argument("--init-from", help="start from a model folder's DiT weights (a wider text input is zero-padded, "
+                                       "so the start computes what that model computed)")
     p.set_defaults(func=cmd_dit_train)
     p = dit.add_parser("distill", help="a few-step student by rectified-flow reflow on the teacher's own samples")
     p.add_argument("--model", help="teacher model folder (default: the bundled model)")

@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from kinema.data.shards import CAPTION_LEVELS, ShardDataset
+from kinema.data.shards import CAPTION_LEVELS, ShardDataset, load_index
 from kinema.io.video import atomic_write_bytes
 
 LATENT_FORMAT = 1
@@ -54,17 +54,24 @@ def _encode_rows(vae, text_encoder, ds: ShardDataset, rows: list[int],
         bucket = bucket_name(latents.shape[2:])
         out[f"latents.{bucket}"] = latents
         where.update({i: (bucket, j) for j, i in enumerate(members)})
-    texts = {level: [] for level in levels} if text_encoder is not None else {}
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        for level in texts:
-            texts[level].append(text_encoder([ds.rows[i]["captions"][level] for i in chunk]))
-    for level, parts in texts.items():
+    if text_encoder is not None:
+        out.update(_encode_texts(text_encoder, [ds.rows[i]["captions"] for i in rows], levels, batch_size))
+    return out, where
+
+
+@torch.no_grad()
+def _encode_texts(text_encoder, captions: list[dict[str, str]], levels: list[str],
+                  batch_size: int) -> dict[str, torch.Tensor]:
+    """text.{level} (n, L, D) bf16 and mask.{level} (n, L) for each clip's captions, in order."""
+    out = {}
+    for level in levels:
+        parts = [text_encoder([c[level] for c in captions[s:s + batch_size]])
+                 for s in range(0, len(captions), batch_size)]
         if parts:
             length = max(t.shape[1] for t, _ in parts)
             out[f"text.{level}"] = torch.cat([_pad(t, length).to(torch.bfloat16) for t, _ in parts])
             out[f"mask.{level}"] = torch.cat([_pad(m, length) for _, m in parts])
-    return out, where
+    return out
 
 
 def bucket_name(shape: tuple[int, ...] | torch.Size) -> str:
@@ -79,15 +86,16 @@ def _pad(x: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def encode_dataset(vae_dir: str | Path, data_dir: str | Path, out: str | Path, batch_size: int = 16,
-                   text: bool = True, text_encoder_name: str = "minilm", progress: bool = True) -> Path:
+                   text: bool = True, text_encoder_name: str | None = None, progress: bool = True) -> Path:
     """Encode every clip of a shard dataset with the VAE (posterior mean, normalised) and, with
     text=True, every caption level with the text encoder."""
     from tqdm import tqdm
 
     from kinema.io.weights import load_model
-    from kinema.text.encoder import load_text_encoder
+    from kinema.text.encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
     from kinema.vae.model import VAEConfig, VideoVAE
 
+    text_encoder_name = text_encoder_name or DEFAULT_TEXT_ENCODER
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     vae = load_model(vae_dir, "vae", VideoVAE, VAEConfig)
@@ -115,6 +123,41 @@ def encode_dataset(vae_dir: str | Path, data_dir: str | Path, out: str | Path, b
     return out
 
 
+def reencode_text(latents_dir: str | Path, out: str | Path, text_encoder_name: str, batch_size: int = 64,
+                  progress: bool = True) -> Path:
+    """A copy of a latent cache with its captions encoded by another text encoder; the latents are
+    reused as they are. Shard by shard, atomically; an interrupted run re-run skips what is done."""
+    from tqdm import tqdm
+
+    from kinema.text.encoder import load_text_encoder
+
+    src, out = Path(latents_dir), Path(out)
+    if src.resolve() == out.resolve():
+        raise ValueError(f"{out}: write the re-encoded cache to a new folder, not over {src}")
+    meta = json.loads((src / "meta.json").read_text())
+    rows = load_index(src / "index.jsonl")
+    encoder = load_text_encoder(text_encoder_name)
+    out.mkdir(parents=True, exist_ok=True)
+    by_shard: dict[str, list[dict]] = {}
+    for r in rows:
+        by_shard.setdefault(r["shard"], []).append(r)
+    for shard, members in tqdm(sorted(by_shard.items()), desc="text", disable=not progress):
+        if (out / shard).exists():
+            continue
+        members.sort(key=lambda r: r["row"])
+        levels = [lv for lv in CAPTION_LEVELS if all(lv in r["captions"] for r in members)]
+        with safe_open(str(src / shard), framework="pt") as f:
+            header = f.metadata() or {}
+            keys = [k for k in f.keys() if not k.startswith(("text.", "mask."))]  # noqa: SIM118 (safe_open)
+            tensors = {k: f.get_tensor(k) for k in keys}
+        tensors.update(_encode_texts(encoder, [r["captions"] for r in members], levels, batch_size))
+        _save_atomic(out / shard, tensors, header)
+    meta.update(text_encoder=text_encoder_name, text_dim=encoder.dim, text_from=str(src.resolve()))
+    atomic_write_bytes(out / "meta.json", json.dumps(meta, indent=2).encode())
+    atomic_write_bytes(out / "index.jsonl", (src / "index.jsonl").read_bytes())
+    return out
+
+
 def _bucket_rows(path: Path, rows: list[int]) -> dict[int, tuple[str, int]]:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
@@ -136,8 +179,6 @@ class LatentDataset:
     """The whole cache in memory (latents are small), with batches gathered by index."""
 
     def __init__(self, root: str | Path):
-        from kinema.data.shards import load_index
-
         self.root = Path(root)
         if not (self.root / "index.jsonl").exists():
             raise FileNotFoundError(f"{self.root}/index.jsonl: not found; make a latent cache with "

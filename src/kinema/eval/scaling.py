@@ -10,14 +10,13 @@ import torch
 from torch import nn
 
 
-def training_flops_per_sample(model: nn.Module, latent_shape: tuple[int, ...], text_tokens: int = 24,
-                              text_dim: int = 384) -> float:
+def training_flops_per_sample(model: nn.Module, latent_shape: tuple[int, ...], text_tokens: int = 24) -> float:
     """FLOPs to train on one clip: 3x one forward pass (backward costs about twice the forward), counted by
     torch's FlopCounterMode over every matmul, convolution and attention the model runs."""
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, *latent_shape)
-    text, mask = torch.zeros(1, text_tokens, text_dim), torch.ones(1, text_tokens, dtype=torch.bool)
+    text, mask = torch.zeros(1, text_tokens, model.cfg.text_dim), torch.ones(1, text_tokens, dtype=torch.bool)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(x, torch.full((1,), 0.5), text=text, text_mask=mask)

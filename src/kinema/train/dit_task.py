@@ -4,6 +4,7 @@ connecting and editing). Exports a complete model folder that `TextToVideoPipeli
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -18,7 +19,7 @@ from kinema.data.buckets import batch_indices, bucket_batch_indices
 from kinema.data.latents import LatentDataset
 from kinema.diffusion.objectives import Objective
 from kinema.dit.model import DiT, DiTConfig
-from kinema.io.weights import save_weights
+from kinema.io.weights import load_weights, save_weights
 from kinema.train.distributed import DistInfo
 
 SAMPLE_PROMPTS = [
@@ -44,6 +45,26 @@ def frame_mask(kind: str, frames: int, rng: random.Random) -> torch.Tensor:
     return mask
 
 
+@torch.no_grad()
+def load_widened(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load `state` into `model`, where a weight may have a wider input than stored (e.g. richer text
+    features): the stored columns go last and the new ones start at zero, so the loaded model computes
+    exactly what the stored one did and training learns to use the new inputs."""
+    own = model.state_dict()
+    if set(own) != set(state):
+        raise ValueError(f"{where}: parameter names differ from this model's: missing "
+                         f"{sorted(set(own) - set(state))[:3]}, unexpected {sorted(set(state) - set(own))[:3]}")
+    for name, target in own.items():
+        src = state[name].to(target.dtype)
+        if src.shape == target.shape:
+            target.copy_(src)
+        elif src.ndim == 2 and src.shape[0] == target.shape[0] and src.shape[1] < target.shape[1]:
+            target.zero_()[:, -src.shape[1]:] = src
+        else:
+            raise ValueError(f"{where}: {name} has shape {tuple(src.shape)}, this model needs {tuple(target.shape)} "
+                             "(only a wider input can be padded)")
+
+
 @dataclass
 class DiTTask:
     data: LatentDataset
@@ -60,14 +81,24 @@ class DiTTask:
     vae_dir: Path | None = None  # for decoding samples and for the exported model folder
     sample_prompts: list[str] = field(default_factory=lambda: list(SAMPLE_PROMPTS))
     sample_steps: int = 30
+    init_from: Path | None = None  # a model folder whose DiT weights start the run (before any checkpoint)
     name: str = "dit"
+
+    def __post_init__(self) -> None:
+        text_dim = self.data.meta.get("text_dim")
+        if text_dim and text_dim != self.model_cfg.text_dim:  # the text width is the cache's text encoder's
+            self.model_cfg = dataclasses.replace(self.model_cfg, text_dim=text_dim)
 
     def build_model(self) -> nn.Module:
         if getattr(self.model_cfg, "backbone", "dit") == "unet":  # the 3D U-Net baseline (scaling study)
             from kinema.unet.model import UNet3D
 
             return UNet3D(self.model_cfg)
-        return DiT(self.model_cfg)
+        model = DiT(self.model_cfg)
+        if self.init_from is not None:
+            state, _ = load_weights(self.init_from, "dit")
+            load_widened(model, state, where=f"{self.init_from}/dit.safetensors")
+        return model
 
     def model_config(self) -> dict:
         return {"dit": to_dict(self.model_cfg), "objective": to_dict(self.objective)}

@@ -1,0 +1,99 @@
+"""The packaged MiniLM text encoder: parity with transformers, layer choice, re-encoding a latent cache's
+captions, and starting a DiT with a wider text input from a narrower model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kinema.text.encoder import DEFAULT_TEXT_ENCODER, MiniLMEncoder, load_text_encoder, minilm_dir
+
+PROMPTS = ["A small blue square starts on the left side and heads rapidly rightward.",
+           "A small blue square starts on the right side and heads rapidly leftward."]
+
+
+@pytest.fixture(scope="module")
+def last_layer() -> MiniLMEncoder:
+    return load_text_encoder("minilm")
+
+
+@pytest.fixture(scope="module")
+def layers_0_6() -> MiniLMEncoder:
+    return load_text_encoder("minilm:0,6")
+
+
+def test_our_bert_matches_transformers(last_layer):
+    from transformers import BertModel
+
+    reference = BertModel.from_pretrained(minilm_dir()).eval()
+    ids, mask = last_layer.tokenize(PROMPTS + ["a red circle"])
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+    ours, _ = last_layer(PROMPTS + ["a red circle"])
+    assert torch.allclose(ours[mask], expected[mask], atol=1e-4)
+
+
+def test_layer_choice_concatenates_input_embeddings_and_last_layer(last_layer, layers_0_6):
+    assert layers_0_6.dim == 768 and layers_0_6.name == "minilm:0,6" == DEFAULT_TEXT_ENCODER
+    wide, mask = layers_0_6(PROMPTS)
+    narrow, _ = last_layer(PROMPTS)
+    assert torch.equal(wide[..., 384:], narrow)
+    # the words that decide the motion: nearly the same in the last layer, far apart in layer 0
+    ids, _ = layers_0_6.tokenize(PROMPTS)
+    differ = (ids[0] != ids[1]).nonzero().flatten()
+    assert len(differ) >= 2
+    last = F.cosine_similarity(wide[0, differ, 384:], wide[1, differ, 384:], dim=-1)
+    first = F.cosine_similarity(wide[0, differ, :384], wide[1, differ, :384], dim=-1)
+    assert last.min() > 0.8 and first.max() < 0.6
+
+
+@pytest.mark.parametrize("name", ["minilm:", "minilm:7", "minilm:a,b"])
+def test_bad_layer_names_are_explained(name):
+    with pytest.raises(ValueError, match="minilm"):
+        load_text_encoder(name)
+
+
+def test_retext_reuses_latents_and_reencodes_captions(tiny_latents, tmp_path):
+    from kinema.data.latents import LatentDataset, reencode_text
+
+    before = LatentDataset(tiny_latents)
+    out = reencode_text(tiny_latents, tmp_path / "lat", "minilm", progress=False)
+    after = LatentDataset(out)
+    assert after.meta["text_encoder"] == "minilm" and after.meta["text_dim"] == 384
+    a, b = before.gather([0, 13], ["detailed", "short"]), after.gather([0, 13], ["detailed", "short"])
+    assert torch.equal(a.latents, b.latents) and a.captions == b.captions
+    expected, expected_mask = load_text_encoder("minilm")(b.captions)
+    for i in range(2):
+        n = int(expected_mask[i].sum())
+        assert torch.equal(b.mask[i, :n], expected_mask[i, :n]) and not b.mask[i, n:].any()
+        assert torch.allclose(b.text[i, :n], expected[i, :n], rtol=1e-2, atol=1e-2)  # stored in bf16
+    # an interrupted run resumes: finished shards are kept as written
+    shard = sorted(out.glob("latents-*.safetensors"))[1]
+    mtime = shard.stat().st_mtime_ns
+    reencode_text(tiny_latents, out, "minilm", progress=False)
+    assert shard.stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match="new folder"):
+        reencode_text(tiny_latents, tiny_latents, "minilm", progress=False)
+
+
+def test_a_wider_text_input_starts_where_the_narrow_model_was():
+    from dataclasses import replace
+
+    from kinema.dit.model import DiT, DiTConfig
+    from kinema.train.dit_task import load_widened
+
+    torch.manual_seed(0)
+    cfg = DiTConfig(in_channels=4, dim=64, depth=2, heads=2, text_dim=16)
+    narrow = DiT(cfg)
+    for p in narrow.parameters():  # no zero-initialised branches: every input must matter
+        p.data.normal_(0, 0.1)
+    wide = DiT(replace(cfg, text_dim=48))
+    load_widened(wide, narrow.state_dict(), where="test")
+    x, t = torch.randn(2, 4, 3, 4, 4), torch.rand(2)
+    text, mask = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
+    extra = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        assert torch.allclose(narrow(x, t, text, mask), wide(x, t, torch.cat([extra, text], -1), mask), atol=1e-5)
+    with pytest.raises(ValueError, match="wider input"):
+        load_widened(DiT(replace(cfg, dim=32, heads=2)), narrow.state_dict(), where="test")
