@@ -66,3 +66,22 @@ def test_arms_see_the_captions_they_are_given(tiny_latents):
     expected = data.gather(idx, [levels[i] for i in idx])
     assert torch.equal(batch["text_mask"], expected.mask)
     assert torch.equal(batch["text"], expected.text * expected.mask[..., None])  # padding zeroed
+
+def test_recaptions_are_reencoded_when_the_cache_text_encoder_changes(tiny_latents, tmp_path):
+    from safetensors import safe_open
+
+    from kinema.data.latents import reencode_text
+    from kinema.experiments.recaption import RecaptionExperiment, _recaption
+
+    cap = _captioner(tiny_latents, tmp_path / "cap")
+    exp = RecaptionExperiment(latents=tiny_latents, captioner=cap, out=tmp_path / "exp")
+    exp.out.mkdir()
+    _recaption(exp, data := LatentDataset(tiny_latents))
+    captions = json.loads((exp.out / "recaptions.json").read_text())
+    assert data.gather([0], ["recaption"]).text.shape[-1] == data.meta["text_dim"]
+    narrow = LatentDataset(reencode_text(tiny_latents, tmp_path / "lat384", "minilm", progress=False))
+    _recaption(exp, narrow)  # captions reused, embeddings redone with the cache's encoder
+    assert json.loads((exp.out / "recaptions.json").read_text()) == captions
+    assert narrow.gather([0], ["recaption"]).text.shape[-1] == 384
+    with safe_open(str(exp.out / "recaptions.safetensors"), framework="pt") as f:
+        assert f.metadata()["text_encoder"] == "minilm"

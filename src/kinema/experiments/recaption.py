@@ -55,8 +55,11 @@ def detailed_subset(keys: list[str], share: float, seed: int) -> set[str]:
 
 
 def _recaption(exp: RecaptionExperiment, data) -> dict[str, float]:
-    """Captions for every clip (cached in OUT/recaptions.safetensors) added to `data` as level 'recaption';
-    returns the captioner's agreement with the ground-truth detailed captions."""
+    """Captions for every clip (cached in OUT/recaptions.json) and their text embeddings (cached in
+    OUT/recaptions.safetensors, tagged with the text encoder: a cache of another encoder's is redone from
+    the cached captions) added to `data` as level 'recaption'; returns the captioner's agreement with the
+    ground-truth detailed captions."""
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     from kinema.captioning.recaption import caption_agreement, caption_latents, load_captioner
@@ -64,26 +67,34 @@ def _recaption(exp: RecaptionExperiment, data) -> dict[str, float]:
 
     cache = exp.out / "recaptions.safetensors"
     captions_path = exp.out / "recaptions.json"
-    if cache.exists() and captions_path.exists():
+    encoder_name = data.meta.get("text_encoder") or "minilm"
+    if captions_path.exists():
         captions = json.loads(captions_path.read_text())
-        tensors = load_file(str(cache))
-        text, mask = tensors["text"], tensors["mask"]
     else:
         model, vocab, _ = load_captioner(exp.captioner)
         captions = [""] * len(data)
         for members in data.buckets.values():
             for i, c in zip(members, caption_latents(model, vocab, data.latents_of(members)), strict=True):
                 captions[i] = c
-        encoder = load_text_encoder(data.meta.get("text_encoder") or "minilm")
+        captions_path.write_text(json.dumps(captions))
+    cached_encoder = None
+    if cache.exists():
+        with safe_open(str(cache), framework="pt") as f:
+            cached_encoder = (f.metadata() or {}).get("text_encoder", "minilm")
+    if cached_encoder == encoder_name:
+        tensors = load_file(str(cache))
+        text, mask = tensors["text"], tensors["mask"]
+    else:
+        encoder = load_text_encoder(encoder_name)
         parts = [encoder(captions[s:s + 256]) for s in range(0, len(captions), 256)]
         length = max(t.shape[1] for t, _ in parts)
         text = torch.cat([torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1])) for t, _ in parts])
         mask = torch.cat([torch.nn.functional.pad(m, (0, length - m.shape[1])) for _, m in parts])
         text = text.to(torch.bfloat16)
         tmp = cache.with_name(".recaptions.tmp")
-        save_file({"text": text.contiguous(), "mask": mask.contiguous()}, str(tmp))
+        save_file({"text": text.contiguous(), "mask": mask.contiguous()}, str(tmp),
+                  metadata={"text_encoder": encoder_name})
         tmp.replace(cache)
-        captions_path.write_text(json.dumps(captions))
     data.add_level("recaption", captions, text, mask)
     return caption_agreement(captions, [r["captions"]["detailed"] for r in data.rows])
 
