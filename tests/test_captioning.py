@@ -115,3 +115,17 @@ def test_recaption_job_resumes_keeps_originals_and_skips_corrupt(tiny_dataset, t
     shard.write_bytes(bytes(raw))
     broken = recaption_dataset(tiny_captioner, data, batch_size=5, progress=False)
     assert broken.failed >= 1 and broken.written + broken.failed == 24
+
+
+def test_caption_train_cli_takes_the_patch_size(tiny_latents, tmp_path):
+    import json
+
+    from kinema.cli import main
+
+    argv = ["caption", "train", "--latents", str(tiny_latents), "--out", str(tmp_path), "--dim", "32",
+            "--layers", "1", "--patch", "1x1x1", "--steps", "2", "--batch-size", "4", "--no-bf16"]
+    assert main(argv) == 0
+    cfg = json.loads((tmp_path / "captioner.json").read_text())
+    assert cfg["patch"] == [1, 1, 1]
+    model, _, _ = load_captioner(tmp_path)
+    assert model.encode_video(torch.zeros(1, 4, 2, 8, 8)).shape == (1, 2 * 8 * 8, 32)

@@ -440,8 +440,8 @@ def cmd_caption_train(args: argparse.Namespace) -> None:
             raise ValueError(f"{args.subset}: none of its keys are in {args.latents}")
     pool = subset if subset is not None else range(len(data))
     vocab = Vocab.build([data.rows[i]["captions"]["detailed"] for i in pool])
-    model_cfg = CaptionerConfig(latent_channels=data.latent_shape[0], vocab_size=len(vocab), dim=args.dim,
-                                encoder_layers=args.layers, decoder_layers=args.layers)
+    model_cfg = CaptionerConfig(latent_channels=data.latent_shape[0], patch=args.patch, vocab_size=len(vocab),
+                                dim=args.dim, encoder_layers=args.layers, decoder_layers=args.layers)
     cfg = _train_config(TrainConfig(steps=1500, batch_size=32, lr=5e-4, warmup_steps=100, log_every=25,
                                     ckpt_every=250), args)
     task = CaptionerTask(data, model_cfg, vocab, cfg.batch_size, subset, cfg.grad_accum, cfg.seed)
@@ -478,6 +478,8 @@ def add_caption_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", help="a file of clip keys that have detailed captions (default: all)")
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--patch", type=_fhw, default=(1, 2, 2), metavar="TxHxW",
+                   help="latent patch per video token (default 1x2x2; 1x1x1 sees finer shape detail, 4x the tokens)")
     _add_train_flags(p, ["default"], "default")
     p.set_defaults(func=cmd_caption_train)
     p = cap.add_parser("run", help="caption every clip of a dataset into DIR/recaptions.jsonl (resumable)")
