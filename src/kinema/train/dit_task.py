@@ -177,5 +177,7 @@ class DiTTask:
                  "frames": 1 + (f - 1) * vae_cfg["temporal_compression"],
                  "height": h * vae_cfg["spatial_compression"], "width": w * vae_cfg["spatial_compression"],
                  "fps": 8, "steps": self.sample_steps, "guidance": 4.0}
+        if self.init_from is not None:  # provenance: this run started from that model's weights
+            index["init_from"] = str(self.init_from)
         (out_dir / "model" / "model_index.json").write_text(json.dumps(index, indent=2))
         return path
