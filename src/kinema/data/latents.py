@@ -55,12 +55,12 @@ def _encode_rows(vae, text_encoder, ds: ShardDataset, rows: list[int],
         out[f"latents.{bucket}"] = latents
         where.update({i: (bucket, j) for j, i in enumerate(members)})
     if text_encoder is not None:
-        out.update(_encode_texts(text_encoder, [ds.rows[i]["captions"] for i in rows], levels, batch_size))
+        out.update(encode_texts(text_encoder, [ds.rows[i]["captions"] for i in rows], levels, batch_size))
     return out, where
 
 
 @torch.no_grad()
-def _encode_texts(text_encoder, captions: list[dict[str, str]], levels: list[str],
+def encode_texts(text_encoder, captions: list[dict[str, str]], levels: list[str],
                   batch_size: int) -> dict[str, torch.Tensor]:
     """text.{level} (n, L, D) bf16 and mask.{level} (n, L) for each clip's captions, in order."""
     out = {}
@@ -150,7 +150,7 @@ def reencode_text(latents_dir: str | Path, out: str | Path, text_encoder_name: s
             header = f.metadata() or {}
             keys = [k for k in f.keys() if not k.startswith(("text.", "mask."))]  # noqa: SIM118 (safe_open)
             tensors = {k: f.get_tensor(k) for k in keys}
-        tensors.update(_encode_texts(encoder, [r["captions"] for r in members], levels, batch_size))
+        tensors.update(encode_texts(encoder, [r["captions"] for r in members], levels, batch_size))
         _save_atomic(out / shard, tensors, header)
     meta.update(text_encoder=text_encoder_name, text_dim=encoder.dim, text_from=str(src.resolve()))
     atomic_write_bytes(out / "meta.json", json.dumps(meta, indent=2).encode())

@@ -23,8 +23,6 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 ARMS = {"a": "original captions", "b": "recaptioned"}
 
 
@@ -63,6 +61,7 @@ def _recaption(exp: RecaptionExperiment, data) -> dict[str, float]:
     from safetensors.torch import load_file, save_file
 
     from kinema.captioning.recaption import caption_agreement, caption_latents, load_captioner
+    from kinema.data.latents import encode_texts
     from kinema.text.encoder import load_text_encoder
 
     cache = exp.out / "recaptions.safetensors"
@@ -85,12 +84,9 @@ def _recaption(exp: RecaptionExperiment, data) -> dict[str, float]:
         tensors = load_file(str(cache))
         text, mask = tensors["text"], tensors["mask"]
     else:
-        encoder = load_text_encoder(encoder_name)
-        parts = [encoder(captions[s:s + 256]) for s in range(0, len(captions), 256)]
-        length = max(t.shape[1] for t, _ in parts)
-        text = torch.cat([torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1])) for t, _ in parts])
-        mask = torch.cat([torch.nn.functional.pad(m, (0, length - m.shape[1])) for _, m in parts])
-        text = text.to(torch.bfloat16)
+        encoded = encode_texts(load_text_encoder(encoder_name), [{"recaption": c} for c in captions], ["recaption"],
+                               batch_size=256)
+        text, mask = encoded["text.recaption"], encoded["mask.recaption"]
         tmp = cache.with_name(".recaptions.tmp")
         save_file({"text": text.contiguous(), "mask": mask.contiguous()}, str(tmp),
                   metadata={"text_encoder": encoder_name})
