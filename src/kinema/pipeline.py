@@ -23,7 +23,7 @@ from kinema.diffusion.samplers import SAMPLERS, classifier_free_guidance, noise_
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.video import to_frames, to_tensor
 from kinema.io.weights import load_model
-from kinema.text.encoder import TextEncoder, load_text_encoder
+from kinema.text.encoder import MINILM, TextEncoder, load_text_encoder
 from kinema.vae.model import VAEConfig, VideoVAE
 
 MAX_PROMPT_CHARS = 1000
@@ -75,7 +75,7 @@ class TextToVideoPipeline:
         index = json.loads(index_path.read_text())
         dit = load_backbone(folder)
         vae = load_model(folder, "vae", VideoVAE, VAEConfig)
-        return cls(dit, vae, load_text_encoder(index.get("text_encoder", "minilm")),
+        return cls(dit, vae, load_text_encoder(index.get("text_encoder", MINILM)),
                    objective_from_dict(index["objective"]), index)
 
     @classmethod
@@ -85,7 +85,7 @@ class TextToVideoPipeline:
         vcfg = vae.cfg
         defaults = {"frames": 1 + 4 * vcfg.temporal_compression, "height": 8 * vcfg.spatial_compression,
                     "width": 8 * vcfg.spatial_compression, "steps": 30, "guidance": 4.0, "fps": 8}
-        return cls(dit, vae, load_text_encoder(latent_meta.get("text_encoder") or "minilm"), objective, defaults)
+        return cls(dit, vae, load_text_encoder(latent_meta.get("text_encoder") or MINILM), objective, defaults)
 
     def to(self, device: str | torch.device) -> TextToVideoPipeline:
         self.device = torch.device(device)

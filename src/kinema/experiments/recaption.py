@@ -62,11 +62,11 @@ def _recaption(exp: RecaptionExperiment, data) -> dict[str, float]:
 
     from kinema.captioning.recaption import caption_agreement, caption_latents, load_captioner
     from kinema.data.latents import encode_texts
-    from kinema.text.encoder import load_text_encoder
+    from kinema.text.encoder import MINILM, load_text_encoder
 
     cache = exp.out / "recaptions.safetensors"
     captions_path = exp.out / "recaptions.json"
-    encoder_name = data.meta.get("text_encoder") or "minilm"
+    encoder_name = data.meta.get("text_encoder") or MINILM
     if captions_path.exists():
         captions = json.loads(captions_path.read_text())
     else:
@@ -79,7 +79,7 @@ def _recaption(exp: RecaptionExperiment, data) -> dict[str, float]:
     cached_encoder = None
     if cache.exists():
         with safe_open(str(cache), framework="pt") as f:
-            cached_encoder = (f.metadata() or {}).get("text_encoder", "minilm")
+            cached_encoder = (f.metadata() or {}).get("text_encoder", MINILM)
     if cached_encoder == encoder_name:
         tensors = load_file(str(cache))
         text, mask = tensors["text"], tensors["mask"]
