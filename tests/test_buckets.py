@@ -83,3 +83,17 @@ def test_dit_trains_over_mixed_sizes_and_samples_other_sizes(mixed_latents, tmp_
     for frames, h, w in [(9, 32, 48), (5, 48, 32), (13, 32, 32)]:
         video = pipe("a red circle moving left", frames=frames, height=h, width=w, steps=2, seed=0)
         assert video.shape == (frames, h, w, 3)
+
+
+def test_dit_train_patch_flag_gives_a_finer_token_grid(tiny_latents, tmp_path):
+    from kinema.cli import main
+    from kinema.pipeline import TextToVideoPipeline
+
+    main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--patch", "1x1x1", "--steps", "2",
+          "--batch-size", "2", "--ckpt-every", "2", "--sample-every", "0", "--out", str(tmp_path / "run")])
+    assert json.loads((tmp_path / "run" / "model" / "dit.json").read_text())["patch"] == [1, 1, 1]
+    pipe = TextToVideoPipeline.from_pretrained(tmp_path / "run" / "model")
+    s = pipe.vae.cfg.spatial_compression  # an odd latent size: fine for 1x1 patches, not for the default 2x2
+    assert pipe("a red circle moving left", height=3 * s, width=5 * s, steps=2, seed=0).shape[1:] == (3 * s, 5 * s, 3)
+    with pytest.raises(SystemExit):
+        main(["dit", "train", "--latents", str(tiny_latents), "--patch", "1x1", "--out", str(tmp_path / "bad")])

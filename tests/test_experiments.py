@@ -31,7 +31,7 @@ def test_recaption_experiment_trains_both_arms_on_their_captions_and_reports(tin
     doc = tmp_path / "docs" / "recaption.md"
     argv = ["experiment", "recaption", "--latents", str(tiny_latents), "--captioner", str(cap), "--out",
             str(tmp_path / "exp"), "--share", "0.25", "--preset", "tiny", "--steps", "4", "--batch-size", "4",
-            "--eval-n", "2", "--eval-steps", "2", "--doc", str(doc)]
+            "--eval-n", "2", "--eval-steps", "2", "--doc", str(doc), "--patch", "1x1x1"]
     assert main(argv) == 0
     results = json.loads((tmp_path / "exp" / "results.json").read_text())
     assert results["clips"] == 24 and results["with_detailed"] == 6
@@ -41,6 +41,7 @@ def test_recaption_experiment_trains_both_arms_on_their_captions_and_reports(tin
     for arm in ("a", "b"):
         assert results["arms"][arm]["adherence"]["single"]["n"] == 2
         assert (tmp_path / "exp" / arm / "model" / "dit.safetensors").exists()
+        assert json.loads((tmp_path / "exp" / arm / "model" / "dit.json").read_text())["patch"] == [1, 1, 1]
     assert 0 <= results["captioner_agreement"]["all"] <= 1
     text = doc.read_text()
     assert "(a) original" in text and "recaptioned" in text and doc.with_suffix(".png").stat().st_size > 1000

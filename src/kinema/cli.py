@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -262,6 +263,8 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
     cfg = _train_config(lookup(DIT_TRAIN, args.preset, "dit"), args)
     data = LatentDataset(args.latents)
     model_cfg = dit_preset(args.preset, data.latent_shape[0])
+    if args.patch:
+        model_cfg = dataclasses.replace(model_cfg, patch=args.patch)
     task = DiTTask(data, model_cfg, make_objective(args.objective), cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
                    vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None,
                    init_from=Path(args.init_from) if args.init_from else None)
@@ -301,6 +304,9 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latents", required=True, help="folder made by `kinema vae encode`")
     _add_train_flags(p, sorted(DIT_PRESETS), "shapes")
     p.add_argument("--objective", choices=["flow", "epsilon", "v"], default="flow")
+    p.add_argument("--patch", type=_fhw, metavar="TxHxW",
+                   help="latent patch per token (default: the preset's 1x2x2; 1x1x1 gives 4x the tokens, a finer "
+                        "grid: see docs/experiments/patch-size.md)")
     p.add_argument("--init-from", help="start from a model folder's DiT weights (a wider text input is zero-padded, "
                                        "so the start computes what that model computed)")
     p.set_defaults(func=cmd_dit_train)
@@ -548,7 +554,8 @@ def cmd_experiment_recaption(args: argparse.Namespace) -> None:
     from kinema.experiments.recaption import RecaptionExperiment, run_recaption_experiment
 
     exp = RecaptionExperiment(Path(args.latents), Path(args.captioner), Path(args.out), args.share, args.preset,
-                              args.steps, args.batch_size, args.eval_n, args.eval_steps, seed=args.seed)
+                              args.steps, args.batch_size, args.eval_n, args.eval_steps, seed=args.seed,
+                              patch=args.patch)
     results = run_recaption_experiment(exp, Path(args.doc) if args.doc else None)
     for arm, r in results["arms"].items():
         m = r["adherence"][exp.categories[0]]
@@ -583,6 +590,7 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--share", type=float, default=0.05, help="share of clips that keep detailed captions")
     p.add_argument("--preset", default="shapes", help="DiT preset for both arms")
+    p.add_argument("--patch", type=_fhw, metavar="TxHxW", help="DiT latent patch for both arms (default: the preset's)")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--eval-n", type=int, default=50, help="detailed prompts for the adherence eval")

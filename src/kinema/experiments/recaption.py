@@ -39,6 +39,7 @@ class RecaptionExperiment:
     eval_steps: int = 30
     categories: tuple[str, ...] = ("single",)
     seed: int = 0
+    patch: tuple[int, int, int] | None = None  # DiT latent patch for both arms (default: the preset's)
 
     def __post_init__(self) -> None:
         self.latents, self.captioner, self.out = Path(self.latents), Path(self.captioner), Path(self.out)
@@ -104,6 +105,8 @@ def _train_arm(exp: RecaptionExperiment, data, levels: list[str], arm: str) -> P
     from kinema.train.loop import train
 
     model_cfg = dit_preset(exp.preset, data.latent_shape[0])
+    if exp.patch:
+        model_cfg = dataclasses.replace(model_cfg, patch=tuple(exp.patch))
     cfg = lookup(DIT_TRAIN, exp.preset, "DiT preset")
     cfg = dataclasses.replace(cfg, steps=exp.steps or cfg.steps, batch_size=exp.batch_size or cfg.batch_size,
                               seed=exp.seed, sample_every=0)

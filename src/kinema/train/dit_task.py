@@ -20,6 +20,7 @@ from kinema.data.latents import LatentDataset
 from kinema.diffusion.objectives import Objective
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.weights import load_weights, save_weights
+from kinema.text.encoder import MINILM
 from kinema.train.distributed import DistInfo
 
 SAMPLE_PROMPTS = [
@@ -173,7 +174,7 @@ class DiTTask:
                 shutil.copyfile(Path(self.vae_dir) / name, out_dir / "model" / name)
         c, f, h, w = self.data.latent_shape
         vae_cfg = self.data.meta["vae_config"]
-        index = {"objective": to_dict(self.objective), "text_encoder": self.data.meta["text_encoder"] or "minilm",
+        index = {"objective": to_dict(self.objective), "text_encoder": self.data.meta["text_encoder"] or MINILM,
                  "frames": 1 + (f - 1) * vae_cfg["temporal_compression"],
                  "height": h * vae_cfg["spatial_compression"], "width": w * vae_cfg["spatial_compression"],
                  "fps": 8, "steps": self.sample_steps, "guidance": 4.0}
