@@ -214,6 +214,8 @@ def write_report(results: dict, doc: Path) -> Path:
     rows = "\n".join(f"| {attr.replace('_', ' ')} | {100 * a.get(attr, float('nan')):.1f}% | "
                      f"{100 * b.get(attr, float('nan')):.1f}% | {100 * (b.get(attr, 0) - a.get(attr, 0)):+.1f} |"
                      for attr in SHOWN)
+    extra = "".join(f" --{flag} {value}" for flag, value in
+                    (("batch-size", e["batch_size"]), ("patch", "x".join(map(str, e.get("patch") or ())))) if value)
     text = f"""# Recaptioning ablation
 
 Do captions written by our video captioner make a better text-to-video model than the captions the data came
@@ -230,7 +232,7 @@ everything, train the generator on the new captions.)
   these clips). On the {results['clips'] - results['with_detailed']} clips it recaptions, its captions agree
   with the hidden ground truth on: {agreement}.
 - Two DiTs, identical except for the captions: preset `{e['preset']}`, {e['steps'] or 'preset'} steps, batch
-  {e['batch_size'] or 'preset'}, seed {e['seed']}, the same data order and noise, flow matching.
+  {e['batch_size'] or "the preset's"}, seed {e['seed']}, the same data order and noise, flow matching.
   (a) detailed where present, else short; (b) detailed where present, else the captioner's caption.
   Final training loss: (a) {results['arms']['a']['final_loss']:.4f}, (b) {results['arms']['b']['final_loss']:.4f}.
 - Evaluation: `kinema eval adherence`'s detailed {cat}-object prompts (n={a['n']:.0f}), {e['eval_steps']} Euler
@@ -259,10 +261,10 @@ everything, train the generator on the new captions.)
 
 ```
 kinema data synth --n 4096 --objects 1 --seed 3 --out data/shapes-ablation
-kinema vae encode --vae runs/vae-shapes --data data/shapes-ablation --out data/latents-ablation
-kinema caption train --latents data/latents-dit --out runs/captioner --steps 2000
+kinema vae encode --vae runs/vae-shapes --data data/shapes-ablation --out {e['latents']}
+kinema caption train --latents data/latents-dit --out {e['captioner']}  # see its config.json for steps and patch
 kinema experiment recaption --latents {e['latents']} --captioner {e['captioner']} --out {e['out']} \\
-    --share {e['detailed_share']} --preset {e['preset']} --steps {e['steps']} --batch-size {e['batch_size']} \\
+    --share {e['detailed_share']} --preset {e['preset']} --steps {e['steps']}{extra} \\
     --eval-n {e['eval_n']} --doc {doc}
 ```
 """
