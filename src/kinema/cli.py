@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -262,9 +261,7 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
 
     cfg = _train_config(lookup(DIT_TRAIN, args.preset, "dit"), args)
     data = LatentDataset(args.latents)
-    model_cfg = dit_preset(args.preset, data.latent_shape[0])
-    if args.patch:
-        model_cfg = dataclasses.replace(model_cfg, patch=args.patch)
+    model_cfg = dit_preset(args.preset, data.latent_shape[0], args.patch)
     task = DiTTask(data, model_cfg, make_objective(args.objective), cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
                    vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None,
                    init_from=Path(args.init_from) if args.init_from else None)

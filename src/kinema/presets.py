@@ -81,8 +81,9 @@ DIT_TRAIN = {
 }
 
 
-def dit_preset(name: str, in_channels: int) -> DiTConfig:
-    """The named DiT preset with its input channels set to a latent cache's."""
+def dit_preset(name: str, in_channels: int, patch: tuple[int, int, int] | None = None) -> DiTConfig:
+    """The named DiT preset with its input channels set to a latent cache's, and its patch replaced if given."""
     import dataclasses
 
-    return dataclasses.replace(lookup(DIT_PRESETS, name, "dit"), in_channels=in_channels)
+    cfg = dataclasses.replace(lookup(DIT_PRESETS, name, "dit"), in_channels=in_channels)
+    return dataclasses.replace(cfg, patch=patch) if patch else cfg

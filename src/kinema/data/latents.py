@@ -61,7 +61,7 @@ def _encode_rows(vae, text_encoder, ds: ShardDataset, rows: list[int],
 
 @torch.no_grad()
 def encode_texts(text_encoder, captions: list[dict[str, str]], levels: list[str],
-                  batch_size: int) -> dict[str, torch.Tensor]:
+                 batch_size: int) -> dict[str, torch.Tensor]:
     """text.{level} (n, L, D) bf16 and mask.{level} (n, L) for each clip's captions, in order."""
     out = {}
     for level in levels:

@@ -104,9 +104,7 @@ def _train_arm(exp: RecaptionExperiment, data, levels: list[str], arm: str) -> P
     from kinema.train.dit_task import DiTTask
     from kinema.train.loop import train
 
-    model_cfg = dit_preset(exp.preset, data.latent_shape[0])
-    if exp.patch:
-        model_cfg = dataclasses.replace(model_cfg, patch=tuple(exp.patch))
+    model_cfg = dit_preset(exp.preset, data.latent_shape[0], exp.patch)
     cfg = lookup(DIT_TRAIN, exp.preset, "DiT preset")
     cfg = dataclasses.replace(cfg, steps=exp.steps or cfg.steps, batch_size=exp.batch_size or cfg.batch_size,
                               seed=exp.seed, sample_every=0)
