@@ -7,6 +7,7 @@ from kinema.captioning.captioner import CaptionerConfig, VideoCaptioner, Vocab, 
 from kinema.captioning.recaption import (
     CaptionerTask,
     caption_agreement,
+    captioner_inputs,
     load_captioner,
     recaption_dataset,
 )
@@ -129,3 +130,62 @@ def test_caption_train_cli_takes_the_patch_size(tiny_latents, tmp_path):
     assert cfg["patch"] == [1, 1, 1]
     model, _, _ = load_captioner(tmp_path)
     assert model.encode_video(torch.zeros(1, 4, 2, 8, 8)).shape == (1, 2 * 8 * 8, 32)
+
+
+def test_pixel_captioner_reads_clips_on_the_vae_grid():
+    torch.manual_seed(0)
+    cfg = CaptionerConfig(input="pixels", vocab_size=40, dim=32, heads=2, encoder_layers=1, decoder_layers=1,
+                          max_length=12, pixel_temporal=4, pixel_spatial=8)
+    model = VideoCaptioner(cfg).eval()
+    clips = torch.rand(2, 3, 9, 32, 48) * 2 - 1
+    assert model.encode_video(clips).shape == (2, 3 * 4 * 6, 32)  # (1 + 8/4) x 32/8 x 48/8 tokens
+    assert len(model.generate(clips)) == 2
+    # causal in time: a change to the last frames leaves the first frame's tokens alone
+    later = clips.clone()
+    later[:, :, 1:] = 0
+    first = model.video_embedder(clips)[:, :, 0]
+    assert torch.allclose(first, model.video_embedder(later)[:, :, 0])
+    with pytest.raises(ValueError, match="1 \\+ 4k frames"):
+        model.encode_video(torch.zeros(1, 3, 8, 32, 32))
+    with pytest.raises(ValueError, match="power of 2"):
+        CaptionerConfig(input="pixels", pixel_spatial=6)
+    with pytest.raises(ValueError, match="input"):
+        CaptionerConfig(input="frames")
+
+
+def test_tiny_pixel_captioner_overfits_and_recaptions_without_a_vae(tiny_dataset, tmp_path):
+    import shutil
+
+    from kinema.data.captions import parse_caption
+
+    data = ShardDataset(tiny_dataset)
+    subset = [i for i, r in enumerate(data.rows) if len(parse_caption(r["captions"]["detailed"]).objects) <= 2][:4]
+    vocab = Vocab.build([data.rows[i]["captions"]["detailed"] for i in subset])
+    cfg = CaptionerConfig(input="pixels", vocab_size=len(vocab), dim=64, heads=2, encoder_layers=1,
+                          decoder_layers=2, max_length=48, pixel_spatial=8)
+    task = CaptionerTask(data, cfg, vocab, batch_size=4, subset=subset, eval_indices=subset)
+    train(task, TrainConfig(steps=150, batch_size=4, lr=3e-3, warmup_steps=10, log_every=50, ckpt_every=150,
+                            bf16=False), tmp_path / "cap", progress=False)
+    model, vocab2, vae = load_captioner(tmp_path / "cap")
+    assert model.cfg.input == "pixels" and vae is None
+    video, captions = captioner_inputs(data, subset)
+    generated = [vocab2.decode(t) for t in model.generate(video)]
+    assert caption_agreement(generated, captions)["all"] == 1.0, generated
+    # the recaption job feeds it pixels: no VAE is needed or asked for
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_dataset, copy)
+    done = recaption_dataset(tmp_path / "cap", copy, batch_size=8, progress=False)
+    assert (done.written, done.failed) == (24, 0)
+
+
+def test_caption_cli_trains_and_evaluates_a_pixel_captioner(tiny_dataset, tiny_latents, tmp_path, capsys):
+    from kinema.cli import main
+
+    argv = ["caption", "train", "--data", str(tiny_dataset), "--out", str(tmp_path), "--dim", "32", "--layers", "1",
+            "--steps", "2", "--batch-size", "4", "--no-bf16"]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "captioner.json").read_text())["input"] == "pixels"
+    assert main(["caption", "eval", "--captioner", str(tmp_path), "--data", str(tiny_dataset), "--n", "6"]) == 0
+    assert "shape" in capsys.readouterr().out
+    assert main(["caption", "eval", "--captioner", str(tmp_path), "--latents", str(tiny_latents)]) != 0
+    assert "reads pixels: pass --data" in capsys.readouterr().err

@@ -11,14 +11,14 @@ from kinema.data.latents import LatentDataset
 from kinema.io.weights import save_weights
 
 
-def _captioner(latents_dir, out):
+def _captioner(latents_dir, out, input="latents"):
     data = LatentDataset(latents_dir)
     vocab = Vocab.build([r["captions"]["detailed"] for r in data.rows])
-    cfg = CaptionerConfig(latent_channels=data.latent_shape[0], vocab_size=len(vocab), dim=32, heads=2,
-                          encoder_layers=1, decoder_layers=1, max_length=24)
+    cfg = CaptionerConfig(input=input, latent_channels=data.latent_shape[0], vocab_size=len(vocab), dim=32,
+                          heads=2, encoder_layers=1, decoder_layers=1, max_length=24)
     torch.manual_seed(0)
     config = {**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "vocab": vocab.words[4:],
-              "vae": data.meta["vae"]}
+              "vae": data.meta["vae"] if input == "latents" else None}
     save_weights(out, "captioner", VideoCaptioner(cfg).state_dict(), config)
     return out
 
@@ -86,3 +86,22 @@ def test_recaptions_are_reencoded_when_the_cache_text_encoder_changes(tiny_laten
     assert narrow.gather([0], ["recaption"]).text.shape[-1] == 384
     with safe_open(str(exp.out / "recaptions.safetensors"), framework="pt") as f:
         assert f.metadata()["text_encoder"] == "minilm"
+
+
+def test_a_pixel_captioner_recaptions_the_clips_the_cache_was_encoded_from(tiny_latents, tmp_path):
+    from kinema.captioning.recaption import caption_clips, load_captioner
+    from kinema.data.shards import ShardDataset
+    from kinema.experiments.recaption import RecaptionExperiment, _recaption
+
+    cap = _captioner(tiny_latents, tmp_path / "cap", input="pixels")
+    exp = RecaptionExperiment(latents=tiny_latents, captioner=cap, out=tmp_path / "exp")
+    exp.out.mkdir()
+    data = LatentDataset(tiny_latents)
+    _recaption(exp, data)
+    captions = json.loads((exp.out / "recaptions.json").read_text())
+    # row i of the cache got the caption of the clip with the same key, read from its pixels
+    clips = ShardDataset(data.meta["source"])
+    model, vocab, _ = load_captioner(cap)
+    where = {r["key"]: i for i, r in enumerate(clips.rows)}
+    assert captions[3] == caption_clips(model, vocab, clips, [where[data.rows[3]["key"]]])[0]
+    assert data.gather([3], ["recaption"]).captions == [captions[3]]

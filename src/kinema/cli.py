@@ -427,24 +427,32 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
+def _captioner_data(args: argparse.Namespace):
+    """What a captioner reads: a latent cache (--latents) or a shard folder's pixels (--data)."""
+    from kinema.data.latents import LatentDataset
+    from kinema.data.shards import ShardDataset
+
+    return ShardDataset(args.data) if args.data else LatentDataset(args.latents)
+
+
 def cmd_caption_train(args: argparse.Namespace) -> None:
     from kinema.captioning.captioner import CaptionerConfig, Vocab
     from kinema.captioning.recaption import CaptionerTask
     from kinema.config import TrainConfig
-    from kinema.data.latents import LatentDataset
     from kinema.train.loop import train
 
-    data = LatentDataset(args.latents)
+    data = _captioner_data(args)
     subset = None
     if args.subset:
         keys = set(Path(args.subset).read_text().split())
         subset = [i for i, r in enumerate(data.rows) if r["key"] in keys]
         if not subset:
-            raise ValueError(f"{args.subset}: none of its keys are in {args.latents}")
+            raise ValueError(f"{args.subset}: none of its keys are in {args.latents or args.data}")
     pool = subset if subset is not None else range(len(data))
     vocab = Vocab.build([data.rows[i]["captions"]["detailed"] for i in pool])
-    model_cfg = CaptionerConfig(latent_channels=data.latent_shape[0], patch=args.patch, vocab_size=len(vocab),
-                                dim=args.dim, encoder_layers=args.layers, decoder_layers=args.layers)
+    shape = {"input": "pixels"} if args.data else {"latent_channels": data.latent_shape[0], "patch": args.patch}
+    model_cfg = CaptionerConfig(**shape, vocab_size=len(vocab), dim=args.dim, encoder_layers=args.layers,
+                                decoder_layers=args.layers)
     cfg = _train_config(TrainConfig(steps=1500, batch_size=32, lr=5e-4, warmup_steps=100, log_every=25,
                                     ckpt_every=250), args)
     task = CaptionerTask(data, model_cfg, vocab, cfg.batch_size, subset, cfg.grad_accum, cfg.seed)
@@ -461,29 +469,36 @@ def cmd_caption_run(args: argparse.Namespace) -> None:
 
 
 def cmd_caption_eval(args: argparse.Namespace) -> None:
-    from kinema.captioning.recaption import caption_agreement, load_captioner
-    from kinema.data.latents import LatentDataset
+    from kinema.captioning.recaption import caption_agreement, caption_clips, load_captioner
 
     model, vocab, _ = load_captioner(args.captioner)
-    data = LatentDataset(args.latents)
+    if (model.cfg.input == "pixels") != bool(args.data):
+        wanted = "--data (a shard folder)" if model.cfg.input == "pixels" else "--latents (a latent cache)"
+        raise ValueError(f"{args.captioner} reads {model.cfg.input}: pass {wanted}")
+    data = _captioner_data(args)
     idx = list(range(min(args.n, len(data))))
-    b = data.gather(idx, ["detailed"] * len(idx))
-    generated = [vocab.decode(t) for t in model.generate(b.latents, beams=args.beams)]
-    for attr, acc in caption_agreement(generated, b.captions).items():
+    generated = caption_clips(model, vocab, data, idx, beams=args.beams)
+    for attr, acc in caption_agreement(generated, [data.rows[i]["captions"]["detailed"] for i in idx]).items():
         print(f"{attr:<10} {acc:.1%}")
+
+
+def _add_captioner_source(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--latents", help="a latent cache: the captioner reads VAE latents")
+    source.add_argument("--data", help="a shard folder: the captioner reads pixels (sharper: shape of small objects)")
 
 
 def add_caption_commands(sub: argparse._SubParsersAction) -> None:
     cap = sub.add_parser("caption", help="the video captioner: train, evaluate, recaption a dataset")
     cap = cap.add_subparsers(dest="caption_cmd", required=True)
-    p = cap.add_parser("train", help="train a captioner on a latent cache's detailed captions")
-    p.add_argument("--latents", required=True)
+    p = cap.add_parser("train", help="train a captioner on the detailed captions of a latent cache or clips")
+    _add_captioner_source(p)
     p.add_argument("--subset", help="a file of clip keys that have detailed captions (default: all)")
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--patch", type=_fhw, default=(1, 1, 1), metavar="TxHxW",
-                   help="latent patch per video token (default 1x1x1: shape needs every latent pixel; 1x2x2 is "
-                        "~2.5x faster and reads shape far worse)")
+                   help="latent patch per video token, with --latents (default 1x1x1: shape needs every latent "
+                        "pixel; 1x2x2 is ~2.5x faster and reads shape far worse)")
     _add_train_flags(p, ["default"], "default")
     p.set_defaults(func=cmd_caption_train)
     p = cap.add_parser("run", help="caption every clip of a dataset into DIR/recaptions.jsonl (resumable)")
@@ -495,7 +510,7 @@ def add_caption_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_caption_run)
     p = cap.add_parser("eval", help="attribute agreement of generated captions with the detailed ones")
     p.add_argument("--captioner", required=True)
-    p.add_argument("--latents", required=True)
+    _add_captioner_source(p)
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--beams", type=int, default=1)
     p.set_defaults(func=cmd_caption_eval)

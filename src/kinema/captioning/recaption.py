@@ -1,7 +1,8 @@
 """Training the captioner, measuring it, and the recaption batch job.
 
-    train:     `CaptionerTask` for the shared training loop, on a latent cache's detailed captions
-               (optionally only a subset of clips: those that have them)
+    train:     `CaptionerTask` for the shared training loop, on the detailed captions of a latent cache (a
+               latent captioner) or a shard folder (a pixel captioner), optionally only a subset of clips
+               (those that have them)
     measure:   `caption_agreement`: parse generated and reference captions, compare attribute by attribute
     recaption: `recaption_dataset` writes DIR/recaptions.jsonl ({"key", "caption"}), appending as it goes, so
                an interrupted job resumes; the original captions are never touched; clips that cannot be
@@ -23,6 +24,7 @@ from kinema.config import from_dict, to_dict
 from kinema.data.buckets import global_indices
 from kinema.data.captions import parse_caption
 from kinema.data.latents import LatentDataset
+from kinema.data.shards import ShardDataset
 from kinema.io.weights import WeightsError, load_weights, save_weights
 from kinema.train.distributed import DistInfo
 
@@ -35,9 +37,19 @@ def _tokens(vocab: Vocab, captions: list[str], max_length: int) -> torch.Tensor:
     return out
 
 
+def captioner_inputs(data: LatentDataset | ShardDataset, indices: list[int]) -> tuple[torch.Tensor, list[str]]:
+    """(inputs, detailed captions) of clips `indices`: latents (n, c, f, h, w) from a latent cache (one size
+    bucket), or pixels (n, 3, F, H, W) in [-1, 1] decoded from a shard folder (clips of one size)."""
+    if isinstance(data, ShardDataset):
+        items = [data[i] for i in indices]
+        return torch.stack([it["video"] for it in items]), [it["captions"]["detailed"] for it in items]
+    b = data.gather(indices, ["detailed"] * len(indices))
+    return b.latents, b.captions
+
+
 @dataclass
 class CaptionerTask:
-    data: LatentDataset
+    data: LatentDataset | ShardDataset  # what the model reads: latents, or pixels (cfg.input says which)
     model_cfg: CaptionerConfig
     vocab: Vocab
     batch_size: int
@@ -60,26 +72,26 @@ class CaptionerTask:
         pool = self.subset if self.subset is not None else list(range(len(self.data)))
         first = ((step * self.grad_accum + micro) * info.world_size + info.rank) * self.batch_size
         idx = [pool[i] for i in global_indices(len(pool), self.seed, first, self.batch_size)]
-        b = self.data.gather(idx, ["detailed"] * len(idx))
-        return {"latents": b.latents.to(info.device),
-                "tokens": _tokens(self.vocab, b.captions, self.model_cfg.max_length).to(info.device)}
+        video, captions = captioner_inputs(self.data, idx)
+        return {"video": video.to(info.device),
+                "tokens": _tokens(self.vocab, captions, self.model_cfg.max_length).to(info.device)}
 
     def loss(self, model: nn.Module, batch: dict, generator: torch.Generator):
-        return model.loss(batch["latents"], batch["tokens"]), {}
+        return model.loss(batch["video"], batch["tokens"]), {}
 
     @torch.no_grad()
     def samples(self, model: nn.Module, step: int, out_dir: Path) -> list[Path]:
         idx = self.eval_indices or list(range(min(8, len(self.data))))
-        b = self.data.gather(idx, ["detailed"] * len(idx))
-        generated = [self.vocab.decode(t) for t in model.generate(b.latents)]
+        video, captions = captioner_inputs(self.data, idx)
+        generated = [self.vocab.decode(t) for t in model.generate(video)]
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"captions-{step:07d}.txt"
-        path.write_text("".join(f"truth: {t}\nmodel: {g}\n\n" for t, g in zip(b.captions, generated, strict=True)))
+        path.write_text("".join(f"truth: {t}\nmodel: {g}\n\n" for t, g in zip(captions, generated, strict=True)))
         return [path]
 
     def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> Path:
-        config = {**to_dict(self.model_cfg), "vocab": self.vocab.words[4:],
-                  "vae": self.data.meta.get("vae")}
+        vae = self.data.meta.get("vae") if isinstance(self.data, LatentDataset) else None
+        config = {**to_dict(self.model_cfg), "vocab": self.vocab.words[4:], "vae": vae}
         return save_weights(out_dir, "captioner", state_dict, config)
 
 
@@ -96,12 +108,13 @@ def load_captioner(folder: str | Path) -> tuple[VideoCaptioner, Vocab, str | Non
 
 
 @torch.no_grad()
-def caption_latents(model: VideoCaptioner, vocab: Vocab, latents: torch.Tensor, batch_size: int = 64,
-                    beams: int = 1) -> list[str]:
-    """Captions for (n, c, f, h, w) latents of one size."""
+def caption_clips(model: VideoCaptioner, vocab: Vocab, data: LatentDataset | ShardDataset, indices: list[int],
+                  batch_size: int = 64, beams: int = 1) -> list[str]:
+    """Captions for clips `indices` of a latent cache (one size bucket) or a shard folder (one clip size)."""
     out = []
-    for start in range(0, latents.shape[0], batch_size):
-        out += [vocab.decode(seq) for seq in model.generate(latents[start:start + batch_size], beams=beams)]
+    for start in range(0, len(indices), batch_size):
+        video, _ = captioner_inputs(data, indices[start:start + batch_size])
+        out += [vocab.decode(seq) for seq in model.generate(video, beams=beams)]
     return out
 
 
@@ -164,16 +177,21 @@ def _done_keys(path: Path) -> set[str]:
 @torch.no_grad()
 def recaption_dataset(captioner_dir: str | Path, data_dir: str | Path, vae_dir: str | Path | None = None,
                       batch_size: int = 16, beams: int = 1, progress: bool = True) -> RecaptionResult:
-    """Caption every clip of a shard dataset into DATA/recaptions.jsonl; resumable; originals untouched."""
+    """Caption every clip of a shard dataset into DATA/recaptions.jsonl; resumable; originals untouched.
+    A latent captioner reads the clips through its VAE (`vae_dir`, default: the one it was trained with)."""
     from tqdm import tqdm
 
-    from kinema.data.shards import ShardDataset
     from kinema.io.video import VideoReadError
     from kinema.io.weights import load_model
     from kinema.vae.model import VAEConfig, VideoVAE
 
     model, vocab, vae_ref = load_captioner(captioner_dir)
-    vae = load_model(vae_dir or vae_ref, "vae", VideoVAE, VAEConfig)
+    if model.cfg.input == "pixels":
+        inputs = torch.nn.Identity()
+    elif vae_dir or vae_ref:
+        inputs = load_model(vae_dir or vae_ref, "vae", VideoVAE, VAEConfig).encode
+    else:
+        raise ValueError(f"{captioner_dir}: a latent captioner with no VAE recorded; pass the VAE folder it reads")
     out = Path(data_dir) / "recaptions.jsonl"
     done = _done_keys(out)  # first: drops a torn last line left by a killed job
     ds = ShardDataset(data_dir)
@@ -190,7 +208,7 @@ def recaption_dataset(captioner_dir: str | Path, data_dir: str | Path, vae_dir: 
                     failed += 1
             if not videos:
                 continue
-            ids = model.generate(vae.encode(torch.stack(videos)), beams=beams)
+            ids = model.generate(inputs(torch.stack(videos)), beams=beams)
             for key, seq in zip(keys, ids, strict=True):
                 f.write(json.dumps({"key": key, "caption": vocab.decode(seq)}) + "\n")
             f.flush()

@@ -61,8 +61,9 @@ def _recaption(exp: RecaptionExperiment, data) -> dict[str, float]:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from kinema.captioning.recaption import caption_agreement, caption_latents, load_captioner
+    from kinema.captioning.recaption import caption_agreement, caption_clips, load_captioner
     from kinema.data.latents import encode_texts
+    from kinema.data.shards import ShardDataset
     from kinema.text.encoder import MINILM, load_text_encoder
 
     cache = exp.out / "recaptions.safetensors"
@@ -73,8 +74,16 @@ def _recaption(exp: RecaptionExperiment, data) -> dict[str, float]:
     else:
         model, vocab, _ = load_captioner(exp.captioner)
         captions = [""] * len(data)
-        for members in data.buckets.values():
-            for i, c in zip(members, caption_latents(model, vocab, data.latents_of(members)), strict=True):
+        if model.cfg.input == "pixels":  # it reads the clips the cache was encoded from
+            if not data.meta.get("source"):
+                raise ValueError(f"{exp.latents}: its meta.json names no source clips; a pixel captioner needs them")
+            clips = ShardDataset(data.meta["source"])
+            where = {r["key"]: i for i, r in enumerate(clips.rows)}
+            groups = [(list(range(len(data))), clips, [where[r["key"]] for r in data.rows])]
+        else:
+            groups = [(members, data, members) for members in data.buckets.values()]
+        for rows, source, indices in groups:
+            for i, c in zip(rows, caption_clips(model, vocab, source, indices), strict=True):
                 captions[i] = c
         captions_path.write_text(json.dumps(captions))
     cached_encoder = None
