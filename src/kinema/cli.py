@@ -154,8 +154,8 @@ def _train_config(preset, args: argparse.Namespace):
 
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "grad_accum", "ckpt_every",
                                                 "sample_every", "parallel") if getattr(args, k, None) is not None}
-    if getattr(args, "no_bf16", False):
-        overrides["bf16"] = False
+    if getattr(args, "bf16", None) is not None:
+        overrides["bf16"] = args.bf16
     if getattr(args, "compile", False):
         overrides["compile"] = True
     if getattr(args, "activation_checkpointing", False):
@@ -213,7 +213,9 @@ def _add_train_flags(p: argparse.ArgumentParser, presets: list[str], default: st
     p.add_argument("--ckpt-every", type=int)
     p.add_argument("--sample-every", type=int)
     p.add_argument("--parallel", choices=["auto", "ddp", "fsdp", "none"])
-    p.add_argument("--no-bf16", action="store_true", help="train in fp32")
+    p.add_argument("--bf16", dest="bf16", action="store_const", const=True,
+                   help="force bf16 autocast (default: auto, bf16 only where the hardware is fast at it)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_const", const=False, help="train in fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU: worth it; CPU: slow start)")
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations in "
                    "backward (less memory, ~30%% more compute)")
@@ -356,7 +358,8 @@ def add_generate_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--edit", help="video-to-video: edit this video toward the prompt (SDEdit)")
     p.add_argument("--strength", type=float, default=0.6, help="--edit strength: 0 keeps the input, 1 ignores it")
     p.add_argument("--no-expand", action="store_true", help="use the prompt as given (no prompt expansion)")
-    p.add_argument("--fp32", action="store_true", help="run the DiT and VAE in float32 (default: bf16 autocast)")
+    p.add_argument("--fp32", action="store_true", help="run the DiT and VAE in float32 (default: bf16 autocast "
+                   "where the hardware is fast at it: GPUs, CPUs with AMX)")
     p.set_defaults(func=cmd_generate)
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kinema.precision import check_bf16_setting
+
 T = TypeVar("T")
 
 
@@ -57,7 +59,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # 0 disables EMA
-    bf16: bool = True  # autocast matmuls/convs to bf16 (AMX on CPU, tensor cores on GPU)
+    bf16: bool | str = "auto"  # bf16 autocast: True, False, or "auto" (where the hardware is fast: precision.py)
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 200
@@ -75,5 +77,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.parallel not in ("auto", "ddp", "fsdp", "none"):
             raise ValueError(f"TrainConfig.parallel = {self.parallel!r}; expected auto, ddp, fsdp or none")
+        check_bf16_setting(self.bf16, "TrainConfig.bf16")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")

@@ -47,7 +47,7 @@ def generate_to_files(args: argparse.Namespace) -> list[Path]:
     from kinema.text.expand import expand_prompt
 
     pipe = TextToVideoPipeline.from_pretrained(args.model or default_model())
-    pipe.bf16 = not getattr(args, "fp32", False)
+    pipe.bf16 = False if getattr(args, "fp32", False) else "auto"
     frames = args.frames or pipe.defaults["frames"]
     height, width = args.size or (pipe.defaults["height"], pipe.defaults["width"])
     prompt = args.prompt if args.no_expand else expand_prompt(args.prompt, args.seed)

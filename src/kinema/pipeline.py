@@ -23,6 +23,7 @@ from kinema.diffusion.samplers import SAMPLERS, classifier_free_guidance, noise_
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.video import to_frames, to_tensor
 from kinema.io.weights import load_model
+from kinema.precision import autocast, use_bf16
 from kinema.text.encoder import MINILM, TextEncoder, load_text_encoder
 from kinema.vae.model import VAEConfig, VideoVAE
 
@@ -54,12 +55,13 @@ class TextToVideoPipeline:
         self.dit, self.vae, self.text_encoder, self.objective = dit.eval(), vae.eval(), text_encoder, objective
         self.defaults = defaults
         self.device = torch.device("cpu")
-        # the DiT and VAE run under bf16 autocast (CPU: AMX matmuls and convs, ~1.4x DiT, ~6x VAE decode measured;
-        # the samplers' state stays float32); set False for float32 throughout
-        self.bf16 = True
+        # the DiT and VAE run under bf16 autocast where the hardware is fast at it ("auto": GPUs, CPUs with AMX,
+        # measured ~1.4x DiT and ~6x VAE decode there; elsewhere float32, since emulated bf16 is far slower); the
+        # samplers' state stays float32. True or False forces it.
+        self.bf16: bool | str = "auto"
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        return autocast(self.device, use_bf16(self.bf16, self.device))
 
     # -----------------------------------------------------------------------------------------------
     # Loading

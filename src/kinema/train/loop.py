@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from kinema.config import TrainConfig, to_dict
+from kinema.precision import autocast, use_bf16
 from kinema.train import distributed as D
 from kinema.train.checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from kinema.train.ema import EMA
@@ -156,13 +157,13 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, progress: bool = Tr
         start = ckpt["step"]
 
     # 3. steps
-    amp = torch.autocast(info.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+    bf16 = use_bf16(cfg.bf16, info.device)  # "auto": only where bf16 is fast (precision.py)
     per_step = cfg.batch_size * cfg.grad_accum * info.world_size
     log_path = out_dir / "metrics.jsonl"
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps({"task": task.name, "model": task.model_config(),
-                                                         "train": to_dict(cfg)}, indent=2))
+                                                         "train": to_dict(cfg), "bf16": bf16}, indent=2))
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {task.name}", disable=not (progress and info.is_main),
                dynamic_ncols=True)
     loss_value, t_last, step = float("nan"), time.perf_counter(), start
@@ -173,7 +174,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, progress: bool = Tr
         step_loss = 0.0
         for micro in range(cfg.grad_accum):
             sync = micro == cfg.grad_accum - 1 or mode != "ddp"
-            with (nullcontext() if sync else model.no_sync()), amp:
+            with (nullcontext() if sync else model.no_sync()), autocast(info.device, bf16):
                 loss, metrics = task.loss(model, task.batch(step, micro, info),
                                           step_generator(cfg, step, micro, info))
             (loss / cfg.grad_accum).backward()

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from kinema.config import TrainConfig
+from kinema.precision import use_bf16
 from kinema.train.distributed import DistInfo
 
 
@@ -52,7 +53,7 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if cfg.bf16 and info.device.type == "cuda" else MixedPrecisionPolicy()
+            if info.device.type == "cuda" and use_bf16(cfg.bf16, info.device) else MixedPrecisionPolicy()
         for block in blocks or []:
             fully_shard(block, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
