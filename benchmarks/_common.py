@@ -6,14 +6,27 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 
 def machine() -> str:
+    from kinema.precision import bf16_is_fast
+
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, {gpu}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return (f"{platform.machine()} {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"{gpu}, fast bf16: {'yes' if bf16_is_fast(device) else 'no'}")
+
+
+def cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or "unknown CPU"
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:

@@ -1,6 +1,8 @@
 """DiT training-step throughput, side by side in one run with diffusers' WanTransformer3DModel built at the
 same width / depth / heads / MLP width / tokens, in fp32 and bf16 autocast. Achieved GFLOP/s (analytic
 model FLOPs of a training step / time) is compared with a matmul ceiling measured in the same run.
+bf16 is skipped where the hardware has no fast bf16 (CPUs without AMX/AVX512-BF16, where it is emulated and
+~90x slower than fp32); --bf16 runs it anyway.
 
     python benchmarks/dit.py [--dim 384] [--depth 8] [--heads 6] [--batch 8] [--latent 5x16x16] [--repeats 5]
 """
@@ -17,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, median_seconds, params  # noqa: E402
 from kinema.dit.model import DiT, DiTConfig  # noqa: E402
+from kinema.precision import bf16_is_fast  # noqa: E402
 
 
 def matmul_ceiling(dtype_autocast: bool, n: int = 2048) -> float:
@@ -61,6 +64,7 @@ def main() -> None:
     parser.add_argument("--latent", default="5x16x16", help="latent F x H x W (16 channels)")
     parser.add_argument("--text-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--bf16", action="store_true", help="also time bf16 where the hardware is not fast at it")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     F, H, W = (int(v) for v in args.latent.split("x"))
@@ -77,7 +81,10 @@ def main() -> None:
     print(f"width {args.dim}, depth {args.depth}, heads {args.heads}, batch {args.batch}, {tokens} tokens/clip, "
           f"{args.text_tokens} text tokens; params ours {params(ours) / 1e6:.1f} M, Wan {params(peer) / 1e6:.1f} M; "
           f"{flops / 1e9:.1f} GFLOP per training step")
-    for bf16 in (False, True):
+    precisions = [False, True] if args.bf16 or bf16_is_fast(device) else [False]
+    if len(precisions) == 1:
+        print("[bf16] skipped: no fast bf16 on this hardware (emulated); --bf16 to time it anyway")
+    for bf16 in precisions:
         amp = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
         results = {}
         for name, model, call in (

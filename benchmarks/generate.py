@@ -1,8 +1,9 @@
 """Seconds per generated 17x64x64 clip on this machine, the bundled model at its default steps and at 4
 steps, side by side with a diffusers WanPipeline assembled from parts of the same size (a
 WanTransformer3DModel of the same width/depth/heads, an AutoencoderKLWan of similar size, the same
-number of Euler flow steps and guidance; random weights: speed only). Both run under bf16 autocast (ours does by
-default; the peer is wrapped in the same autocast), so the comparison is like for like.
+number of Euler flow steps and guidance; random weights: speed only). Both run in the same precision: bf16
+autocast where the hardware is fast at it (ours decides, "auto"; the peer is wrapped in the same autocast),
+float32 elsewhere, so the comparison is like for like.
 With --few-step MODEL (a `kinema dit distill` student: 4 steps, guidance 1 = one model call per step) the
 student is timed too, against the peer at 4 steps without guidance.
 
@@ -22,6 +23,7 @@ from _common import machine, median_seconds, params  # noqa: E402
 from dit import wan_like  # noqa: E402
 from kinema.generate import default_model  # noqa: E402
 from kinema.pipeline import TextToVideoPipeline  # noqa: E402
+from kinema.precision import autocast, use_bf16  # noqa: E402
 from vae import wan_vae_like  # noqa: E402
 
 PROMPT = "A large red circle starts near the right side and moves quickly to the left, on a black background."
@@ -46,11 +48,11 @@ def main() -> None:
     steps, guidance = pipe.defaults["steps"], pipe.defaults["guidance"]
     peer = wan_pipeline(pipe)
     text, _ = pipe.encode_prompt([PROMPT])
-    print(f"machine: {machine()}; 17x64x64, guidance {guidance}")
-    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    bf16 = use_bf16(pipe.bf16, pipe.device)
+    print(f"machine: {machine()}; 17x64x64, guidance {guidance}, {'bf16 autocast' if bf16 else 'float32'}")
 
     def peer_call(n: int, g: float):
-        with bf16:
+        with autocast(pipe.device, bf16):
             return peer(prompt_embeds=text, negative_prompt_embeds=torch.zeros_like(text), height=64, width=64,
                         num_frames=17, num_inference_steps=n, guidance_scale=g, output_type="np")
 
