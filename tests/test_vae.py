@@ -26,8 +26,10 @@ def test_latent_shapes_and_compression(t, s, c):
 
 
 def test_default_shapes_preset_compression_is_at_least_48x():
-    from kinema.presets import vae_shapes
+    from kinema.presets import vae_shapes, vae_shapes_s4
     assert vae_shapes().compression_ratio >= 48
+    assert vae_shapes_s4().compression_ratio >= 48
+    assert vae_shapes_s4().latent_shape(17, 64, 64) == (4, 5, 16, 16)
 
 
 def test_single_image_is_a_one_frame_video():

@@ -152,8 +152,9 @@ def _train_config(preset, args: argparse.Namespace):
     """The preset's TrainConfig with the flags the user gave on top."""
     import dataclasses
 
-    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "grad_accum", "ckpt_every",
-                                                "sample_every", "parallel") if getattr(args, k, None) is not None}
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "warmup_steps", "seed", "grad_accum",
+                                                "ckpt_every", "sample_every", "parallel")
+                 if getattr(args, k, None) is not None}
     if getattr(args, "bf16", None) is not None:
         overrides["bf16"] = args.bf16
     if getattr(args, "compile", False):
@@ -209,6 +210,7 @@ def _add_train_flags(p: argparse.ArgumentParser, presets: list[str], default: st
     p.add_argument("--batch-size", type=int)
     p.add_argument("--grad-accum", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int, help="linear LR warmup steps (then cosine to lr * min_lr_ratio)")
     p.add_argument("--seed", type=int)
     p.add_argument("--ckpt-every", type=int)
     p.add_argument("--sample-every", type=int)

@@ -27,7 +27,12 @@ def vae_gpu() -> VAEConfig:
                      encoder_blocks=2, decoder_blocks=3)
 
 
-VAE_PRESETS = {"tiny": vae_tiny, "shapes": vae_shapes, "gpu": vae_gpu}
+def vae_shapes_s4() -> VAEConfig:
+    """x4 time, x4 space, 4 channels: also 48x, a 16x16 latent grid for 64x64 (docs/experiments/vae-pilots.md)."""
+    return VAEConfig(latent_channels=4, spatial_compression=4, temporal_compression=4, base_channels=32)
+
+
+VAE_PRESETS = {"tiny": vae_tiny, "shapes": vae_shapes, "shapes-s4": vae_shapes_s4, "gpu": vae_gpu}
 
 VAE_TRAIN = {
     "tiny": TrainConfig(steps=30, batch_size=4, lr=2e-3, warmup_steps=5, log_every=5, ckpt_every=15),
@@ -36,6 +41,7 @@ VAE_TRAIN = {
     "gpu": TrainConfig(steps=50_000, batch_size=32, lr=5e-4, warmup_steps=1000, log_every=50, ckpt_every=1000,
                        sample_every=5000),
 }
+VAE_TRAIN["shapes-s4"] = VAE_TRAIN["shapes"]
 
 
 def lookup(table: dict, name: str, what: str):
