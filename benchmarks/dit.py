@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -19,14 +18,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, median_seconds, params  # noqa: E402
 from kinema.dit.model import DiT, DiTConfig  # noqa: E402
-from kinema.precision import bf16_is_fast  # noqa: E402
+from kinema.precision import autocast, bf16_is_fast  # noqa: E402
 
 
 def matmul_ceiling(dtype_autocast: bool, n: int = 2048) -> float:
     """GFLOP/s of an n x n x n matmul (the ceiling the model's linear layers can approach)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    amp = torch.autocast(device, dtype=torch.bfloat16) if dtype_autocast else nullcontext()
+    amp = autocast(device, dtype_autocast)
 
     def run():
         with amp:
@@ -85,7 +84,7 @@ def main() -> None:
     if len(precisions) == 1:
         print("[bf16] skipped: no fast bf16 on this hardware (emulated); --bf16 to time it anyway")
     for bf16 in precisions:
-        amp = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
+        amp = autocast(device, bf16)
         results = {}
         for name, model, call in (
             ("kinema DiT", ours, lambda m: m(x, t, text, mask)),

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, median_seconds, params  # noqa: E402
+from kinema.precision import autocast  # noqa: E402
 from kinema.presets import vae_shapes  # noqa: E402
 from kinema.vae.model import VideoVAE  # noqa: E402
 
@@ -44,7 +44,7 @@ def main() -> None:
     ours = VideoVAE(vae_shapes()).eval().to(device)
     peer = wan_vae_like(params(ours)).to(device)
     x = torch.randn(args.batch, 3, 17, 64, 64, device=device)
-    amp = torch.autocast(device, dtype=torch.bfloat16) if args.bf16 else nullcontext()
+    amp = autocast(device, args.bf16)
 
     @torch.no_grad()
     def run_ours():
