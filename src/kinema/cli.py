@@ -37,6 +37,15 @@ def _fhw(text: str) -> tuple[int, int, int]:
     return f, h, w
 
 
+def _tx_s(text: str) -> tuple[int, int]:
+    """'4x16' -> (4, 16) as (frames, pixels per side)."""
+    try:
+        t, side = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FRAMESxPIXELS, like 4x16; got {text!r}") from None
+    return t, side
+
+
 def _range(text: str) -> tuple[int, int]:
     """'2' -> (2, 2); '1-3' -> (1, 3)."""
     lo, _, hi = text.partition("-")
@@ -265,7 +274,7 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
 
     cfg = _train_config(lookup(DIT_TRAIN, args.preset, "dit"), args)
     data = LatentDataset(args.latents)
-    model_cfg = dit_preset(args.preset, data.latent_shape[0], args.patch)
+    model_cfg = dit_preset(args.preset, data.latent_shape[0], args.patch, args.absolute_pos)
     task = DiTTask(data, model_cfg, make_objective(args.objective), cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
                    vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None,
                    init_from=Path(args.init_from) if args.init_from else None)
@@ -308,6 +317,9 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch", type=_fhw, metavar="TxHxW",
                    help="latent patch per token (default: the preset's 1x2x2; 1x1x1 gives 4x the tokens, a finer "
                         "grid: see docs/experiments/patch-size.md)")
+    p.add_argument("--absolute-pos", action="store_true", default=None,
+                   help="add a learned absolute (frame, height, width) position to every token on top of RoPE "
+                        "(default: the preset's; see docs/experiments/motion.md)")
     p.add_argument("--init-from", help="start from a model folder's DiT weights (a wider text input is zero-padded, "
                                        "so the start computes what that model computed)")
     p.set_defaults(func=cmd_dit_train)
@@ -455,7 +467,10 @@ def cmd_caption_train(args: argparse.Namespace) -> None:
             raise ValueError(f"{args.subset}: none of its keys are in {args.latents or args.data}")
     pool = subset if subset is not None else range(len(data))
     vocab = Vocab.build([data.rows[i]["captions"]["detailed"] for i in pool])
-    shape = {"input": "pixels"} if args.data else {"latent_channels": data.latent_shape[0], "patch": args.patch}
+    if args.data:
+        shape = {"input": "pixels", "pixel_temporal": args.pixel_patch[0], "pixel_spatial": args.pixel_patch[1]}
+    else:
+        shape = {"latent_channels": data.latent_shape[0], "patch": args.patch}
     model_cfg = CaptionerConfig(**shape, vocab_size=len(vocab), dim=args.dim, encoder_layers=args.layers,
                                 decoder_layers=args.layers)
     cfg = _train_config(TrainConfig(steps=1500, batch_size=32, lr=5e-4, warmup_steps=100, log_every=25,
@@ -504,6 +519,9 @@ def add_caption_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch", type=_fhw, default=(1, 1, 1), metavar="TxHxW",
                    help="latent patch per video token, with --latents (default 1x1x1: shape needs every latent "
                         "pixel; 1x2x2 is ~2.5x faster and reads shape far worse)")
+    p.add_argument("--pixel-patch", type=_tx_s, default=(4, 8), metavar="TxS",
+                   help="with --data: frames (after the first) and pixels per side of one video token (default "
+                        "4x8: 320 tokens for 17x64x64; 4x16 gives 80 tokens, ~3x faster)")
     _add_train_flags(p, ["default"], "default")
     p.set_defaults(func=cmd_caption_train)
     p = cap.add_parser("run", help="caption every clip of a dataset into DIR/recaptions.jsonl (resumable)")

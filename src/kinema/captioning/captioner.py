@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from kinema.dit.patches import grid_positions, patchify
@@ -117,26 +118,29 @@ class CaptionerConfig:
 
 class PixelStem(nn.Module):
     """Pixels (B, 3, F, H, W) -> features (B, D, 1 + (F-1)/t, H/s, W/s). Causal in time like the VAE (the
-    first frame is repeated t-1 times in front, so it forms a group of its own); the first conv takes each
-    group of t frames at stride 2, then stride-2 3x3 convs widen to D until the grid is H/s x W/s."""
+    first frame is repeated t-1 times in front, so it forms a group of its own); each group of t frames is
+    stacked on the channels and read by stride-2 3x3 convs that widen to D until the grid is H/s x W/s.
+    (2D convs over frame groups compute what a (t, 3, 3) Conv3d at time stride t would, several times
+    faster on a CPU.)"""
 
     def __init__(self, cfg: CaptionerConfig):
         super().__init__()
         self.t, self.s = cfg.pixel_temporal, cfg.pixel_spatial
         n = self.s.bit_length() - 1  # stride-2 convs
         widths = [min(cfg.dim, 64 * 2**i) for i in range(n - 1)] + [cfg.dim]
-        layers: list[nn.Module] = [nn.Conv3d(3, widths[0], (self.t, 3, 3), stride=(self.t, 2, 2), padding=(0, 1, 1))]
+        layers: list[nn.Module] = [nn.Conv2d(3 * self.t, widths[0], 3, stride=2, padding=1)]
         for a, b in zip(widths, widths[1:], strict=False):
-            layers += [nn.GELU(), nn.Conv3d(a, b, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))]
+            layers += [nn.GELU(), nn.Conv2d(a, b, 3, stride=2, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
-        _, _, frames, height, width = video.shape
+        B, _, frames, height, width = video.shape
         if (frames - 1) % self.t or height % self.s or width % self.s:
             raise ValueError(f"captioner: pixel clips need 1 + {self.t}k frames and sizes divisible by {self.s}, "
                              f"got {frames}x{height}x{width}")
         video = torch.cat([video[:, :, :1].expand(-1, -1, self.t - 1, -1, -1), video], dim=2)
-        return self.net(video)
+        groups = rearrange(video, "b c (g t) h w -> (b g) (c t) h w", t=self.t)  # (B*G, 3t, H, W)
+        return rearrange(self.net(groups), "(b g) d h w -> b d g h w", b=B)  # (B, D, G, H/s, W/s)
 
 
 class VideoCaptioner(nn.Module):
