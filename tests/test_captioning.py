@@ -182,9 +182,10 @@ def test_caption_cli_trains_and_evaluates_a_pixel_captioner(tiny_dataset, tiny_l
     from kinema.cli import main
 
     argv = ["caption", "train", "--data", str(tiny_dataset), "--out", str(tmp_path), "--dim", "32", "--layers", "1",
-            "--steps", "2", "--batch-size", "4", "--no-bf16"]
+            "--steps", "2", "--batch-size", "4", "--no-bf16", "--pixel-patch", "4x16"]
     assert main(argv) == 0
-    assert json.loads((tmp_path / "captioner.json").read_text())["input"] == "pixels"
+    cfg = json.loads((tmp_path / "captioner.json").read_text())
+    assert (cfg["input"], cfg["pixel_temporal"], cfg["pixel_spatial"]) == ("pixels", 4, 16)
     assert main(["caption", "eval", "--captioner", str(tmp_path), "--data", str(tiny_dataset), "--n", "6"]) == 0
     assert "shape" in capsys.readouterr().out
     assert main(["caption", "eval", "--captioner", str(tmp_path), "--latents", str(tiny_latents)]) != 0
