@@ -97,14 +97,3 @@ def test_dit_train_patch_flag_gives_a_finer_token_grid(tiny_latents, tmp_path):
     assert pipe("a red circle moving left", height=3 * s, width=5 * s, steps=2, seed=0).shape[1:] == (3 * s, 5 * s, 3)
     with pytest.raises(SystemExit):
         main(["dit", "train", "--latents", str(tiny_latents), "--patch", "1x1", "--out", str(tmp_path / "bad")])
-
-
-def test_dit_train_absolute_pos_flag_reaches_the_model_folder(tiny_latents, tmp_path):
-    from kinema.cli import main
-    from kinema.pipeline import TextToVideoPipeline
-
-    main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--absolute-pos", "--steps", "2",
-          "--batch-size", "2", "--ckpt-every", "2", "--sample-every", "0", "--out", str(tmp_path / "run")])
-    assert json.loads((tmp_path / "run" / "model" / "dit.json").read_text())["absolute_pos"] is True
-    pipe = TextToVideoPipeline.from_pretrained(tmp_path / "run" / "model")
-    assert pipe.dit.pos_embedder is not None and pipe.dit.pos_embedder.proj.weight.abs().sum() > 0

@@ -274,7 +274,7 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
 
     cfg = _train_config(lookup(DIT_TRAIN, args.preset, "dit"), args)
     data = LatentDataset(args.latents)
-    model_cfg = dit_preset(args.preset, data.latent_shape[0], args.patch, args.absolute_pos)
+    model_cfg = dit_preset(args.preset, data.latent_shape[0], args.patch)
     task = DiTTask(data, model_cfg, make_objective(args.objective), cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
                    vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None,
                    init_from=Path(args.init_from) if args.init_from else None)
@@ -317,9 +317,6 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch", type=_fhw, metavar="TxHxW",
                    help="latent patch per token (default: the preset's 1x2x2; 1x1x1 gives 4x the tokens, a finer "
                         "grid: see docs/experiments/patch-size.md)")
-    p.add_argument("--absolute-pos", action="store_true", default=None,
-                   help="add a learned absolute (frame, height, width) position to every token on top of RoPE "
-                        "(default: the preset's; see docs/experiments/motion.md)")
     p.add_argument("--init-from", help="start from a model folder's DiT weights (a wider text input is zero-padded, "
                                        "so the start computes what that model computed)")
     p.set_defaults(func=cmd_dit_train)

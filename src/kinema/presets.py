@@ -87,13 +87,9 @@ DIT_TRAIN = {
 }
 
 
-def dit_preset(name: str, in_channels: int, patch: tuple[int, int, int] | None = None,
-               absolute_pos: bool | None = None) -> DiTConfig:
-    """The named DiT preset with its input channels set to a latent cache's, and its patch and absolute
-    positions replaced where given."""
+def dit_preset(name: str, in_channels: int, patch: tuple[int, int, int] | None = None) -> DiTConfig:
+    """The named DiT preset with its input channels set to a latent cache's, and its patch replaced if given."""
     import dataclasses
 
     cfg = dataclasses.replace(lookup(DIT_PRESETS, name, "dit"), in_channels=in_channels)
-    if patch:
-        cfg = dataclasses.replace(cfg, patch=patch)
-    return cfg if absolute_pos is None else dataclasses.replace(cfg, absolute_pos=absolute_pos)
+    return dataclasses.replace(cfg, patch=patch) if patch else cfg

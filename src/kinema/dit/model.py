@@ -39,7 +39,6 @@ class DiTConfig:
     text_dim: int = 384
     frame_conditioning: bool = True  # extra input channels for known frames + their mask
     rope_theta: float = 10000.0
-    absolute_pos: bool = False  # also add a learned map of each token's absolute place (RoPE alone is relative)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch", tuple(self.patch))
@@ -87,26 +86,6 @@ class TimestepEmbedder(nn.Module):
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
         args = 1000.0 * t.float()[:, None] * freqs[None]
         return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
-
-
-class AbsolutePosEmbedder(nn.Module):
-    """Where a token is, not only how far from others: Fourier features of (latent frame, height and width as a
-    fraction of the frame) -> a zero-initialised linear, added to the tokens. RoPE gives attention relative
-    offsets only, so "starts near the top right" and "moves left" have no absolute frame to refer to."""
-
-    def __init__(self, dim: int, freqs: int = 8):
-        super().__init__()
-        self.freqs = freqs
-        self.proj = nn.Linear(3 * 2 * freqs, dim)
-
-    def forward(self, grid: tuple[int, int, int], device: torch.device) -> torch.Tensor:
-        """(f, h, w) token grid -> (L, D)."""
-        pos = grid_positions(grid, device).float()  # (L, 3)
-        pos[:, 1:] = (pos[:, 1:] + 0.5) / torch.tensor(grid[1:], device=device)  # height, width in (0, 1)
-        pos[:, 0] = pos[:, 0] / 8.0  # latent frame index, ~1 per 8 latent frames
-        bands = math.pi * 2.0 ** torch.arange(self.freqs, device=device, dtype=torch.float32)  # (freqs,)
-        args = (pos[:, :, None] * bands).flatten(1)  # (L, 3*freqs)
-        return self.proj(torch.cat([args.sin(), args.cos()], dim=-1).to(self.proj.weight.dtype))
 
 
 class TextEmbedder(nn.Module):
@@ -203,7 +182,6 @@ class DiT(nn.Module):
         self.x_embedder = nn.Linear(cfg.input_channels * pt * ph * pw, cfg.dim)
         self.t_embedder = TimestepEmbedder(cfg.dim)
         self.text_embedder = TextEmbedder(cfg.text_dim, cfg.dim)
-        self.pos_embedder = AbsolutePosEmbedder(cfg.dim) if cfg.absolute_pos else None
         self.blocks = nn.ModuleList(DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.final_layer = FinalLayer(cfg.dim, cfg.in_channels * pt * ph * pw)
         self.initialize_weights()
@@ -224,8 +202,6 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
-        if self.pos_embedder is not None:  # starts as a no-op, so it can be added to a trained model
-            nn.init.zeros_(self.pos_embedder.proj.weight)
 
     def _inputs(self, x, cond, cond_mask) -> torch.Tensor:
         """Concatenate known frames and their mask to x when the model takes frame conditioning."""
@@ -247,8 +223,6 @@ class DiT(nn.Module):
     ) -> torch.Tensor:
         grid = tuple(n // p for n, p in zip(x.shape[2:], self.cfg.patch, strict=True))
         tokens = self.x_embedder(patchify(self._inputs(x, cond, cond_mask), self.cfg.patch))  # (B, L, D)
-        if self.pos_embedder is not None:
-            tokens = tokens + self.pos_embedder(grid, x.device).to(tokens.dtype)
         rope = rope_cos_sin(rope_angles(grid_positions(grid, x.device), self.cfg.dim // self.cfg.heads,
                                         self.cfg.rope_theta))  # (L, Dh) each, shared by every block
         text_tokens, key_mask, pooled = self.text_embedder(text, text_mask)  # (B, 1+Lt, D), (B, 1+Lt), (B, D)

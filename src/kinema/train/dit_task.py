@@ -50,16 +50,12 @@ def frame_mask(kind: str, frames: int, rng: random.Random) -> torch.Tensor:
 def load_widened(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """Load `state` into `model`, where a weight may have a wider input than stored (e.g. richer text
     features): the stored columns go last and the new ones start at zero, so the loaded model computes
-    exactly what the stored one did and training learns to use the new inputs. A model that adds absolute
-    positions keeps its zero-initialised position map for the same reason."""
+    exactly what the stored one did and training learns to use the new inputs."""
     own = model.state_dict()
-    new_ok = {name for name in set(own) - set(state) if name.startswith("pos_embedder.")}  # zero-init: a no-op
-    if set(own) - new_ok != set(state):
+    if set(own) != set(state):
         raise ValueError(f"{where}: parameter names differ from this model's: missing "
                          f"{sorted(set(own) - set(state))[:3]}, unexpected {sorted(set(state) - set(own))[:3]}")
     for name, target in own.items():
-        if name in new_ok:
-            continue
         src = state[name].to(target.dtype)
         if src.shape == target.shape:
             target.copy_(src)
