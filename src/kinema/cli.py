@@ -28,21 +28,26 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"size must be H or HxW, like 64 or 64x96; got {text!r}") from None
 
 
+def _x_ints(text: str, n: int, form: str, example: str) -> tuple[int, ...]:
+    """'17x64x96' -> (17, 64, 96): n integers joined by 'x', or an argparse error naming the form."""
+    try:
+        values = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        values = ()
+    if len(values) != n:
+        raise argparse.ArgumentTypeError(f"expected {form}, like {example}; got {text!r}")
+    return values
+
+
 def _fhw(text: str) -> tuple[int, int, int]:
     """'17x64x96' -> (17, 64, 96) as (frames, H, W)."""
-    try:
-        f, h, w = (int(n) for n in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected FRAMESxHxW, like 17x64x96; got {text!r}") from None
+    f, h, w = _x_ints(text, 3, "FRAMESxHxW", "17x64x96")
     return f, h, w
 
 
 def _tx_s(text: str) -> tuple[int, int]:
     """'4x16' -> (4, 16) as (frames, pixels per side)."""
-    try:
-        t, side = (int(n) for n in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected FRAMESxPIXELS, like 4x16; got {text!r}") from None
+    t, side = _x_ints(text, 2, "FRAMESxPIXELS", "4x16")
     return t, side
 
 
