@@ -10,7 +10,7 @@ from kinema.train.checkpoint import CheckpointError, load_checkpoint
 from kinema.train.loop import train
 from kinema.train.vae_task import VAETask
 from kinema.vae.loss import VAELossConfig
-from kinema.vae.model import VAEConfig, VideoVAE, fold, unfold
+from kinema.vae.model import Conv3d, VAEConfig, VideoVAE, fold, unfold
 
 
 @pytest.mark.parametrize("t, s, c", [(4, 8, 16), (4, 4, 4), (2, 8, 8), (1, 4, 4)])
@@ -65,6 +65,25 @@ def test_decoder_is_causal_in_time():
 def test_fold_unfold_round_trip():
     x = torch.randn(2, 3, 9, 8, 8)
     assert torch.equal(unfold(fold(x, 2, 2), 2, 2), x)
+
+
+@pytest.mark.parametrize("shape, kernel, padding", [((1, 8, 7, 12, 12), 3, (0, 1, 1)), ((2, 8, 5, 6, 6), 1, 0),
+                                                     ((1, 4, 3, 4, 4), (3, 1, 1), (1, 0, 0))])
+def test_conv3d_fast_path_matches_torch_conv3d_with_gradients(shape, kernel, padding):
+    # the oneDNN path (taken for float32 on CPU) computes what torch's own conv3d does, forward and backward
+    torch.manual_seed(0)
+    ours = Conv3d(shape[1], 6, kernel, padding=padding)
+    ref = torch.nn.Conv3d(shape[1], 6, kernel, padding=padding)
+    ref.load_state_dict(ours.state_dict())
+    x1 = torch.randn(shape, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    y1, y2 = ours(x1), ref(x2)
+    torch.testing.assert_close(y1, y2, rtol=1e-4, atol=1e-5)
+    (y1 * y2.detach()).sum().backward()
+    (y2 * y2.detach()).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_frame_counts_and_sizes_are_explained():

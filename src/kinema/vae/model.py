@@ -98,7 +98,22 @@ class ChannelRMSNorm(nn.Module):
         return x * torch.rsqrt(x.float().pow(2).mean(1, keepdim=True) + self.eps).to(x.dtype) * self.weight
 
 
-class CausalConv3d(nn.Conv3d):
+class Conv3d(nn.Conv3d):
+    """`nn.Conv3d` that always takes oneDNN's kernel for float32 on CPU.
+
+    PyTorch's CPU dispatch sends a small 5D input (N*C*D*H < 20480, e.g. decoding one 17x64x64 clip) to
+    its im2col fallback, `slow_conv3d`, which measured 5-11x slower than oneDNN's kernel for the same
+    conv (2-core AVX2 CPU; `benchmarks/vae.py`). Larger inputs (training batches) already get oneDNN;
+    autocast, other dtypes and other devices keep PyTorch's own choice."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and self.padding_mode == "zeros"
+                and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu")):
+            return torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
+        return super()._conv_forward(x, weight, bias)
+
+
+class CausalConv3d(Conv3d):
     """3D conv padded only on the past side in time (by repeating frame 0) and symmetrically in space."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int | tuple[int, int, int] = 3):
@@ -117,7 +132,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.norm1, self.conv1 = ChannelRMSNorm(c_in), CausalConv3d(c_in, c_out)
         self.norm2, self.conv2 = ChannelRMSNorm(c_out), CausalConv3d(c_out, c_out)
-        self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.skip = Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -146,7 +161,7 @@ class Downsample(nn.Module):
         super().__init__()
         self.s, self.t = (2 if space else 1), (2 if time else 1)
         folded = c_in * self.s * self.s * self.t
-        self.proj = nn.Conv3d(folded, c_out, 1)
+        self.proj = Conv3d(folded, c_out, 1)
         self.group = folded // c_out if folded % c_out == 0 else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +177,7 @@ class Upsample(nn.Module):
         super().__init__()
         self.s, self.t = (2 if space else 1), (2 if time else 1)
         unfolded = c_out * self.s * self.s * self.t
-        self.proj = nn.Conv3d(c_in, unfolded, 1)
+        self.proj = Conv3d(c_in, unfolded, 1)
         self.repeats = unfolded // c_in if unfolded % c_in == 0 else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
