@@ -168,8 +168,8 @@ def test_tiny_pixel_captioner_overfits_and_recaptions_without_a_vae(tiny_dataset
                             bf16=False), tmp_path / "cap", progress=False)
     model, vocab2, vae = load_captioner(tmp_path / "cap")
     assert model.cfg.input == "pixels" and vae is None
-    video, captions = captioner_inputs(data, subset)
-    generated = [vocab2.decode(t) for t in model.generate(video)]
+    inputs, captions = captioner_inputs(data, subset)
+    generated = [vocab2.decode(t) for t in model.generate(**inputs)]
     assert caption_agreement(generated, captions)["all"] == 1.0, generated
     # the recaption job feeds it pixels: no VAE is needed or asked for
     copy = tmp_path / "data"
@@ -190,3 +190,48 @@ def test_caption_cli_trains_and_evaluates_a_pixel_captioner(tiny_dataset, tiny_l
     assert "shape" in capsys.readouterr().out
     assert main(["caption", "eval", "--captioner", str(tmp_path), "--latents", str(tiny_latents)]) != 0
     assert "reads pixels: pass --data" in capsys.readouterr().err
+
+
+def test_latents_plus_keyframe_captioner_reads_the_first_frame(tiny_dataset, tiny_latents, tmp_path):
+    from kinema.captioning.recaption import Keyframes
+
+    data = LatentDataset(tiny_latents)
+    keyframes = Keyframes(tiny_dataset)
+    clips = ShardDataset(tiny_dataset)
+    first = clips[0]["video"][:, 0]
+    assert torch.equal(keyframes([clips.rows[0]["key"]])[0], first)  # exact: kept as uint8
+    with pytest.raises(KeyError, match="no clip 'nope'"):
+        keyframes(["nope"])
+    cfg = CaptionerConfig(input="latents+keyframe", latent_channels=4, patch=(1, 1, 1), vocab_size=40, dim=32,
+                          heads=2, encoder_layers=1, decoder_layers=1, max_length=12)
+    torch.manual_seed(0)
+    model = VideoCaptioner(cfg).eval()
+    inputs, _ = captioner_inputs(data, [0, 1], keyframes)
+    assert inputs["keyframe"].shape == (2, 3, *clips[0]["video"].shape[2:])
+    memory = model.encode_video(**inputs)
+    latent_tokens = inputs["video"][0, 0].numel()  # 1x1x1 patches: one token per latent pixel
+    height, width = inputs["keyframe"].shape[2:]
+    assert memory.shape[1] == latent_tokens + (height // 8) * (width // 8)  # + the keyframe, 8x8 pixels a token
+    changed = inputs["keyframe"].clone()
+    changed[:, :, :8, :8] = 1.0
+    assert not torch.allclose(model.encode_video(inputs["video"], changed), memory)  # it does read the pixels
+    with pytest.raises(ValueError, match="needs the clip's first frame"):
+        model.encode_video(inputs["video"])
+
+
+def test_caption_cli_trains_evaluates_and_recaptions_with_keyframes(tiny_dataset, tiny_latents, tmp_path, capsys):
+    import shutil
+
+    from kinema.cli import main
+
+    argv = ["caption", "train", "--latents", str(tiny_latents), "--keyframes", "--out", str(tmp_path / "cap"),
+            "--dim", "32", "--layers", "1", "--steps", "2", "--batch-size", "4", "--no-bf16"]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "cap" / "captioner.json").read_text())["input"] == "latents+keyframe"
+    assert main(["caption", "eval", "--captioner", str(tmp_path / "cap"), "--latents", str(tiny_latents),
+                 "--n", "6"]) == 0  # keyframes from the folder the cache was encoded from
+    assert "shape" in capsys.readouterr().out
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_dataset, copy)
+    done = recaption_dataset(tmp_path / "cap", copy, batch_size=8, progress=False)  # VAE latents + first frames
+    assert (done.written, done.failed) == (24, 0)

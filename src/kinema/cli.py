@@ -454,6 +454,17 @@ def _captioner_data(args: argparse.Namespace):
     return ShardDataset(args.data) if args.data else LatentDataset(args.latents)
 
 
+def _keyframes(args: argparse.Namespace, data):
+    """The first-frame source of a latents+keyframe captioner: --keyframes DIR, else the folder the latent
+    cache was encoded from."""
+    from kinema.captioning.recaption import Keyframes
+
+    root = args.keyframes or data.meta.get("source")
+    if not root:
+        raise ValueError(f"{args.latents}: meta.json records no source folder; pass --keyframes DIR")
+    return Keyframes(root)
+
+
 def cmd_caption_train(args: argparse.Namespace) -> None:
     from kinema.captioning.captioner import CaptionerConfig, Vocab
     from kinema.captioning.recaption import CaptionerTask
@@ -461,6 +472,8 @@ def cmd_caption_train(args: argparse.Namespace) -> None:
     from kinema.train.loop import train
 
     data = _captioner_data(args)
+    if args.keyframes is not None and not args.latents:
+        raise ValueError("--keyframes goes with --latents (a pixel captioner reads every frame already)")
     subset = None
     if args.subset:
         keys = set(Path(args.subset).read_text().split())
@@ -472,12 +485,15 @@ def cmd_caption_train(args: argparse.Namespace) -> None:
     if args.data:
         shape = {"input": "pixels", "pixel_temporal": args.pixel_patch[0], "pixel_spatial": args.pixel_patch[1]}
     else:
-        shape = {"latent_channels": data.latent_shape[0], "patch": args.patch}
+        shape = {"latent_channels": data.latent_shape[0], "patch": args.patch,
+                 "input": "latents" if args.keyframes is None else "latents+keyframe"}
+    keyframes = None if args.keyframes is None else _keyframes(args, data)
     model_cfg = CaptionerConfig(**shape, vocab_size=len(vocab), dim=args.dim, encoder_layers=args.layers,
                                 decoder_layers=args.layers)
     cfg = _train_config(TrainConfig(steps=1500, batch_size=32, lr=5e-4, warmup_steps=100, log_every=25,
                                     ckpt_every=250), args)
-    task = CaptionerTask(data, model_cfg, vocab, cfg.batch_size, subset, cfg.grad_accum, cfg.seed)
+    task = CaptionerTask(data, model_cfg, vocab, cfg.batch_size, subset, cfg.grad_accum, cfg.seed,
+                         keyframes=keyframes)
     result = train(task, cfg, args.out)
     print(f"trained to step {result.step}, loss {result.last_loss:.4f}; weights: {result.exported}")
 
@@ -498,8 +514,9 @@ def cmd_caption_eval(args: argparse.Namespace) -> None:
         wanted = "--data (a shard folder)" if model.cfg.input == "pixels" else "--latents (a latent cache)"
         raise ValueError(f"{args.captioner} reads {model.cfg.input}: pass {wanted}")
     data = _captioner_data(args)
+    keyframes = _keyframes(args, data) if model.cfg.input == "latents+keyframe" else None
     idx = list(range(min(args.n, len(data))))
-    generated = caption_clips(model, vocab, data, idx, beams=args.beams)
+    generated = caption_clips(model, vocab, data, idx, beams=args.beams, keyframes=keyframes)
     for attr, acc in caption_agreement(generated, [data.rows[i]["captions"]["detailed"] for i in idx]).items():
         print(f"{attr:<10} {acc:.1%}")
 
@@ -524,6 +541,9 @@ def add_caption_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pixel-patch", type=_tx_s, default=(4, 8), metavar="TxS",
                    help="with --data: frames (after the first) and pixels per side of one video token (default "
                         "4x8: 320 tokens for 17x64x64; 4x16 gives 80 tokens, ~3x faster)")
+    p.add_argument("--keyframes", nargs="?", const="", metavar="DIR",
+                   help="with --latents: also read each clip's first frame in pixels (sharp shapes), from DIR or, "
+                        "with no DIR, from the folder the latent cache was encoded from")
     _add_train_flags(p, ["default"], "default")
     p.set_defaults(func=cmd_caption_train)
     p = cap.add_parser("run", help="caption every clip of a dataset into DIR/recaptions.jsonl (resumable)")
@@ -538,6 +558,8 @@ def add_caption_commands(sub: argparse._SubParsersAction) -> None:
     _add_captioner_source(p)
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--beams", type=int, default=1)
+    p.add_argument("--keyframes", metavar="DIR",
+                   help="a latents+keyframe captioner's first frames (default: the latent cache's source folder)")
     p.set_defaults(func=cmd_caption_eval)
 
 

@@ -2,12 +2,15 @@
 
     latents (B, C, F, H, W) --patchify--------> video tokens --encoder--> memory
     or pixels (B, 3, F, H, W) --PixelStem-----^   (the same grid as the VAE's latents)
+    [+ keyframe (B, 3, H, W) --PixelStem------^   one more frame of tokens: the first frame at full resolution]
     caption tokens --decoder (causal self-attention, cross-attention to memory)--> next-token logits
 
-It reads either VAE latents (cheap: the DiT's latent cache serves both) or pixels. Pixels are the better
-input where the VAE blurs what a caption must state: a small square and a small diamond (7 px across) are
-told apart in pixels (the pixel probe: all 80 of them right on the dataset's frames), while after our 8x
-VAE's round trip it reads 36 of 54 as circles.
+It reads VAE latents (cheap: the DiT's latent cache serves both), pixels, or latents plus the clip's first
+frame in pixels ("latents+keyframe"). Pixels are the better input where the VAE blurs what a caption must
+state: a small square and a small diamond (7 px across) are told apart in pixels (the pixel probe: all 80
+of them right on the dataset's frames), while after our 8x VAE's round trip it reads 36 of 54 as circles.
+Reading every frame in pixels is slow; the keyframe gives the encoder one sharp frame for shape (as video
+language models pair a few high-resolution frames with a cheap stream for motion), the latents the rest.
 
 The vocabulary is built from the training captions (words and punctuation, plus <pad> <bos> <eos> <unk>),
 which for a closed world like ours is exactly as expressive as word pieces and far smaller. Decoding is
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +87,7 @@ def detokenize(words: list[str]) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-INPUTS = ("latents", "pixels")
+INPUTS = ("latents", "pixels", "latents+keyframe")
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,9 @@ class VideoCaptioner(nn.Module):
             self.video_embedder: nn.Module = PixelStem(cfg)
         else:
             self.video_embedder = nn.Linear(cfg.latent_channels * pt * ph * pw, cfg.dim)
+        if cfg.input == "latents+keyframe":  # one frame, stride-2 convs down to the latent grid
+            self.keyframe_embedder = PixelStem(replace(cfg, pixel_temporal=1))
+            self.keyframe_type = nn.Parameter(torch.zeros(cfg.dim))  # tells its tokens from the latents'
         self.axis_embedders = nn.ModuleList(nn.Embedding(64, cfg.dim) for _ in range(3))  # f, h, w positions
         layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, 4 * cfg.dim, dropout=0.0, batch_first=True,
                                            norm_first=True, activation="gelu")
@@ -164,8 +170,9 @@ class VideoCaptioner(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
 
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """Latents (B, C, f, h, w) or pixels (B, 3, F, H, W), per cfg.input -> memory (B, L, D)."""
+    def encode_video(self, video: torch.Tensor, keyframe: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (B, C, f, h, w) or pixels (B, 3, F, H, W), per cfg.input -> memory (B, L, D); a
+        latents+keyframe captioner also takes the first frame, (B, 3, H, W) in [-1, 1]."""
         if self.cfg.input == "pixels":
             x = self.video_embedder(video)  # (B, D, f, h, w)
             grid = tuple(x.shape[2:])
@@ -173,9 +180,19 @@ class VideoCaptioner(nn.Module):
         else:
             grid = tuple(n // p for n, p in zip(video.shape[2:], self.cfg.patch, strict=True))
             x = self.video_embedder(patchify(video, self.cfg.patch))  # (B, L, D)
-        pos = grid_positions(grid, video.device).clamp(max=63)  # (L, 3)
-        x = x + sum(emb(pos[:, i]) for i, emb in enumerate(self.axis_embedders))
+        x = x + self._positions(grid, video.device)
+        if self.cfg.input == "latents+keyframe":
+            if keyframe is None:
+                raise ValueError("a latents+keyframe captioner needs the clip's first frame (keyframe=)")
+            k = self.keyframe_embedder(keyframe[:, :, None])  # (B, D, 1, h', w')
+            kgrid = tuple(k.shape[2:])
+            k = k.flatten(2).transpose(1, 2) + self._positions(kgrid, k.device) + self.keyframe_type
+            x = torch.cat([x, k], dim=1)  # (B, L + h'w', D)
         return self.encoder(x)
+
+    def _positions(self, grid: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        pos = grid_positions(grid, device).clamp(max=63)  # (L, 3)
+        return sum(emb(pos[:, i]) for i, emb in enumerate(self.axis_embedders))  # (L, D)
 
     def decode_step(self, tokens: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids so far -> (B, T, vocab) logits."""
@@ -185,15 +202,15 @@ class VideoCaptioner(nn.Module):
         h = self.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=tokens == PAD, tgt_is_causal=True)
         return self.head(self.norm(h))
 
-    def loss(self, video: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def loss(self, video: torch.Tensor, tokens: torch.Tensor, keyframe: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced cross-entropy; tokens (B, T) = <bos> words <eos> <pad>..."""
-        logits = self.decode_step(tokens[:, :-1], self.encode_video(video))
+        logits = self.decode_step(tokens[:, :-1], self.encode_video(video, keyframe))
         return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), ignore_index=PAD)
 
     @torch.no_grad()
-    def generate(self, video: torch.Tensor, beams: int = 1) -> list[list[int]]:
+    def generate(self, video: torch.Tensor, beams: int = 1, keyframe: torch.Tensor | None = None) -> list[list[int]]:
         """Token ids per clip, greedy (beams=1) or beam search; stops at <eos> or max_length."""
-        memory = self.encode_video(video)
+        memory = self.encode_video(video, keyframe)
         if beams == 1:
             return self._greedy(memory)
         return [self._beam(memory[i:i + 1], beams) for i in range(memory.shape[0])]

@@ -1,8 +1,8 @@
 """Training the captioner, measuring it, and the recaption batch job.
 
     train:     `CaptionerTask` for the shared training loop, on the detailed captions of a latent cache (a
-               latent captioner) or a shard folder (a pixel captioner), optionally only a subset of clips
-               (those that have them)
+               latent captioner; with `Keyframes`, plus each clip's first frame in pixels) or a shard folder
+               (a pixel captioner), optionally only a subset of clips (those that have them)
     measure:   `caption_agreement`: parse generated and reference captions, compare attribute by attribute
     recaption: `recaption_dataset` writes DIR/recaptions.jsonl ({"key", "caption"}), appending as it goes, so
                an interrupted job resumes; the original captions are never touched; clips that cannot be
@@ -37,14 +37,40 @@ def _tokens(vocab: Vocab, captions: list[str], max_length: int) -> torch.Tensor:
     return out
 
 
-def captioner_inputs(data: LatentDataset | ShardDataset, indices: list[int]) -> tuple[torch.Tensor, list[str]]:
-    """(inputs, detailed captions) of clips `indices`: latents (n, c, f, h, w) from a latent cache (one size
-    bucket), or pixels (n, 3, F, H, W) in [-1, 1] decoded from a shard folder (clips of one size)."""
+class Keyframes:
+    """The first frames of a shard folder's clips, by key: what a latents+keyframe captioner reads beside the
+    latents. Each clip is decoded once and its first frame kept (uint8, 12 KB at 64x64)."""
+
+    def __init__(self, root: str | Path):
+        self.data = ShardDataset(root)
+        self.where = {row["key"]: i for i, row in enumerate(self.data.rows)}
+        self._frames: dict[str, torch.Tensor] = {}
+
+    def __call__(self, keys: list[str]) -> torch.Tensor:
+        """(n, 3, H, W) in [-1, 1]."""
+        for key in keys:
+            if key not in self._frames:
+                if key not in self.where:
+                    raise KeyError(f"{self.data.root}: no clip {key!r}; keyframes must come from the folder the "
+                                   f"latents were encoded from")
+                video = self.data[self.where[key]]["video"]  # (3, F, H, W) in [-1, 1]
+                self._frames[key] = ((video[:, 0] + 1) * 127.5).round().to(torch.uint8)
+        return torch.stack([self._frames[k] for k in keys]).float() / 127.5 - 1.0
+
+
+def captioner_inputs(data: LatentDataset | ShardDataset, indices: list[int],
+                     keyframes: Keyframes | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(model inputs, detailed captions) of clips `indices`. Inputs: {"video": latents (n, c, f, h, w)} from a
+    latent cache (one size bucket), plus {"keyframe": (n, 3, H, W)} first frames if `keyframes` is given; or
+    {"video": pixels (n, 3, F, H, W)} in [-1, 1] decoded from a shard folder (clips of one size)."""
     if isinstance(data, ShardDataset):
         items = [data[i] for i in indices]
-        return torch.stack([it["video"] for it in items]), [it["captions"]["detailed"] for it in items]
+        return {"video": torch.stack([it["video"] for it in items])}, [it["captions"]["detailed"] for it in items]
     b = data.gather(indices, ["detailed"] * len(indices))
-    return b.latents, b.captions
+    inputs = {"video": b.latents}
+    if keyframes is not None:
+        inputs["keyframe"] = keyframes([data.rows[i]["key"] for i in indices])
+    return inputs, b.captions
 
 
 @dataclass
@@ -58,6 +84,7 @@ class CaptionerTask:
     seed: int = 0
     name: str = "captioner"
     eval_indices: list[int] = field(default_factory=list)
+    keyframes: Keyframes | None = None  # a latents+keyframe captioner's first frames
 
     def build_model(self) -> nn.Module:
         return VideoCaptioner(self.model_cfg)
@@ -72,18 +99,18 @@ class CaptionerTask:
         pool = self.subset if self.subset is not None else list(range(len(self.data)))
         first = ((step * self.grad_accum + micro) * info.world_size + info.rank) * self.batch_size
         idx = [pool[i] for i in global_indices(len(pool), self.seed, first, self.batch_size)]
-        video, captions = captioner_inputs(self.data, idx)
-        return {"video": video.to(info.device),
+        inputs, captions = captioner_inputs(self.data, idx, self.keyframes)
+        return {"inputs": {k: v.to(info.device) for k, v in inputs.items()},
                 "tokens": _tokens(self.vocab, captions, self.model_cfg.max_length).to(info.device)}
 
     def loss(self, model: nn.Module, batch: dict, generator: torch.Generator):
-        return model.loss(batch["video"], batch["tokens"]), {}
+        return model.loss(tokens=batch["tokens"], **batch["inputs"]), {}
 
     @torch.no_grad()
     def samples(self, model: nn.Module, step: int, out_dir: Path) -> list[Path]:
         idx = self.eval_indices or list(range(min(8, len(self.data))))
-        video, captions = captioner_inputs(self.data, idx)
-        generated = [self.vocab.decode(t) for t in model.generate(video)]
+        inputs, captions = captioner_inputs(self.data, idx, self.keyframes)
+        generated = [self.vocab.decode(t) for t in model.generate(**inputs)]
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"captions-{step:07d}.txt"
         path.write_text("".join(f"truth: {t}\nmodel: {g}\n\n" for t, g in zip(captions, generated, strict=True)))
@@ -109,12 +136,12 @@ def load_captioner(folder: str | Path) -> tuple[VideoCaptioner, Vocab, str | Non
 
 @torch.no_grad()
 def caption_clips(model: VideoCaptioner, vocab: Vocab, data: LatentDataset | ShardDataset, indices: list[int],
-                  batch_size: int = 64, beams: int = 1) -> list[str]:
+                  batch_size: int = 64, beams: int = 1, keyframes: Keyframes | None = None) -> list[str]:
     """Captions for clips `indices` of a latent cache (one size bucket) or a shard folder (one clip size)."""
     out = []
     for start in range(0, len(indices), batch_size):
-        video, _ = captioner_inputs(data, indices[start:start + batch_size])
-        out += [vocab.decode(seq) for seq in model.generate(video, beams=beams)]
+        inputs, _ = captioner_inputs(data, indices[start:start + batch_size], keyframes)
+        out += [vocab.decode(seq) for seq in model.generate(**inputs, beams=beams)]
     return out
 
 
@@ -187,9 +214,15 @@ def recaption_dataset(captioner_dir: str | Path, data_dir: str | Path, vae_dir: 
 
     model, vocab, vae_ref = load_captioner(captioner_dir)
     if model.cfg.input == "pixels":
-        inputs = torch.nn.Identity()
+        def inputs(video: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"video": video}
     elif vae_dir or vae_ref:
-        inputs = load_model(vae_dir or vae_ref, "vae", VideoVAE, VAEConfig).encode
+        vae = load_model(vae_dir or vae_ref, "vae", VideoVAE, VAEConfig)
+
+        def inputs(video: torch.Tensor) -> dict[str, torch.Tensor]:
+            if model.cfg.input == "latents+keyframe":
+                return {"video": vae.encode(video), "keyframe": video[:, :, 0]}
+            return {"video": vae.encode(video)}
     else:
         raise ValueError(f"{captioner_dir}: a latent captioner with no VAE recorded; pass the VAE folder it reads")
     out = Path(data_dir) / "recaptions.jsonl"
@@ -208,7 +241,7 @@ def recaption_dataset(captioner_dir: str | Path, data_dir: str | Path, vae_dir: 
                     failed += 1
             if not videos:
                 continue
-            ids = model.generate(inputs(torch.stack(videos)), beams=beams)
+            ids = model.generate(**inputs(torch.stack(videos)), beams=beams)
             for key, seq in zip(keys, ids, strict=True):
                 f.write(json.dumps({"key": key, "caption": vocab.decode(seq)}) + "\n")
             f.flush()
