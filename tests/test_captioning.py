@@ -192,31 +192,38 @@ def test_caption_cli_trains_and_evaluates_a_pixel_captioner(tiny_dataset, tiny_l
     assert "reads pixels: pass --data" in capsys.readouterr().err
 
 
-def test_latents_plus_keyframe_captioner_reads_the_first_frame(tiny_dataset, tiny_latents, tmp_path):
+def test_latents_plus_keyframes_captioner_reads_pixel_frames(tiny_dataset, tiny_latents):
+    from kinema.captioning.captioner import keyframe_indices
     from kinema.captioning.recaption import Keyframes
 
+    assert keyframe_indices(17, 2) == [0, 16] and keyframe_indices(17, 3) == [0, 8, 16]
+    assert keyframe_indices(9, 1) == [0]
     data = LatentDataset(tiny_latents)
-    keyframes = Keyframes(tiny_dataset)
+    keyframes = Keyframes(tiny_dataset, 2)
     clips = ShardDataset(tiny_dataset)
-    first = clips[0]["video"][:, 0]
-    assert torch.equal(keyframes([clips.rows[0]["key"]])[0], first)  # exact: kept as uint8
+    video = clips[0]["video"]  # (3, F, H, W)
+    got = keyframes([clips.rows[0]["key"]])[0]  # (2, 3, H, W)
+    assert torch.equal(got[0], video[:, 0]) and torch.equal(got[1], video[:, -1])  # exact: kept as uint8
     with pytest.raises(KeyError, match="no clip 'nope'"):
         keyframes(["nope"])
-    cfg = CaptionerConfig(input="latents+keyframe", latent_channels=4, patch=(1, 1, 1), vocab_size=40, dim=32,
-                          heads=2, encoder_layers=1, decoder_layers=1, max_length=12)
+    cfg = CaptionerConfig(input="latents+keyframes", latent_channels=4, patch=(1, 1, 1), vocab_size=40, dim=32,
+                          heads=2, encoder_layers=1, decoder_layers=1, max_length=12, keyframes=2)
     torch.manual_seed(0)
     model = VideoCaptioner(cfg).eval()
     inputs, _ = captioner_inputs(data, [0, 1], keyframes)
-    assert inputs["keyframe"].shape == (2, 3, *clips[0]["video"].shape[2:])
+    height, width = video.shape[2:]
+    assert inputs["keyframes"].shape == (2, 2, 3, height, width)
     memory = model.encode_video(**inputs)
     latent_tokens = inputs["video"][0, 0].numel()  # 1x1x1 patches: one token per latent pixel
-    height, width = inputs["keyframe"].shape[2:]
-    assert memory.shape[1] == latent_tokens + (height // 8) * (width // 8)  # + the keyframe, 8x8 pixels a token
-    changed = inputs["keyframe"].clone()
-    changed[:, :, :8, :8] = 1.0
-    assert not torch.allclose(model.encode_video(inputs["video"], changed), memory)  # it does read the pixels
-    with pytest.raises(ValueError, match="needs the clip's first frame"):
+    assert memory.shape[1] == latent_tokens + 2 * (height // 8) * (width // 8)  # + 2 frames, 8x8 pixels a token
+    for k in range(2):  # it reads every keyframe
+        changed = inputs["keyframes"].clone()
+        changed[:, k, :, :8, :8] = 1.0
+        assert not torch.allclose(model.encode_video(inputs["video"], changed), memory)
+    with pytest.raises(ValueError, match="needs 2 frames of each clip"):
         model.encode_video(inputs["video"])
+    with pytest.raises(ValueError, match="needs 2 frames of each clip"):
+        model.encode_video(inputs["video"], inputs["keyframes"][:, :1])
 
 
 def test_caption_cli_trains_evaluates_and_recaptions_with_keyframes(tiny_dataset, tiny_latents, tmp_path, capsys):
@@ -227,11 +234,12 @@ def test_caption_cli_trains_evaluates_and_recaptions_with_keyframes(tiny_dataset
     argv = ["caption", "train", "--latents", str(tiny_latents), "--keyframes", "--out", str(tmp_path / "cap"),
             "--dim", "32", "--layers", "1", "--steps", "2", "--batch-size", "4", "--no-bf16"]
     assert main(argv) == 0
-    assert json.loads((tmp_path / "cap" / "captioner.json").read_text())["input"] == "latents+keyframe"
+    cfg = json.loads((tmp_path / "cap" / "captioner.json").read_text())
+    assert (cfg["input"], cfg["keyframes"]) == ("latents+keyframes", 2)
     assert main(["caption", "eval", "--captioner", str(tmp_path / "cap"), "--latents", str(tiny_latents),
                  "--n", "6"]) == 0  # keyframes from the folder the cache was encoded from
     assert "shape" in capsys.readouterr().out
     copy = tmp_path / "data"
     shutil.copytree(tiny_dataset, copy)
-    done = recaption_dataset(tmp_path / "cap", copy, batch_size=8, progress=False)  # VAE latents + first frames
+    done = recaption_dataset(tmp_path / "cap", copy, batch_size=8, progress=False)  # VAE latents + keyframes
     assert (done.written, done.failed) == (24, 0)

@@ -2,15 +2,16 @@
 
     latents (B, C, F, H, W) --patchify--------> video tokens --encoder--> memory
     or pixels (B, 3, F, H, W) --PixelStem-----^   (the same grid as the VAE's latents)
-    [+ keyframe (B, 3, H, W) --PixelStem------^   one more frame of tokens: the first frame at full resolution]
+    [+ keyframes (B, K, 3, H, W) --PixelStem--^   K frames of tokens: first to last frame at full resolution]
     caption tokens --decoder (causal self-attention, cross-attention to memory)--> next-token logits
 
-It reads VAE latents (cheap: the DiT's latent cache serves both), pixels, or latents plus the clip's first
-frame in pixels ("latents+keyframe"). Pixels are the better input where the VAE blurs what a caption must
-state: a small square and a small diamond (7 px across) are told apart in pixels (the pixel probe: all 80
-of them right on the dataset's frames), while after our 8x VAE's round trip it reads 36 of 54 as circles.
-Reading every frame in pixels is slow; the keyframe gives the encoder one sharp frame for shape (as video
-language models pair a few high-resolution frames with a cheap stream for motion), the latents the rest.
+It reads VAE latents (cheap: the DiT's latent cache serves both), pixels, or latents plus a few frames in
+pixels ("latents+keyframes": K frames evenly spaced from the first to the last). Pixels are the better input
+where the VAE blurs what a caption must state: a small square and a small diamond (7 px across) are told
+apart in pixels (the pixel probe: all 80 of them right on the dataset's frames), while after our 8x VAE's
+round trip it reads 36 of 54 as circles. Reading every frame in pixels is slow; a few sharp frames are
+cheap (as video language models pair sparse high-resolution frames with a cheap stream): they carry shape,
+and the first and last one where the object went; the latents carry the rest.
 
 The vocabulary is built from the training captions (words and punctuation, plus <pad> <bos> <eos> <unk>),
 which for a closed world like ours is exactly as expressive as word pieces and far smaller. Decoding is
@@ -87,7 +88,7 @@ def detokenize(words: list[str]) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-INPUTS = ("latents", "pixels", "latents+keyframe")
+INPUTS = ("latents", "pixels", "latents+keyframes")
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class CaptionerConfig:
     patch: tuple[int, int, int] = (1, 2, 2)  # latent patch per video token
     pixel_temporal: int = 4  # pixels: frames per video token after the first (causal, like the VAE)
     pixel_spatial: int = 8  # pixels: pixels per video token side (a power of 2)
+    keyframes: int = 2  # latents+keyframes: frames read in pixels, evenly spaced from the first to the last
     vocab_size: int = 256
     dim: int = 256
     heads: int = 4
@@ -117,6 +119,15 @@ class CaptionerConfig:
         if self.pixel_temporal < 1 or s < 2 or s & (s - 1):
             raise ValueError(f"CaptionerConfig: pixel_temporal must be >= 1 and pixel_spatial a power of 2 >= 2, "
                              f"got {self.pixel_temporal}, {s}")
+        if self.keyframes < 1:
+            raise ValueError(f"CaptionerConfig: keyframes must be >= 1, got {self.keyframes}")
+
+
+def keyframe_indices(frames: int, count: int) -> list[int]:
+    """`count` frame indices evenly spaced from the first frame to the last (just the first for count 1)."""
+    if count == 1:
+        return [0]
+    return [round(j * (frames - 1) / (count - 1)) for j in range(count)]
 
 
 class PixelStem(nn.Module):
@@ -155,9 +166,9 @@ class VideoCaptioner(nn.Module):
             self.video_embedder: nn.Module = PixelStem(cfg)
         else:
             self.video_embedder = nn.Linear(cfg.latent_channels * pt * ph * pw, cfg.dim)
-        if cfg.input == "latents+keyframe":  # one frame, stride-2 convs down to the latent grid
+        if cfg.input == "latents+keyframes":  # each frame alone, stride-2 convs down to the latent grid
             self.keyframe_embedder = PixelStem(replace(cfg, pixel_temporal=1))
-            self.keyframe_type = nn.Parameter(torch.zeros(cfg.dim))  # tells its tokens from the latents'
+            self.keyframe_type = nn.Parameter(torch.zeros(cfg.keyframes, cfg.dim))  # which keyframe a token is of
         self.axis_embedders = nn.ModuleList(nn.Embedding(64, cfg.dim) for _ in range(3))  # f, h, w positions
         layer = nn.TransformerEncoderLayer(cfg.dim, cfg.heads, 4 * cfg.dim, dropout=0.0, batch_first=True,
                                            norm_first=True, activation="gelu")
@@ -170,9 +181,9 @@ class VideoCaptioner(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
 
-    def encode_video(self, video: torch.Tensor, keyframe: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_video(self, video: torch.Tensor, keyframes: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (B, C, f, h, w) or pixels (B, 3, F, H, W), per cfg.input -> memory (B, L, D); a
-        latents+keyframe captioner also takes the first frame, (B, 3, H, W) in [-1, 1]."""
+        latents+keyframes captioner also takes its keyframes, (B, K, 3, H, W) in [-1, 1] (`keyframe_indices`)."""
         if self.cfg.input == "pixels":
             x = self.video_embedder(video)  # (B, D, f, h, w)
             grid = tuple(x.shape[2:])
@@ -181,13 +192,16 @@ class VideoCaptioner(nn.Module):
             grid = tuple(n // p for n, p in zip(video.shape[2:], self.cfg.patch, strict=True))
             x = self.video_embedder(patchify(video, self.cfg.patch))  # (B, L, D)
         x = x + self._positions(grid, video.device)
-        if self.cfg.input == "latents+keyframe":
-            if keyframe is None:
-                raise ValueError("a latents+keyframe captioner needs the clip's first frame (keyframe=)")
-            k = self.keyframe_embedder(keyframe[:, :, None])  # (B, D, 1, h', w')
+        if self.cfg.input == "latents+keyframes":
+            if keyframes is None or keyframes.shape[1] != self.cfg.keyframes:
+                raise ValueError(f"a latents+keyframes captioner needs {self.cfg.keyframes} frames of each clip "
+                                 f"(keyframes=, (B, {self.cfg.keyframes}, 3, H, W))")
+            B, K = keyframes.shape[:2]
+            k = self.keyframe_embedder(keyframes.flatten(0, 1)[:, :, None])  # (B*K, D, 1, h', w')
             kgrid = tuple(k.shape[2:])
-            k = k.flatten(2).transpose(1, 2) + self._positions(kgrid, k.device) + self.keyframe_type
-            x = torch.cat([x, k], dim=1)  # (B, L + h'w', D)
+            k = k.flatten(2).transpose(1, 2) + self._positions(kgrid, k.device)  # (B*K, h'w', D)
+            k = k.unflatten(0, (B, K)) + self.keyframe_type[:, None]  # (B, K, h'w', D)
+            x = torch.cat([x, k.flatten(1, 2)], dim=1)  # (B, L + K h'w', D)
         return self.encoder(x)
 
     def _positions(self, grid: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -202,15 +216,16 @@ class VideoCaptioner(nn.Module):
         h = self.decoder(x, memory, tgt_mask=causal, tgt_key_padding_mask=tokens == PAD, tgt_is_causal=True)
         return self.head(self.norm(h))
 
-    def loss(self, video: torch.Tensor, tokens: torch.Tensor, keyframe: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, video: torch.Tensor, tokens: torch.Tensor, keyframes: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced cross-entropy; tokens (B, T) = <bos> words <eos> <pad>..."""
-        logits = self.decode_step(tokens[:, :-1], self.encode_video(video, keyframe))
+        logits = self.decode_step(tokens[:, :-1], self.encode_video(video, keyframes))
         return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), ignore_index=PAD)
 
     @torch.no_grad()
-    def generate(self, video: torch.Tensor, beams: int = 1, keyframe: torch.Tensor | None = None) -> list[list[int]]:
+    def generate(self, video: torch.Tensor, beams: int = 1,
+                 keyframes: torch.Tensor | None = None) -> list[list[int]]:
         """Token ids per clip, greedy (beams=1) or beam search; stops at <eos> or max_length."""
-        memory = self.encode_video(video, keyframe)
+        memory = self.encode_video(video, keyframes)
         if beams == 1:
             return self._greedy(memory)
         return [self._beam(memory[i:i + 1], beams) for i in range(memory.shape[0])]

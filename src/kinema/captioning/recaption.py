@@ -1,7 +1,7 @@
 """Training the captioner, measuring it, and the recaption batch job.
 
     train:     `CaptionerTask` for the shared training loop, on the detailed captions of a latent cache (a
-               latent captioner; with `Keyframes`, plus each clip's first frame in pixels) or a shard folder
+               latent captioner; with `Keyframes`, plus a few frames of each clip in pixels) or a shard folder
                (a pixel captioner), optionally only a subset of clips (those that have them)
     measure:   `caption_agreement`: parse generated and reference captions, compare attribute by attribute
     recaption: `recaption_dataset` writes DIR/recaptions.jsonl ({"key", "caption"}), appending as it goes, so
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kinema.captioning.captioner import PAD, CaptionerConfig, VideoCaptioner, Vocab
+from kinema.captioning.captioner import PAD, CaptionerConfig, VideoCaptioner, Vocab, keyframe_indices
 from kinema.config import from_dict, to_dict
 from kinema.data.buckets import global_indices
 from kinema.data.captions import parse_caption
@@ -38,30 +38,32 @@ def _tokens(vocab: Vocab, captions: list[str], max_length: int) -> torch.Tensor:
 
 
 class Keyframes:
-    """The first frames of a shard folder's clips, by key: what a latents+keyframe captioner reads beside the
-    latents. Each clip is decoded once and its first frame kept (uint8, 12 KB at 64x64)."""
+    """A few frames of each of a shard folder's clips (`keyframe_indices`), by key: what a latents+keyframes
+    captioner reads beside the latents. Each clip is decoded once and its keyframes kept (uint8, 12 KB a frame
+    at 64x64)."""
 
-    def __init__(self, root: str | Path):
-        self.data = ShardDataset(root)
+    def __init__(self, root: str | Path, count: int):
+        self.data, self.count = ShardDataset(root), count
         self.where = {row["key"]: i for i, row in enumerate(self.data.rows)}
         self._frames: dict[str, torch.Tensor] = {}
 
     def __call__(self, keys: list[str]) -> torch.Tensor:
-        """(n, 3, H, W) in [-1, 1]."""
+        """(n, count, 3, H, W) in [-1, 1]."""
         for key in keys:
             if key not in self._frames:
                 if key not in self.where:
                     raise KeyError(f"{self.data.root}: no clip {key!r}; keyframes must come from the folder the "
                                    f"latents were encoded from")
                 video = self.data[self.where[key]]["video"]  # (3, F, H, W) in [-1, 1]
-                self._frames[key] = ((video[:, 0] + 1) * 127.5).round().to(torch.uint8)
+                frames = video[:, keyframe_indices(video.shape[1], self.count)].transpose(0, 1)  # (count, 3, H, W)
+                self._frames[key] = ((frames + 1) * 127.5).round().to(torch.uint8)
         return torch.stack([self._frames[k] for k in keys]).float() / 127.5 - 1.0
 
 
 def captioner_inputs(data: LatentDataset | ShardDataset, indices: list[int],
                      keyframes: Keyframes | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(model inputs, detailed captions) of clips `indices`. Inputs: {"video": latents (n, c, f, h, w)} from a
-    latent cache (one size bucket), plus {"keyframe": (n, 3, H, W)} first frames if `keyframes` is given; or
+    latent cache (one size bucket), plus {"keyframes": (n, K, 3, H, W)} if `keyframes` is given; or
     {"video": pixels (n, 3, F, H, W)} in [-1, 1] decoded from a shard folder (clips of one size)."""
     if isinstance(data, ShardDataset):
         items = [data[i] for i in indices]
@@ -69,7 +71,7 @@ def captioner_inputs(data: LatentDataset | ShardDataset, indices: list[int],
     b = data.gather(indices, ["detailed"] * len(indices))
     inputs = {"video": b.latents}
     if keyframes is not None:
-        inputs["keyframe"] = keyframes([data.rows[i]["key"] for i in indices])
+        inputs["keyframes"] = keyframes([data.rows[i]["key"] for i in indices])
     return inputs, b.captions
 
 
@@ -84,7 +86,7 @@ class CaptionerTask:
     seed: int = 0
     name: str = "captioner"
     eval_indices: list[int] = field(default_factory=list)
-    keyframes: Keyframes | None = None  # a latents+keyframe captioner's first frames
+    keyframes: Keyframes | None = None  # a latents+keyframes captioner's pixel frames
 
     def build_model(self) -> nn.Module:
         return VideoCaptioner(self.model_cfg)
@@ -220,8 +222,9 @@ def recaption_dataset(captioner_dir: str | Path, data_dir: str | Path, vae_dir: 
         vae = load_model(vae_dir or vae_ref, "vae", VideoVAE, VAEConfig)
 
         def inputs(video: torch.Tensor) -> dict[str, torch.Tensor]:
-            if model.cfg.input == "latents+keyframe":
-                return {"video": vae.encode(video), "keyframe": video[:, :, 0]}
+            if model.cfg.input == "latents+keyframes":
+                frames = video[:, :, keyframe_indices(video.shape[2], model.cfg.keyframes)]  # (B, 3, K, H, W)
+                return {"video": vae.encode(video), "keyframes": frames.transpose(1, 2)}
             return {"video": vae.encode(video)}
     else:
         raise ValueError(f"{captioner_dir}: a latent captioner with no VAE recorded; pass the VAE folder it reads")

@@ -77,7 +77,8 @@ def _recaption(exp: RecaptionExperiment, data) -> dict[str, float]:
         if model.cfg.input != "latents" and not data.meta.get("source"):
             raise ValueError(f"{exp.latents}: its meta.json names no source clips; a {model.cfg.input} captioner "
                              f"needs them")
-        keyframes = Keyframes(data.meta["source"]) if model.cfg.input == "latents+keyframe" else None
+        keyframes = (Keyframes(data.meta["source"], model.cfg.keyframes) if model.cfg.input == "latents+keyframes"
+                     else None)
         if model.cfg.input == "pixels":  # it reads the clips the cache was encoded from
             clips = ShardDataset(data.meta["source"])
             where = {r["key"]: i for i, r in enumerate(clips.rows)}
