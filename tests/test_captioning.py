@@ -193,7 +193,7 @@ def test_caption_cli_trains_and_evaluates_a_pixel_captioner(tiny_dataset, tiny_l
 
 
 def test_latents_plus_keyframes_captioner_reads_pixel_frames(tiny_dataset, tiny_latents):
-    from kinema.captioning.captioner import keyframe_indices
+    from kinema.captioning.captioner import keyframe_indices, take_keyframes
     from kinema.captioning.recaption import Keyframes
 
     assert keyframe_indices(17, 2) == [0, 16] and keyframe_indices(17, 3) == [0, 8, 16]
@@ -204,6 +204,7 @@ def test_latents_plus_keyframes_captioner_reads_pixel_frames(tiny_dataset, tiny_
     video = clips[0]["video"]  # (3, F, H, W)
     got = keyframes([clips.rows[0]["key"]])[0]  # (2, 3, H, W)
     assert torch.equal(got[0], video[:, 0]) and torch.equal(got[1], video[:, -1])  # exact: kept as uint8
+    assert torch.equal(take_keyframes(video[None], 2)[0], take_keyframes(video, 2))  # a batch: the same frames
     with pytest.raises(KeyError, match="no clip 'nope'"):
         keyframes(["nope"])
     cfg = CaptionerConfig(input="latents+keyframes", latent_channels=4, patch=(1, 1, 1), vocab_size=40, dim=32,

@@ -130,6 +130,11 @@ def keyframe_indices(frames: int, count: int) -> list[int]:
     return [round(j * (frames - 1) / (count - 1)) for j in range(count)]
 
 
+def take_keyframes(video: torch.Tensor, count: int) -> torch.Tensor:
+    """The keyframes of a clip (3, F, H, W) -> (K, 3, H, W), or of a batch (B, 3, F, H, W) -> (B, K, 3, H, W)."""
+    return video[..., keyframe_indices(video.shape[-3], count), :, :].movedim(-3, -4)
+
+
 class PixelStem(nn.Module):
     """Pixels (B, 3, F, H, W) -> features (B, D, 1 + (F-1)/t, H/s, W/s). Causal in time like the VAE (the
     first frame is repeated t-1 times in front, so it forms a group of its own); each group of t frames is
@@ -183,7 +188,7 @@ class VideoCaptioner(nn.Module):
 
     def encode_video(self, video: torch.Tensor, keyframes: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (B, C, f, h, w) or pixels (B, 3, F, H, W), per cfg.input -> memory (B, L, D); a
-        latents+keyframes captioner also takes its keyframes, (B, K, 3, H, W) in [-1, 1] (`keyframe_indices`)."""
+        latents+keyframes captioner also takes its keyframes, (B, K, 3, H, W) in [-1, 1] (`take_keyframes`)."""
         if self.cfg.input == "pixels":
             x = self.video_embedder(video)  # (B, D, f, h, w)
             grid = tuple(x.shape[2:])

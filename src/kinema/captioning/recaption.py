@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kinema.captioning.captioner import PAD, CaptionerConfig, VideoCaptioner, Vocab, keyframe_indices
+from kinema.captioning.captioner import PAD, CaptionerConfig, VideoCaptioner, Vocab, take_keyframes
 from kinema.config import from_dict, to_dict
 from kinema.data.buckets import global_indices
 from kinema.data.captions import parse_caption
@@ -38,7 +38,7 @@ def _tokens(vocab: Vocab, captions: list[str], max_length: int) -> torch.Tensor:
 
 
 class Keyframes:
-    """A few frames of each of a shard folder's clips (`keyframe_indices`), by key: what a latents+keyframes
+    """A few frames of each of a shard folder's clips (`take_keyframes`), by key: what a latents+keyframes
     captioner reads beside the latents. Each clip is decoded once and its keyframes kept (uint8, 12 KB a frame
     at 64x64)."""
 
@@ -54,8 +54,7 @@ class Keyframes:
                 if key not in self.where:
                     raise KeyError(f"{self.data.root}: no clip {key!r}; keyframes must come from the folder the "
                                    f"latents were encoded from")
-                video = self.data[self.where[key]]["video"]  # (3, F, H, W) in [-1, 1]
-                frames = video[:, keyframe_indices(video.shape[1], self.count)].transpose(0, 1)  # (count, 3, H, W)
+                frames = take_keyframes(self.data[self.where[key]]["video"], self.count)  # (count, 3, H, W)
                 self._frames[key] = ((frames + 1) * 127.5).round().to(torch.uint8)
         return torch.stack([self._frames[k] for k in keys]).float() / 127.5 - 1.0
 
@@ -223,8 +222,7 @@ def recaption_dataset(captioner_dir: str | Path, data_dir: str | Path, vae_dir: 
 
         def inputs(video: torch.Tensor) -> dict[str, torch.Tensor]:
             if model.cfg.input == "latents+keyframes":
-                frames = video[:, :, keyframe_indices(video.shape[2], model.cfg.keyframes)]  # (B, 3, K, H, W)
-                return {"video": vae.encode(video), "keyframes": frames.transpose(1, 2)}
+                return {"video": vae.encode(video), "keyframes": take_keyframes(video, model.cfg.keyframes)}
             return {"video": vae.encode(video)}
     else:
         raise ValueError(f"{captioner_dir}: a latent captioner with no VAE recorded; pass the VAE folder it reads")
