@@ -68,7 +68,8 @@ def test_fold_unfold_round_trip():
 
 
 @pytest.mark.parametrize("shape, kernel, padding", [((1, 8, 7, 12, 12), 3, (0, 1, 1)), ((2, 8, 5, 6, 6), 1, 0),
-                                                     ((1, 4, 3, 4, 4), (3, 1, 1), (1, 0, 0))])
+                                                     ((1, 4, 3, 4, 4), (3, 1, 1), (1, 0, 0)),
+                                                     ((1, 4, 5, 6, 6), 3, "same")])
 def test_conv3d_fast_path_matches_torch_conv3d_with_gradients(shape, kernel, padding):
     # the oneDNN path (taken for float32 on CPU) computes what torch's own conv3d does, forward and backward
     torch.manual_seed(0)

@@ -108,6 +108,7 @@ class Conv3d(nn.Conv3d):
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and self.padding_mode == "zeros"
+                and not isinstance(self.padding, str)  # 'same' / 'valid' go through torch, which resolves them
                 and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu")):
             return torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
         return super()._conv_forward(x, weight, bias)
