@@ -1,7 +1,8 @@
 import pytest
 import torch
+from torch.nn.functional import scaled_dot_product_attention
 
-from kinema.dit.model import DiT, DiTConfig
+from kinema.dit.model import DiT, DiTConfig, attention
 from kinema.dit.patches import apply_rope, grid_positions, patchify, rope_angles, unpatchify
 
 TINY = DiTConfig(in_channels=4, patch=(1, 2, 2), dim=32, depth=2, heads=2, text_dim=8)
@@ -42,6 +43,16 @@ def test_rope_is_relative():
     assert torch.allclose(apply_rope(q, a).norm(dim=-1), q.norm(dim=-1), atol=1e-5)
 
 
+def test_rope_rotates_each_pair_by_its_angle():
+    """(x1, x2) -> (x1 cos a - x2 sin a, x1 sin a + x2 cos a), the rotation itself, for every pair."""
+    x = torch.randn(2, 3, 4, 12)
+    angles = torch.rand(4, 6) * 6.0  # (L, Dh/2)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = apply_rope(x, angles)
+    assert torch.allclose(out[..., 0::2], x1 * angles.cos() - x2 * angles.sin(), atol=1e-6)
+    assert torch.allclose(out[..., 1::2], x1 * angles.sin() + x2 * angles.cos(), atol=1e-6)
+
+
 def _inputs(B=2, F=3, H=4, W=4, L=5):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(B, 4, F, H, W, generator=g)
@@ -77,6 +88,25 @@ def test_masked_text_tokens_do_not_change_the_output():
     assert torch.allclose(model(x, t, text2, mask), out, atol=1e-5)
     text2[0, 0] += 1.0  # an unmasked token changes the output
     assert not torch.allclose(model(x, t, text2, mask)[0], out[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("L, Lk, masked", [(20, 20, False), (20, 7, True)])
+def test_explicit_cpu_attention_matches_sdpa_in_bf16(L, Lk, masked):
+    """The bf16 CPU path (matmul -> softmax -> matmul) computes what SDPA does, forward and gradients."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 16, requires_grad=True) for n in (L, Lk, Lk))
+    mask = (torch.arange(Lk) < Lk - 2).expand(2, 1, 1, Lk) if masked else None
+    grads = []
+    for fn in (attention, lambda *a: scaled_dot_product_attention(*a[:3], attn_mask=a[3])):
+        out = fn(*(x.bfloat16() for x in (q, k, v)), mask)
+        (out.float() * torch.linspace(-1, 1, 16)).sum().backward()
+        grads.append([out.float()] + [x.grad.clone() for x in (q, k, v)])
+        for x in (q, k, v):
+            x.grad = None
+    for ours, reference in zip(*grads, strict=True):
+        assert torch.allclose(ours, reference, atol=3e-2, rtol=3e-2)
+    if masked:  # masked keys get no gradient through the values
+        assert grads[0][3][..., Lk - 2:, :].abs().max() == 0
 
 
 def test_dit_takes_variable_sizes_and_batches_are_independent():

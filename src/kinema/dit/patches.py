@@ -64,13 +64,14 @@ def rope_angles(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) 
 
 def apply_rope(x: torch.Tensor, angles: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Rotate consecutive pairs of dims of x (B, heads, L, Dh) by angles (L, Dh/2), or by precomputed
-    `rope_cos_sin(angles)` (cheaper when many layers share them). Computed in x's dtype."""
-    cos, sin = rope_cos_sin(angles) if isinstance(angles, torch.Tensor) else angles
-    pairs = x.unflatten(-1, (-1, 2))  # (B, heads, L, Dh/2, 2)
-    swapped = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)  # (-x2, x1) per pair
-    return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
+    `rope_cos_sin(angles)` (cheaper when many layers share them). Computed in x's dtype:
+    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) = x * cos + (x2, x1) * (-sin, sin)."""
+    cos, signed_sin = rope_cos_sin(angles) if isinstance(angles, torch.Tensor) else angles
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x2, x1) per pair
+    return torch.addcmul(x * cos.to(x.dtype), swapped, signed_sin.to(x.dtype))
 
 
 def rope_cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L, Dh/2) angles -> cos, sin of shape (L, Dh), each angle repeated for its pair of dims."""
-    return angles.cos().repeat_interleave(2, dim=-1), angles.sin().repeat_interleave(2, dim=-1)
+    """(L, Dh/2) angles -> cos and signed sin of shape (L, Dh): (cos a, cos a) and (-sin a, sin a) per pair."""
+    sin = angles.sin()
+    return angles.cos().repeat_interleave(2, dim=-1), torch.stack([-sin, sin], dim=-1).flatten(-2)
