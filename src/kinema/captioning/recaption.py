@@ -26,6 +26,7 @@ from kinema.data.captions import parse_caption
 from kinema.data.latents import LatentDataset
 from kinema.data.shards import ShardDataset
 from kinema.io.weights import WeightsError, load_weights, save_weights
+from kinema.precision import autocast, use_bf16
 from kinema.train.distributed import DistInfo
 
 
@@ -137,12 +138,15 @@ def load_captioner(folder: str | Path) -> tuple[VideoCaptioner, Vocab, str | Non
 
 @torch.no_grad()
 def caption_clips(model: VideoCaptioner, vocab: Vocab, data: LatentDataset | ShardDataset, indices: list[int],
-                  batch_size: int = 64, beams: int = 1, keyframes: Keyframes | None = None) -> list[str]:
-    """Captions for clips `indices` of a latent cache (one size bucket) or a shard folder (one clip size)."""
-    out = []
+                  batch_size: int = 64, beams: int = 1, keyframes: Keyframes | None = None,
+                  bf16: bool | str = "auto") -> list[str]:
+    """Captions for clips `indices` of a latent cache (one size bucket) or a shard folder (one clip size);
+    in bf16 autocast where the hardware is fast at it (`bf16="auto"`; 2.5x float32's speed on such a CPU)."""
+    out, device = [], next(model.parameters()).device
     for start in range(0, len(indices), batch_size):
         inputs, _ = captioner_inputs(data, indices[start:start + batch_size], keyframes)
-        out += [vocab.decode(seq) for seq in model.generate(**inputs, beams=beams)]
+        with autocast(device, use_bf16(bf16, device)):
+            out += [vocab.decode(seq) for seq in model.generate(**inputs, beams=beams)]
     return out
 
 
@@ -204,9 +208,11 @@ def _done_keys(path: Path) -> set[str]:
 
 @torch.no_grad()
 def recaption_dataset(captioner_dir: str | Path, data_dir: str | Path, vae_dir: str | Path | None = None,
-                      batch_size: int = 16, beams: int = 1, progress: bool = True) -> RecaptionResult:
+                      batch_size: int = 16, beams: int = 1, progress: bool = True,
+                      bf16: bool | str = "auto") -> RecaptionResult:
     """Caption every clip of a shard dataset into DATA/recaptions.jsonl; resumable; originals untouched.
-    A latent captioner reads the clips through its VAE (`vae_dir`, default: the one it was trained with)."""
+    A latent captioner reads the clips through its VAE (`vae_dir`, default: the one it was trained with);
+    the caption decoder runs in bf16 autocast where the hardware is fast at it."""
     from tqdm import tqdm
 
     from kinema.io.video import VideoReadError
@@ -242,7 +248,9 @@ def recaption_dataset(captioner_dir: str | Path, data_dir: str | Path, vae_dir: 
                     failed += 1
             if not videos:
                 continue
-            ids = model.generate(**inputs(torch.stack(videos)), beams=beams)
+            video_inputs = inputs(torch.stack(videos))  # the VAE in float32, as it was trained
+            with autocast("cpu", use_bf16(bf16, "cpu")):
+                ids = model.generate(**video_inputs, beams=beams)
             for key, seq in zip(keys, ids, strict=True):
                 f.write(json.dumps({"key": key, "caption": vocab.decode(seq)}) + "\n")
             f.flush()
