@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch.nn.functional import scaled_dot_product_attention
 
-from kinema.dit.model import DiT, DiTConfig, attention
-from kinema.dit.patches import apply_rope, grid_positions, patchify, rope_angles, unpatchify
+from kinema.dit.model import DiT, DiTConfig, attention, rms, rms_rope
+from kinema.dit.patches import apply_rope, grid_positions, patchify, rope_angles, rope_cos_sin, unpatchify
 
 TINY = DiTConfig(in_channels=4, patch=(1, 2, 2), dim=32, depth=2, heads=2, text_dim=8)
 
@@ -107,6 +107,16 @@ def test_explicit_cpu_attention_matches_sdpa_in_bf16(L, Lk, masked):
         assert torch.allclose(ours, reference, atol=3e-2, rtol=3e-2)
     if masked:  # masked keys get no gradient through the values
         assert grads[0][3][..., Lk - 2:, :].abs().max() == 0
+
+
+def test_written_out_rms_norm_and_the_folded_rope_match_torch():
+    norm = torch.nn.RMSNorm(12, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x, angles = torch.randn(2, 3, 4, 12), torch.rand(4, 6) * 6.0
+    assert torch.allclose(rms(norm, x, 0.25), norm(x) * 0.25, atol=1e-6)
+    rope = rope_cos_sin(angles)
+    assert torch.allclose(rms_rope(norm, x, rope, 0.25), apply_rope(norm(x) * 0.25, rope), atol=1e-5)
 
 
 def test_dit_takes_variable_sizes_and_batches_are_independent():

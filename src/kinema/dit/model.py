@@ -65,10 +65,24 @@ class DiTConfig:
 # ---------------------------------------------------------------------------------------------------
 
 
+def rms_scale(norm: nn.RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """1 / RMS(x) over the last dim, computed in float32, returned in x's dtype: (..., 1)."""
+    return torch.rsqrt(x.float().square().mean(-1, keepdim=True) + norm.eps).to(x.dtype)
+
+
 def rms(norm: nn.RMSNorm, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-    """RMSNorm in x's dtype (under bf16 autocast a float32 weight would force the slow unfused path), its
-    weight times `gain` (queries take attention's 1/sqrt(Dh) here: one pass over them fewer)."""
-    return F.rms_norm(x, norm.normalized_shape, (norm.weight * gain).to(x.dtype), norm.eps)
+    """RMSNorm in x's dtype with its weight times `gain` (queries take attention's 1/sqrt(Dh) here: one pass
+    over them fewer). Written out: torch's rms_norm is composite on a CPU and ~1.7x slower in bf16."""
+    return x * rms_scale(norm, x) * (norm.weight * gain).to(x.dtype)
+
+
+def rms_rope(norm: nn.RMSNorm, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+             gain: float = 1.0) -> torch.Tensor:
+    """apply_rope(rms(norm, x, gain), rope), with the norm's weight folded into the (L, Dh) rotation tables
+    (rotating w * x is rotating x by tables w * cos and pair-swapped w * sin): one full pass fewer."""
+    cos, signed_sin = rope
+    w = norm.weight * gain
+    return apply_rope(x * rms_scale(norm, x), (cos * w, signed_sin * w.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)))
 
 
 # In bf16 on a CPU at a video DiT's lengths here (80-480 tokens), one matmul -> softmax -> matmul is several
@@ -149,7 +163,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:  # (B, L, D), cos/sin
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)  # each (B, heads, L, Dh)
-        q, k = apply_rope(rms(self.q_norm, q, q.shape[-1] ** -0.5), rope), apply_rope(rms(self.k_norm, k), rope)
+        q, k = rms_rope(self.q_norm, q, rope, q.shape[-1] ** -0.5), rms_rope(self.k_norm, k, rope)
         return self.proj(attention(q, k, v, scale=1.0).transpose(1, 2).flatten(2))
 
 
