@@ -191,8 +191,8 @@ class DiTBlock(nn.Module):
         self.cross_attn = CrossAttention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))  # erf GELU: 5x the
-        # tanh form's speed in bf16 on a CPU, and within 1e-3 of it (weights trained with either load)
+        # erf GELU: 5x the tanh form's speed in bf16 on a CPU and within 1e-3 of it (weights trained with either load)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x, c, rope, text, key_mask):  # x (B, L, D), c (B, D), text (B, Lt, D), key_mask (B, Lt)
