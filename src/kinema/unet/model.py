@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from kinema.dit.model import CrossAttention, TextEmbedder, TimestepEmbedder, attention
-from kinema.vae.model import Conv3d  # oneDNN's kernel at every batch size on a CPU (sampling is batch 1-2)
 
 
 @dataclass(frozen=True)
@@ -59,10 +58,10 @@ def _norm(channels: int) -> nn.GroupNorm:
 class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, emb_dim: int):
         super().__init__()
-        self.norm1, self.conv1 = _norm(cin), Conv3d(cin, cout, 3, padding=1)
+        self.norm1, self.conv1 = _norm(cin), nn.Conv3d(cin, cout, 3, padding=1)
         self.film = nn.Linear(emb_dim, 2 * cout)
-        self.norm2, self.conv2 = _norm(cout), Conv3d(cout, cout, 3, padding=1)
-        self.skip = Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.norm2, self.conv2 = _norm(cout), nn.Conv3d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
 
@@ -103,7 +102,7 @@ class UNet3D(nn.Module):
         self.t_embedder = TimestepEmbedder(emb)
         self.text_embedder = TextEmbedder(cfg.text_dim, widths[-1])
         self.pool_to_emb = nn.Linear(widths[-1], emb)
-        self.conv_in = Conv3d(cfg.input_channels, widths[0], 3, padding=1)
+        self.conv_in = nn.Conv3d(cfg.input_channels, widths[0], 3, padding=1)
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         skips, c = [widths[0]], widths[0]
         for level, w in enumerate(widths):
@@ -114,7 +113,7 @@ class UNet3D(nn.Module):
                 skips.append(c)
             self.down.append(blocks)
             last = level == len(widths) - 1
-            self.downsample.append(nn.Identity() if last else Conv3d(c, c, 3, stride=(1, 2, 2), padding=1))
+            self.downsample.append(nn.Identity() if last else nn.Conv3d(c, c, 3, stride=(1, 2, 2), padding=1))
             if not last:
                 skips.append(c)
         self.mid1, self.mid_attn, self.mid2 = ResBlock(c, c, emb), AttentionBlock(c, cfg.heads), ResBlock(c, c, emb)
@@ -125,8 +124,8 @@ class UNet3D(nn.Module):
                 blocks.append(ResBlock(c + skips.pop(), w, emb))
                 c = w
             self.up.append(blocks)
-            self.upsample.append(Conv3d(c, c, 3, padding=1) if level else nn.Identity())
-        self.norm_out, self.conv_out = _norm(c), Conv3d(c, cfg.in_channels, 3, padding=1)
+            self.upsample.append(nn.Conv3d(c, c, 3, padding=1) if level else nn.Identity())
+        self.norm_out, self.conv_out = _norm(c), nn.Conv3d(c, cfg.in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
