@@ -220,6 +220,7 @@ def recaption_dataset(captioner_dir: str | Path, data_dir: str | Path, vae_dir: 
     from kinema.vae.model import VAEConfig, VideoVAE
 
     model, vocab, vae_ref = load_captioner(captioner_dir)
+    device = next(model.parameters()).device
     if model.cfg.input == "pixels":
         def inputs(video: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"video": video}
@@ -249,7 +250,7 @@ def recaption_dataset(captioner_dir: str | Path, data_dir: str | Path, vae_dir: 
             if not videos:
                 continue
             video_inputs = inputs(torch.stack(videos))  # the VAE in float32, as it was trained
-            with autocast("cpu", use_bf16(bf16, "cpu")):
+            with autocast(device, use_bf16(bf16, device)):
                 ids = model.generate(**video_inputs, beams=beams)
             for key, seq in zip(keys, ids, strict=True):
                 f.write(json.dumps({"key": key, "caption": vocab.decode(seq)}) + "\n")
