@@ -45,5 +45,20 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
     return statistics.median(times)
 
 
+def paired_median_seconds(fns: dict[str, Callable[[], object]], repeats: int = 5,
+                          warmup: int = 1) -> dict[str, list[float]]:
+    """Wall times of each fn over `repeats` rounds, the fns taking turns within a round, so a slow spell on a
+    shared machine hits both sides of a comparison alike: name -> list of seconds (round i of every fn
+    ran back to back; compare round by round, then take the median of the ratios)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(median_seconds(fn, 1, warmup=0))
+    return times
+
+
 def params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -10,13 +10,14 @@ bf16 is skipped where the hardware has no fast bf16 (CPUs without AMX/AVX512-BF1
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, median_seconds, params  # noqa: E402
+from _common import machine, median_seconds, paired_median_seconds, params  # noqa: E402
 from kinema.dit.model import DiT, DiTConfig  # noqa: E402
 from kinema.precision import autocast, bf16_is_fast  # noqa: E402
 
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--latent", default="5x16x16", help="latent F x H x W (16 channels)")
     parser.add_argument("--text-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--bf16", action="store_true", help="also time bf16 where the hardware is not fast at it")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -85,7 +86,7 @@ def main() -> None:
         print("[bf16] skipped: no fast bf16 on this hardware (emulated); --bf16 to time it anyway")
     for bf16 in precisions:
         amp = autocast(device, bf16)
-        results = {}
+        steps = {}
         for name, model, call in (
             ("kinema DiT", ours, lambda m: m(x, t, text, mask)),
             ("WanTransformer3DModel", peer, lambda m: m(x, t * 1000, text, return_dict=False)[0]),
@@ -99,14 +100,18 @@ def main() -> None:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
-            results[name] = median_seconds(step, args.repeats)
+            steps[name] = step
+        times = paired_median_seconds(steps, args.repeats)
+        results = {name: statistics.median(ts) for name, ts in times.items()}
+        ratio = statistics.median(w / o for o, w in zip(times["kinema DiT"], times["WanTransformer3DModel"],
+                                                        strict=True))
         ceiling = matmul_ceiling(bf16)
         label = "bf16" if bf16 else "fp32"
         for name, sec in results.items():
             print(f"[{label}] {name:<22} {args.batch / sec:7.2f} samples/s  {args.batch * tokens / sec:9.0f} tokens/s  "
                   f"{flops / sec / 1e9:7.1f} GFLOP/s = {flops / sec / 1e9 / ceiling:5.1%} of matmul ceiling "
                   f"({ceiling:.0f} GFLOP/s)")
-        print(f"[{label}] ratio ours / Wan: {results['WanTransformer3DModel'] / results['kinema DiT']:.2f}x")
+        print(f"[{label}] ratio ours / Wan: {ratio:.2f}x (median over {args.repeats} rounds, the two taking turns)")
 
 
 if __name__ == "__main__":

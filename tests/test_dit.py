@@ -119,6 +119,35 @@ def test_written_out_rms_norm_and_the_folded_rope_match_torch():
     assert torch.allclose(rms_rope(norm, x, rope, 0.25), apply_rope(norm(x) * 0.25, rope), atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rotate", [False, True])
+def test_hand_written_norm_rope_backward_matches_autograd(dtype, rotate):
+    """rms / rms_rope have their own backward: the gradients of x (a strided view, as q from qkv is) and of the
+    norm's weight match autograd through nn.RMSNorm + apply_rope, in float32 and in bf16."""
+    torch.manual_seed(0)
+    norm = torch.nn.RMSNorm(12, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    base, angles = torch.randn(2, 4, 3, 3, 12) * 3, torch.rand(4, 6) * 6.0
+    rope = rope_cos_sin(angles)
+    upstream = torch.randn(2, 3, 4, 12)
+    results = []
+    for ours in (True, False):
+        xb = base.to(dtype).requires_grad_(True)
+        x = xb.permute(2, 0, 3, 1, 4)[1]  # (2, 3, 4, 12), not contiguous
+        if ours:
+            out = rms_rope(norm, x, rope, 0.25) if rotate else rms(norm, x, 0.25)
+        else:
+            ref = norm(x.float()) * 0.25
+            out = apply_rope(ref, rope) if rotate else ref
+        (out.float() * upstream).sum().backward()
+        results.append((out.float(), xb.grad.float(), norm.weight.grad.clone()))
+        norm.weight.grad = None
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, atol=tol * b.abs().max().item(), rtol=tol)
+
+
 def test_dit_takes_variable_sizes_and_batches_are_independent():
     model = _trained_like()
     for F, H, W in [(1, 2, 2), (5, 4, 6), (2, 8, 4)]:

@@ -67,8 +67,12 @@ def apply_rope(x: torch.Tensor, angles: torch.Tensor | tuple[torch.Tensor, torch
     `rope_cos_sin(angles)` (cheaper when many layers share them). Computed in x's dtype:
     (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) = x * cos + (x2, x1) * (-sin, sin)."""
     cos, signed_sin = rope_cos_sin(angles) if isinstance(angles, torch.Tensor) else angles
-    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x2, x1) per pair
-    return torch.addcmul(x * cos.to(x.dtype), swapped, signed_sin.to(x.dtype))
+    return torch.addcmul(x * cos.to(x.dtype), swap_pairs(x), signed_sin.to(x.dtype))
+
+
+def swap_pairs(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2, x3, x4, ...) -> (x2, x1, x4, x3, ...) over the last dim (even size): RoPE's pair swap."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
 
 
 def rope_cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
