@@ -132,6 +132,26 @@ def test_caption_train_cli_takes_the_patch_size(tiny_latents, tmp_path):
     assert model.encode_video(torch.zeros(1, 4, 2, 8, 8)).shape == (1, 2 * 8 * 8, 32)
 
 
+def test_caption_export_writes_a_run_checkpoint_as_a_captioner_folder(tiny_latents, tmp_path):
+    from safetensors.torch import load_file
+
+    from kinema.cli import main
+
+    run = tmp_path / "run"
+    argv = ["caption", "train", "--latents", str(tiny_latents), "--out", str(run), "--dim", "32", "--layers", "1",
+            "--steps", "3", "--ckpt-every", "2", "--batch-size", "4", "--no-bf16"]
+    assert main(argv) == 0
+    assert main(["caption", "export", "--run", str(run), "--out", str(tmp_path / "mid")]) == 0
+    exported = load_file(str(tmp_path / "mid" / "captioner.safetensors"))
+    final = load_file(str(run / "captioner.safetensors"))
+    assert exported.keys() == final.keys() and all(torch.equal(exported[k], final[k]) for k in final)  # step 3 = final
+    cfg = json.loads((tmp_path / "mid" / "captioner.json").read_text())
+    assert cfg["trained_steps"] == 3 and cfg["vae"] == json.loads((run / "captioner.json").read_text())["vae"]
+    model, vocab, _ = load_captioner(tmp_path / "mid")
+    assert vocab.words == load_captioner(run)[1].words
+    assert main(["caption", "export", "--run", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) != 0
+
+
 def test_pixel_captioner_reads_clips_on_the_vae_grid():
     torch.manual_seed(0)
     cfg = CaptionerConfig(input="pixels", vocab_size=40, dim=32, heads=2, encoder_layers=1, decoder_layers=1,

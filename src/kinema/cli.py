@@ -521,6 +521,13 @@ def cmd_caption_eval(args: argparse.Namespace) -> None:
         print(f"{attr:<10} {acc:.1%}")
 
 
+def cmd_caption_export(args: argparse.Namespace) -> None:
+    from kinema.captioning.recaption import export_captioner
+
+    path = export_captioner(args.run, args.out, weights=args.weights, vae=args.vae)
+    print(f"captioner folder: {path.parent}")
+
+
 def _add_captioner_source(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--latents", help="a latent cache: the captioner reads VAE latents")
@@ -564,6 +571,12 @@ def add_caption_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keyframes", metavar="DIR",
                    help="a latents+keyframes captioner's clips (default: the latent cache's source folder)")
     p.set_defaults(func=cmd_caption_eval)
+    p = cap.add_parser("export", help="a captioner folder from a run's latest checkpoint (measure a run as it trains)")
+    p.add_argument("--run", required=True, help="a `caption train` --out folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--weights", choices=["model", "ema"], default="ema", help="EMA where the run keeps one")
+    p.add_argument("--vae", help="the VAE folder of the run's latents (default: the one its export recorded)")
+    p.set_defaults(func=cmd_caption_export)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -124,10 +124,32 @@ class CaptionerTask:
         return save_weights(out_dir, "captioner", state_dict, config)
 
 
+def export_captioner(run: str | Path, out: str | Path, weights: str = "ema", vae: str | None = None) -> Path:
+    """A captioner folder (what `load_captioner` reads) from a `caption train` run's latest checkpoint, so a
+    run can be measured while it trains; `weights` "ema" falls back to the raw weights where the run keeps no
+    EMA. `vae`: the VAE folder its latents came from (`caption run` needs it; default: the one the run's own
+    export recorded, if any)."""
+    from kinema.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    run, out = Path(run), Path(out)
+    path = latest_checkpoint(run / "checkpoints")
+    if path is None:
+        raise FileNotFoundError(f"{run}/checkpoints: no checkpoint to export")
+    ckpt = load_checkpoint(path)
+    if ckpt["config"]["task"] != "captioner":
+        raise ValueError(f"{path}: a {ckpt['config']['task']} checkpoint, not a captioner's")
+    model = ckpt["config"]["model"]
+    if vae is None and (run / "captioner.json").exists():
+        vae = json.loads((run / "captioner.json").read_text()).get("vae")
+    config = {**model["captioner"], "vocab": Vocab(model["vocab"]).words[4:], "vae": vae, "trained_steps": ckpt["step"]}
+    return save_weights(out, "captioner", ckpt[weights] or ckpt["model"], config)
+
+
 def load_captioner(folder: str | Path) -> tuple[VideoCaptioner, Vocab, str | None]:
     """(model, vocab, the VAE folder it reads latents of)."""
     state, cfg = load_weights(folder, "captioner")
     vocab, vae = Vocab(cfg.pop("vocab")), cfg.pop("vae", None)
+    cfg.pop("trained_steps", None)
     model = VideoCaptioner(from_dict(CaptionerConfig, cfg, where=f"{folder}/captioner.json"))
     try:
         model.load_state_dict(state)
