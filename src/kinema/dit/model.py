@@ -91,7 +91,7 @@ class _RMSNormRope(torch.autograd.Function):
         if cos is not None:  # the gradient through the rotation is the inverse rotation: by -angle
             g = torch.addcmul(g * cos, swap_pairs(g), signed_sin, value=-1)
         v = g * xh  # (..., L, Dh)
-        dw = v.flatten(0, -2).sum(0, dtype=torch.float32)  # (Dh,)
+        dw = v.flatten(0, -2).sum(0, dtype=torch.float32) if ctx.needs_input_grad[1] else None  # (Dh,)
         u = g * w  # the gradient w.r.t. xh
         m = (v @ w)[..., None] / xh.shape[-1]  # mean(u * xh) over Dh: (..., L, 1)
         dx = torch.addcmul(u, xh, m, value=-1) * r
