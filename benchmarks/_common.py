@@ -45,7 +45,7 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
     return statistics.median(times)
 
 
-def paired_median_seconds(fns: dict[str, Callable[[], object]], repeats: int = 5,
+def paired_seconds(fns: dict[str, Callable[[], object]], repeats: int = 5,
                           warmup: int = 1) -> dict[str, list[float]]:
     """Wall times of each fn over `repeats` rounds, the fns taking turns within a round, so a slow spell on a
     shared machine hits both sides of a comparison alike: name -> list of seconds (round i of every fn

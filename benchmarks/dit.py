@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import machine, median_seconds, paired_median_seconds, params  # noqa: E402
+from _common import machine, median_seconds, paired_seconds, params  # noqa: E402
 from kinema.dit.model import DiT, DiTConfig  # noqa: E402
 from kinema.precision import autocast, bf16_is_fast  # noqa: E402
 
@@ -101,7 +101,7 @@ def main() -> None:
                 opt.zero_grad(set_to_none=True)
 
             steps[name] = step
-        times = paired_median_seconds(steps, args.repeats)
+        times = paired_seconds(steps, args.repeats)
         results = {name: statistics.median(ts) for name, ts in times.items()}
         ratio = statistics.median(w / o for o, w in zip(times["kinema DiT"], times["WanTransformer3DModel"],
                                                         strict=True))

@@ -86,6 +86,8 @@ def test_dit_trains_over_mixed_sizes_and_samples_other_sizes(mixed_latents, tmp_
 
 
 def test_dit_train_patch_flag_gives_a_finer_token_grid(tiny_latents, tmp_path):
+    from safetensors.torch import load_file
+
     from kinema.cli import main
     from kinema.pipeline import TextToVideoPipeline
 
@@ -95,5 +97,10 @@ def test_dit_train_patch_flag_gives_a_finer_token_grid(tiny_latents, tmp_path):
     pipe = TextToVideoPipeline.from_pretrained(tmp_path / "run" / "model")
     s = pipe.vae.cfg.spatial_compression  # an odd latent size: fine for 1x1 patches, not for the default 2x2
     assert pipe("a red circle moving left", height=3 * s, width=5 * s, steps=2, seed=0).shape[1:] == (3 * s, 5 * s, 3)
+    assert main(["dit", "export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
+    # the latest checkpoint is the last step: the export holds the run's own released weights
+    exported, own = (load_file(str(tmp_path / d / "dit.safetensors")) for d in ("exported", "run/model"))
+    assert exported.keys() == own.keys() and all(torch.equal(exported[k], own[k]) for k in own)
+    assert json.loads((tmp_path / "exported" / "model_index.json").read_text())["trained_steps"] == 2
     with pytest.raises(SystemExit):
         main(["dit", "train", "--latents", str(tiny_latents), "--patch", "1x1", "--out", str(tmp_path / "bad")])

@@ -129,20 +129,17 @@ def export_captioner(run: str | Path, out: str | Path, weights: str = "ema", vae
     run can be measured while it trains; `weights` "ema" falls back to the raw weights where the run keeps no
     EMA. `vae`: the VAE folder its latents came from (`caption run` needs it; default: the one the run's own
     export recorded, if any)."""
-    from kinema.train.checkpoint import latest_checkpoint, load_checkpoint
+    from kinema.train.export import latest_weights
 
-    run, out = Path(run), Path(out)
-    path = latest_checkpoint(run / "checkpoints")
-    if path is None:
-        raise FileNotFoundError(f"{run}/checkpoints: no checkpoint to export")
-    ckpt = load_checkpoint(path)
+    run = Path(run)
+    ckpt, state = latest_weights(run, weights)
     if ckpt["config"]["task"] != "captioner":
-        raise ValueError(f"{path}: a {ckpt['config']['task']} checkpoint, not a captioner's")
+        raise ValueError(f"{run}/checkpoints: {ckpt['config']['task']} checkpoints, not a captioner's")
     model = ckpt["config"]["model"]
     if vae is None and (run / "captioner.json").exists():
         vae = json.loads((run / "captioner.json").read_text()).get("vae")
     config = {**model["captioner"], "vocab": Vocab(model["vocab"]).words[4:], "vae": vae, "trained_steps": ckpt["step"]}
-    return save_weights(out, "captioner", ckpt[weights] or ckpt["model"], config)
+    return save_weights(out, "captioner", state, config)
 
 
 def load_captioner(folder: str | Path) -> tuple[VideoCaptioner, Vocab, str | None]:

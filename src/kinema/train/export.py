@@ -1,4 +1,5 @@
-"""A model folder (what `TextToVideoPipeline.from_pretrained` loads) from a DiT run's latest checkpoint."""
+"""Model folders from a run's latest checkpoint: the DiT's (what `TextToVideoPipeline.from_pretrained` loads)
+here, the captioner's in `kinema.captioning.recaption.export_captioner`, both through `latest_weights`."""
 
 from __future__ import annotations
 
@@ -6,19 +7,27 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+
 from kinema.io.weights import save_weights
 from kinema.train.checkpoint import latest_checkpoint, load_checkpoint
+
+
+def latest_weights(run: str | Path, weights: str = "ema") -> tuple[dict, dict[str, torch.Tensor]]:
+    """(checkpoint, its `weights` state dict: "model" or "ema") of a run's latest checkpoint; "ema" falls back to
+    the raw weights, since runs without EMA keep an empty one."""
+    path = latest_checkpoint(Path(run) / "checkpoints")
+    if path is None:
+        raise FileNotFoundError(f"{run}/checkpoints: no checkpoint to export")
+    ckpt = load_checkpoint(path)
+    return ckpt, ckpt[weights] or ckpt["model"]
 
 
 def export_model_folder(run: str | Path, out: str | Path, weights: str = "ema", half: bool = False) -> Path:
     """Copy the run's model_index.json and VAE, and write the checkpoint's `weights` ("model" or "ema") as
     dit.safetensors (float16 when `half`; loading casts back to float32)."""
     run, out = Path(run), Path(out)
-    path = latest_checkpoint(run / "checkpoints")
-    if path is None:
-        raise FileNotFoundError(f"{run}/checkpoints: no checkpoint to export")
-    ckpt = load_checkpoint(path)
-    state = ckpt[weights] or ckpt["model"]  # runs without EMA keep an empty "ema"
+    ckpt, state = latest_weights(run, weights)
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     out.mkdir(parents=True, exist_ok=True)
