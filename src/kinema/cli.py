@@ -454,17 +454,6 @@ def _captioner_data(args: argparse.Namespace):
     return ShardDataset(args.data) if args.data else LatentDataset(args.latents)
 
 
-def _keyframes(args: argparse.Namespace, data, count: int):
-    """The pixel frames of a latents+keyframes captioner: from --keyframes DIR, else from the folder the
-    latent cache was encoded from."""
-    from kinema.captioning.recaption import Keyframes
-
-    root = args.keyframes or data.meta.get("source")
-    if not root:
-        raise ValueError(f"{args.latents}: meta.json records no source folder; pass --keyframes DIR")
-    return Keyframes(root, count)
-
-
 def cmd_caption_train(args: argparse.Namespace) -> None:
     from kinema.captioning.captioner import CaptionerConfig, Vocab
     from kinema.captioning.recaption import CaptionerTask
@@ -472,8 +461,6 @@ def cmd_caption_train(args: argparse.Namespace) -> None:
     from kinema.train.loop import train
 
     data = _captioner_data(args)
-    if args.keyframes is not None and not args.latents:
-        raise ValueError("--keyframes goes with --latents (a pixel captioner reads every frame already)")
     subset = None
     if args.subset:
         keys = set(Path(args.subset).read_text().split())
@@ -485,15 +472,12 @@ def cmd_caption_train(args: argparse.Namespace) -> None:
     if args.data:
         shape = {"input": "pixels", "pixel_temporal": args.pixel_patch[0], "pixel_spatial": args.pixel_patch[1]}
     else:
-        shape = {"latent_channels": data.latent_shape[0], "patch": args.patch,
-                 "input": "latents" if args.keyframes is None else "latents+keyframes"}
-    keyframes = None if args.keyframes is None else _keyframes(args, data, args.keyframe_count)
+        shape = {"latent_channels": data.latent_shape[0], "patch": args.patch, "input": "latents"}
     model_cfg = CaptionerConfig(**shape, vocab_size=len(vocab), dim=args.dim, encoder_layers=args.layers,
-                                decoder_layers=args.layers, keyframes=args.keyframe_count)
+                                decoder_layers=args.layers)
     cfg = _train_config(TrainConfig(steps=1500, batch_size=32, lr=5e-4, warmup_steps=100, log_every=25,
                                     ckpt_every=250), args)
-    task = CaptionerTask(data, model_cfg, vocab, cfg.batch_size, subset, cfg.grad_accum, cfg.seed,
-                         keyframes=keyframes)
+    task = CaptionerTask(data, model_cfg, vocab, cfg.batch_size, subset, cfg.grad_accum, cfg.seed)
     result = train(task, cfg, args.out)
     print(f"trained to step {result.step}, loss {result.last_loss:.4f}; weights: {result.exported}")
 
@@ -514,9 +498,8 @@ def cmd_caption_eval(args: argparse.Namespace) -> None:
         wanted = "--data (a shard folder)" if model.cfg.input == "pixels" else "--latents (a latent cache)"
         raise ValueError(f"{args.captioner} reads {model.cfg.input}: pass {wanted}")
     data = _captioner_data(args)
-    keyframes = _keyframes(args, data, model.cfg.keyframes) if model.cfg.input == "latents+keyframes" else None
     idx = list(range(min(args.n, len(data))))
-    generated = caption_clips(model, vocab, data, idx, beams=args.beams, keyframes=keyframes)
+    generated = caption_clips(model, vocab, data, idx, beams=args.beams)
     for attr, acc in caption_agreement(generated, [data.rows[i]["captions"]["detailed"] for i in idx]).items():
         print(f"{attr:<10} {acc:.1%}")
 
@@ -548,12 +531,6 @@ def add_caption_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pixel-patch", type=_tx_s, default=(4, 8), metavar="TxS",
                    help="with --data: frames (after the first) and pixels per side of one video token (default "
                         "4x8: 320 tokens for 17x64x64; 4x16 gives 80 tokens, ~3x faster)")
-    p.add_argument("--keyframes", nargs="?", const="", metavar="DIR",
-                   help="with --latents: also read a few frames of each clip in pixels (sharp shapes), from DIR or, "
-                        "with no DIR, from the folder the latent cache was encoded from")
-    p.add_argument("--keyframe-count", type=int, default=2, metavar="K",
-                   help="with --keyframes: frames read in pixels, evenly spaced from the first to the last "
-                        "(default 2: the first and the last)")
     _add_train_flags(p, ["default"], "default")
     p.set_defaults(func=cmd_caption_train)
     p = cap.add_parser("run", help="caption every clip of a dataset into DIR/recaptions.jsonl (resumable)")
@@ -568,8 +545,6 @@ def add_caption_commands(sub: argparse._SubParsersAction) -> None:
     _add_captioner_source(p)
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--beams", type=int, default=1)
-    p.add_argument("--keyframes", metavar="DIR",
-                   help="a latents+keyframes captioner's clips (default: the latent cache's source folder)")
     p.set_defaults(func=cmd_caption_eval)
     p = cap.add_parser("export", help="a captioner folder from a run's latest checkpoint (measure a run as it trains)")
     p.add_argument("--run", required=True, help="a `caption train` --out folder")

@@ -1,17 +1,15 @@
 """A video captioner: a clip -> a detailed caption (the recipe's "second model").
 
-    latents (B, C, F, H, W) --patchify--------> video tokens --encoder--> memory
-    or pixels (B, 3, F, H, W) --PixelStem-----^   (the same grid as the VAE's latents)
-    [+ keyframes (B, K, 3, H, W) --PixelStem--^   K frames of tokens: first to last frame at full resolution]
+    latents (B, C, F, H, W) --patchify----> video tokens --encoder--> memory
+    or pixels (B, 3, F, H, W) --PixelStem--^   (the same grid as the VAE's latents)
     caption tokens --decoder (causal self-attention, cross-attention to memory)--> next-token logits
 
-It reads VAE latents (cheap: the DiT's latent cache serves both), pixels, or latents plus a few frames in
-pixels ("latents+keyframes": K frames evenly spaced from the first to the last). Pixels are the better input
-where the VAE blurs what a caption must state: a small square and a small diamond (7 px across) are told
-apart in pixels (the pixel probe: all 80 of them right on the dataset's frames), while after our 8x VAE's
-round trip it reads 36 of 54 as circles. Reading every frame in pixels is slow; a few sharp frames are
-cheap (as video language models pair sparse high-resolution frames with a cheap stream): they carry shape,
-and the first and last one where the object went; the latents carry the rest.
+It reads VAE latents (cheap: the DiT's latent cache serves both) or pixels. Pixels are where a small square
+and a small diamond (7 px across) are plainly told apart (the pixel probe: all 80 of them right on the
+dataset's frames, while after our 8x VAE's round trip it reads 36 of 54 as circles), but in our runs the
+latent captioner, trained as long, agrees with the scene record more often (README, "Recaptioning"). A third
+input, latents plus a few frames in pixels, was tried twice (two frames at patch 1x2x2, one frame at 1x1x1)
+and lost to latents alone both times, so it was removed.
 
 The vocabulary is built from the training captions (words and punctuation, plus <pad> <bos> <eos> <unk>),
 which for a closed world like ours is exactly as expressive as word pieces and far smaller. Decoding is
@@ -22,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +87,7 @@ def detokenize(words: list[str]) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-INPUTS = ("latents", "pixels", "latents+keyframes")
+INPUTS = ("latents", "pixels")
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,6 @@ class CaptionerConfig:
     patch: tuple[int, int, int] = (1, 2, 2)  # latent patch per video token
     pixel_temporal: int = 4  # pixels: frames per video token after the first (causal, like the VAE)
     pixel_spatial: int = 8  # pixels: pixels per video token side (a power of 2)
-    keyframes: int = 2  # latents+keyframes: frames read in pixels, evenly spaced from the first to the last
     vocab_size: int = 256
     dim: int = 256
     heads: int = 4
@@ -120,20 +117,6 @@ class CaptionerConfig:
         if self.pixel_temporal < 1 or s < 2 or s & (s - 1):
             raise ValueError(f"CaptionerConfig: pixel_temporal must be >= 1 and pixel_spatial a power of 2 >= 2, "
                              f"got {self.pixel_temporal}, {s}")
-        if self.keyframes < 1:
-            raise ValueError(f"CaptionerConfig: keyframes must be >= 1, got {self.keyframes}")
-
-
-def keyframe_indices(frames: int, count: int) -> list[int]:
-    """`count` frame indices evenly spaced from the first frame to the last (just the first for count 1)."""
-    if count == 1:
-        return [0]
-    return [round(j * (frames - 1) / (count - 1)) for j in range(count)]
-
-
-def take_keyframes(video: torch.Tensor, count: int) -> torch.Tensor:
-    """The keyframes of a clip (3, F, H, W) -> (K, 3, H, W), or of a batch (B, 3, F, H, W) -> (B, K, 3, H, W)."""
-    return video[..., keyframe_indices(video.shape[-3], count), :, :].movedim(-3, -4)
 
 
 class PixelStem(nn.Module):
@@ -221,9 +204,6 @@ class VideoCaptioner(nn.Module):
             self.video_embedder: nn.Module = PixelStem(cfg)
         else:
             self.video_embedder = nn.Linear(cfg.latent_channels * pt * ph * pw, cfg.dim)
-        if cfg.input == "latents+keyframes":  # each frame alone, stride-2 convs down to the latent grid
-            self.keyframe_embedder = PixelStem(replace(cfg, pixel_temporal=1))
-            self.keyframe_type = nn.Parameter(torch.zeros(cfg.keyframes, cfg.dim))  # which keyframe a token is of
         self.axis_embedders = nn.ModuleList(nn.Embedding(64, cfg.dim) for _ in range(3))  # f, h, w positions
         self.encoder = nn.ModuleList(EncoderLayer(cfg.dim, cfg.heads) for _ in range(cfg.encoder_layers))
         self.encoder_norm = nn.LayerNorm(cfg.dim)
@@ -233,9 +213,8 @@ class VideoCaptioner(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
 
-    def encode_video(self, video: torch.Tensor, keyframes: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents (B, C, f, h, w) or pixels (B, 3, F, H, W), per cfg.input -> memory (B, L, D); a
-        latents+keyframes captioner also takes its keyframes, (B, K, 3, H, W) in [-1, 1] (`take_keyframes`)."""
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """Latents (B, C, f, h, w) or pixels (B, 3, F, H, W), per cfg.input -> memory (B, L, D)."""
         if self.cfg.input == "pixels":
             x = self.video_embedder(video)  # (B, D, f, h, w)
             grid = tuple(x.shape[2:])
@@ -244,16 +223,6 @@ class VideoCaptioner(nn.Module):
             grid = tuple(n // p for n, p in zip(video.shape[2:], self.cfg.patch, strict=True))
             x = self.video_embedder(patchify(video, self.cfg.patch))  # (B, L, D)
         x = x + self._positions(grid, video.device)
-        if self.cfg.input == "latents+keyframes":
-            if keyframes is None or keyframes.shape[1] != self.cfg.keyframes:
-                raise ValueError(f"a latents+keyframes captioner needs {self.cfg.keyframes} frames of each clip "
-                                 f"(keyframes=, (B, {self.cfg.keyframes}, 3, H, W))")
-            B, K = keyframes.shape[:2]
-            k = self.keyframe_embedder(keyframes.flatten(0, 1)[:, :, None])  # (B*K, D, 1, h', w')
-            kgrid = tuple(k.shape[2:])
-            k = k.flatten(2).transpose(1, 2) + self._positions(kgrid, k.device)  # (B*K, h'w', D)
-            k = k.unflatten(0, (B, K)) + self.keyframe_type[:, None]  # (B, K, h'w', D)
-            x = torch.cat([x, k.flatten(1, 2)], dim=1)  # (B, L + K h'w', D)
         for layer in self.encoder:
             x = layer(x)
         return self.encoder_norm(x)  # (B, L, D)
@@ -272,16 +241,15 @@ class VideoCaptioner(nn.Module):
             x = layer(x, memory, mask)
         return self.head(self.norm(x))
 
-    def loss(self, video: torch.Tensor, tokens: torch.Tensor, keyframes: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(self, video: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Teacher-forced cross-entropy; tokens (B, T) = <bos> words <eos> <pad>..."""
-        logits = self.decode_step(tokens[:, :-1], self.encode_video(video, keyframes))
+        logits = self.decode_step(tokens[:, :-1], self.encode_video(video))
         return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten(), ignore_index=PAD)
 
     @torch.no_grad()
-    def generate(self, video: torch.Tensor, beams: int = 1,
-                 keyframes: torch.Tensor | None = None) -> list[list[int]]:
+    def generate(self, video: torch.Tensor, beams: int = 1) -> list[list[int]]:
         """Token ids per clip, greedy (beams=1) or beam search; stops at <eos> or max_length."""
-        memory = self.encode_video(video, keyframes)
+        memory = self.encode_video(video)
         if beams == 1:
             return self._greedy(memory)
         return [self._beam(memory[i:i + 1], beams) for i in range(memory.shape[0])]

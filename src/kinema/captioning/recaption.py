@@ -1,8 +1,8 @@
 """Training the captioner, measuring it, and the recaption batch job.
 
     train:     `CaptionerTask` for the shared training loop, on the detailed captions of a latent cache (a
-               latent captioner; with `Keyframes`, plus a few frames of each clip in pixels) or a shard folder
-               (a pixel captioner), optionally only a subset of clips (those that have them)
+               latent captioner) or a shard folder (a pixel captioner), optionally only a subset of clips
+               (those that have them)
     measure:   `caption_agreement`: parse generated and reference captions, compare attribute by attribute
     recaption: `recaption_dataset` writes DIR/recaptions.jsonl ({"key", "caption"}), appending as it goes, so
                an interrupted job resumes; the original captions are never touched; clips that cannot be
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kinema.captioning.captioner import PAD, CaptionerConfig, VideoCaptioner, Vocab, take_keyframes
+from kinema.captioning.captioner import PAD, CaptionerConfig, VideoCaptioner, Vocab
 from kinema.config import from_dict, to_dict
 from kinema.data.buckets import global_indices
 from kinema.data.captions import parse_caption
@@ -38,41 +38,16 @@ def _tokens(vocab: Vocab, captions: list[str], max_length: int) -> torch.Tensor:
     return out
 
 
-class Keyframes:
-    """A few frames of each of a shard folder's clips (`take_keyframes`), by key: what a latents+keyframes
-    captioner reads beside the latents. Each clip is decoded once and its keyframes kept (uint8, 12 KB a frame
-    at 64x64)."""
-
-    def __init__(self, root: str | Path, count: int):
-        self.data, self.count = ShardDataset(root), count
-        self.where = {row["key"]: i for i, row in enumerate(self.data.rows)}
-        self._frames: dict[str, torch.Tensor] = {}
-
-    def __call__(self, keys: list[str]) -> torch.Tensor:
-        """(n, count, 3, H, W) in [-1, 1]."""
-        for key in keys:
-            if key not in self._frames:
-                if key not in self.where:
-                    raise KeyError(f"{self.data.root}: no clip {key!r}; keyframes must come from the folder the "
-                                   f"latents were encoded from")
-                frames = take_keyframes(self.data[self.where[key]]["video"], self.count)  # (count, 3, H, W)
-                self._frames[key] = ((frames + 1) * 127.5).round().to(torch.uint8)
-        return torch.stack([self._frames[k] for k in keys]).float() / 127.5 - 1.0
-
-
-def captioner_inputs(data: LatentDataset | ShardDataset, indices: list[int],
-                     keyframes: Keyframes | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+def captioner_inputs(data: LatentDataset | ShardDataset,
+                     indices: list[int]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(model inputs, detailed captions) of clips `indices`. Inputs: {"video": latents (n, c, f, h, w)} from a
-    latent cache (one size bucket), plus {"keyframes": (n, K, 3, H, W)} if `keyframes` is given; or
-    {"video": pixels (n, 3, F, H, W)} in [-1, 1] decoded from a shard folder (clips of one size)."""
+    latent cache (one size bucket), or {"video": pixels (n, 3, F, H, W)} in [-1, 1] decoded from a shard
+    folder (clips of one size)."""
     if isinstance(data, ShardDataset):
         items = [data[i] for i in indices]
         return {"video": torch.stack([it["video"] for it in items])}, [it["captions"]["detailed"] for it in items]
     b = data.gather(indices, ["detailed"] * len(indices))
-    inputs = {"video": b.latents}
-    if keyframes is not None:
-        inputs["keyframes"] = keyframes([data.rows[i]["key"] for i in indices])
-    return inputs, b.captions
+    return {"video": b.latents}, b.captions
 
 
 @dataclass
@@ -86,7 +61,6 @@ class CaptionerTask:
     seed: int = 0
     name: str = "captioner"
     eval_indices: list[int] = field(default_factory=list)
-    keyframes: Keyframes | None = None  # a latents+keyframes captioner's pixel frames
 
     def build_model(self) -> nn.Module:
         return VideoCaptioner(self.model_cfg)
@@ -101,7 +75,7 @@ class CaptionerTask:
         pool = self.subset if self.subset is not None else list(range(len(self.data)))
         first = ((step * self.grad_accum + micro) * info.world_size + info.rank) * self.batch_size
         idx = [pool[i] for i in global_indices(len(pool), self.seed, first, self.batch_size)]
-        inputs, captions = captioner_inputs(self.data, idx, self.keyframes)
+        inputs, captions = captioner_inputs(self.data, idx)
         return {"inputs": {k: v.to(info.device) for k, v in inputs.items()},
                 "tokens": _tokens(self.vocab, captions, self.model_cfg.max_length).to(info.device)}
 
@@ -111,7 +85,7 @@ class CaptionerTask:
     @torch.no_grad()
     def samples(self, model: nn.Module, step: int, out_dir: Path) -> list[Path]:
         idx = self.eval_indices or list(range(min(8, len(self.data))))
-        inputs, captions = captioner_inputs(self.data, idx, self.keyframes)
+        inputs, captions = captioner_inputs(self.data, idx)
         generated = [self.vocab.decode(t) for t in model.generate(**inputs)]
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"captions-{step:07d}.txt"
@@ -147,6 +121,8 @@ def load_captioner(folder: str | Path) -> tuple[VideoCaptioner, Vocab, str | Non
     state, cfg = load_weights(folder, "captioner")
     vocab, vae = Vocab(cfg.pop("vocab")), cfg.pop("vae", None)
     cfg.pop("trained_steps", None)
+    if cfg.get("input") in ("latents", "pixels"):
+        cfg.pop("keyframes", None)  # written by 2026-12 versions, unused by these inputs
     model = VideoCaptioner(from_dict(CaptionerConfig, cfg, where=f"{folder}/captioner.json"))
     try:
         model.load_state_dict(state)
@@ -157,13 +133,12 @@ def load_captioner(folder: str | Path) -> tuple[VideoCaptioner, Vocab, str | Non
 
 @torch.no_grad()
 def caption_clips(model: VideoCaptioner, vocab: Vocab, data: LatentDataset | ShardDataset, indices: list[int],
-                  batch_size: int = 64, beams: int = 1, keyframes: Keyframes | None = None,
-                  bf16: bool | str = "auto") -> list[str]:
+                  batch_size: int = 64, beams: int = 1, bf16: bool | str = "auto") -> list[str]:
     """Captions for clips `indices` of a latent cache (one size bucket) or a shard folder (one clip size);
     in bf16 autocast where the hardware is fast at it (`bf16="auto"`; 2.5x float32's speed on such a CPU)."""
     out, device = [], next(model.parameters()).device
     for start in range(0, len(indices), batch_size):
-        inputs, _ = captioner_inputs(data, indices[start:start + batch_size], keyframes)
+        inputs, _ = captioner_inputs(data, indices[start:start + batch_size])
         with autocast(device, use_bf16(bf16, device)):
             out += [vocab.decode(seq) for seq in model.generate(**inputs, beams=beams)]
     return out
@@ -247,8 +222,6 @@ def recaption_dataset(captioner_dir: str | Path, data_dir: str | Path, vae_dir: 
         vae = load_model(vae_dir or vae_ref, "vae", VideoVAE, VAEConfig)
 
         def inputs(video: torch.Tensor) -> dict[str, torch.Tensor]:
-            if model.cfg.input == "latents+keyframes":
-                return {"video": vae.encode(video), "keyframes": take_keyframes(video, model.cfg.keyframes)}
             return {"video": vae.encode(video)}
     else:
         raise ValueError(f"{captioner_dir}: a latent captioner with no VAE recorded; pass the VAE folder it reads")

@@ -61,7 +61,7 @@ def _recaption(exp: RecaptionExperiment, data) -> dict[str, float]:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from kinema.captioning.recaption import Keyframes, caption_agreement, caption_clips, load_captioner
+    from kinema.captioning.recaption import caption_agreement, caption_clips, load_captioner
     from kinema.data.latents import encode_texts
     from kinema.data.shards import ShardDataset
     from kinema.text.encoder import MINILM, load_text_encoder
@@ -74,11 +74,8 @@ def _recaption(exp: RecaptionExperiment, data) -> dict[str, float]:
     else:
         model, vocab, _ = load_captioner(exp.captioner)
         captions = [""] * len(data)
-        if model.cfg.input != "latents" and not data.meta.get("source"):
-            raise ValueError(f"{exp.latents}: its meta.json names no source clips; a {model.cfg.input} captioner "
-                             f"needs them")
-        keyframes = (Keyframes(data.meta["source"], model.cfg.keyframes) if model.cfg.input == "latents+keyframes"
-                     else None)
+        if model.cfg.input == "pixels" and not data.meta.get("source"):
+            raise ValueError(f"{exp.latents}: its meta.json names no source clips; a pixel captioner needs them")
         if model.cfg.input == "pixels":  # it reads the clips the cache was encoded from
             clips = ShardDataset(data.meta["source"])
             where = {r["key"]: i for i, r in enumerate(clips.rows)}
@@ -86,7 +83,7 @@ def _recaption(exp: RecaptionExperiment, data) -> dict[str, float]:
         else:
             groups = [(members, data, members) for members in data.buckets.values()]
         for rows, source, indices in groups:
-            for i, c in zip(rows, caption_clips(model, vocab, source, indices, keyframes=keyframes), strict=True):
+            for i, c in zip(rows, caption_clips(model, vocab, source, indices), strict=True):
                 captions[i] = c
         captions_path.write_text(json.dumps(captions))
     cached_encoder = None
