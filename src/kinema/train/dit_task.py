@@ -18,6 +18,7 @@ from kinema.config import to_dict
 from kinema.data.buckets import batch_indices, bucket_batch_indices
 from kinema.data.latents import LatentDataset
 from kinema.diffusion.objectives import Objective
+from kinema.diffusion.samplers import DEFAULT_GUIDANCE
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.weights import load_weights, save_weights
 from kinema.text.encoder import MINILM
@@ -177,7 +178,7 @@ class DiTTask:
         index = {"objective": to_dict(self.objective), "text_encoder": self.data.meta["text_encoder"] or MINILM,
                  "frames": 1 + (f - 1) * vae_cfg["temporal_compression"],
                  "height": h * vae_cfg["spatial_compression"], "width": w * vae_cfg["spatial_compression"],
-                 "fps": 8, "steps": self.sample_steps, "guidance": 4.0}
+                 "fps": 8, "steps": self.sample_steps, "guidance": DEFAULT_GUIDANCE}
         if self.init_from is not None:  # provenance: this run started from that model's weights
             index["init_from"] = str(self.init_from)
         (out_dir / "model" / "model_index.json").write_text(json.dumps(index, indent=2))
