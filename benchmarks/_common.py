@@ -46,7 +46,7 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
 
 
 def paired_seconds(fns: dict[str, Callable[[], object]], repeats: int = 5,
-                          warmup: int = 1) -> dict[str, list[float]]:
+                   warmup: int = 1) -> dict[str, list[float]]:
     """Wall times of each fn over `repeats` rounds, the fns taking turns within a round, so a slow spell on a
     shared machine hits both sides of a comparison alike: name -> list of seconds (round i of every fn
     ran back to back; compare round by round, then take the median of the ratios)."""

@@ -151,6 +151,9 @@ def test_caption_export_writes_a_run_checkpoint_as_a_captioner_folder(tiny_laten
     assert vocab.words == load_captioner(run)[1].words
     (tmp_path / "mid" / "captioner.json").write_text(json.dumps({**cfg, "keyframes": 2}))  # an older version's field
     assert load_captioner(tmp_path / "mid")[0].cfg == model.cfg
+    (tmp_path / "mid" / "captioner.json").write_text(json.dumps({**cfg, "keyframes": 2, "input": "latents+keyframes"}))
+    with pytest.raises(ValueError, match="input 'latents\\+keyframes'; expected one of"):
+        load_captioner(tmp_path / "mid")
     assert main(["caption", "export", "--run", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) != 0
 
 

@@ -121,8 +121,7 @@ def load_captioner(folder: str | Path) -> tuple[VideoCaptioner, Vocab, str | Non
     state, cfg = load_weights(folder, "captioner")
     vocab, vae = Vocab(cfg.pop("vocab")), cfg.pop("vae", None)
     cfg.pop("trained_steps", None)
-    if cfg.get("input") in ("latents", "pixels"):
-        cfg.pop("keyframes", None)  # written by 2026-12 versions, unused by these inputs
+    cfg.pop("keyframes", None)  # written until 2026-12-02; a latents+keyframes one is refused by its input
     model = VideoCaptioner(from_dict(CaptionerConfig, cfg, where=f"{folder}/captioner.json"))
     try:
         model.load_state_dict(state)

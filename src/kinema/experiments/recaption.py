@@ -74,9 +74,9 @@ def _recaption(exp: RecaptionExperiment, data) -> dict[str, float]:
     else:
         model, vocab, _ = load_captioner(exp.captioner)
         captions = [""] * len(data)
-        if model.cfg.input == "pixels" and not data.meta.get("source"):
-            raise ValueError(f"{exp.latents}: its meta.json names no source clips; a pixel captioner needs them")
         if model.cfg.input == "pixels":  # it reads the clips the cache was encoded from
+            if not data.meta.get("source"):
+                raise ValueError(f"{exp.latents}: its meta.json names no source clips; a pixel captioner needs them")
             clips = ShardDataset(data.meta["source"])
             where = {r["key"]: i for i, r in enumerate(clips.rows)}
             groups = [(list(range(len(data))), clips, [where[r["key"]] for r in data.rows])]
