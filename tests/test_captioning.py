@@ -6,6 +6,7 @@ import torch
 from kinema.captioning.captioner import CaptionerConfig, VideoCaptioner, Vocab, detokenize, tokenize
 from kinema.captioning.recaption import (
     CaptionerTask,
+    DecodedClips,
     caption_agreement,
     captioner_inputs,
     load_captioner,
@@ -215,3 +216,14 @@ def test_caption_cli_trains_and_evaluates_a_pixel_captioner(tiny_dataset, tiny_l
     assert "shape" in capsys.readouterr().out
     assert main(["caption", "eval", "--captioner", str(tmp_path), "--latents", str(tiny_latents)]) != 0
     assert "reads pixels: pass --data" in capsys.readouterr().err
+
+
+def test_decoded_clips_keep_the_exact_pixels_and_captions(tiny_dataset):
+    data = ShardDataset(tiny_dataset)
+    clips = DecodedClips(data)
+    for i in (0, 3, 0):  # the second read of clip 0 comes from memory
+        assert torch.equal(clips.video(i), data[i]["video"])
+    direct, caps = captioner_inputs(data, [1, 2])
+    cached, caps2 = captioner_inputs(clips, [1, 2])
+    assert torch.equal(direct["video"], cached["video"]) and caps == caps2
+    assert set(clips._videos) == {0, 1, 2, 3} and clips._videos[0].dtype == torch.uint8
