@@ -14,7 +14,8 @@ def test_medium_captions_parse_back_to_the_scene():
         assert len(parsed.objects) == len(scene.objects), scene.captions["medium"]
         for p, o in zip(parsed.objects, scene.objects, strict=True):
             assert (p.color, p.shape, p.motion) == (o.color, o.shape, o.motion), scene.captions["medium"]
-            assert p.speed == o.speed, scene.captions["medium"]
+            assert (p.speed, p.size) == (o.speed, o.size), scene.captions["medium"]
+        assert parsed.background == scene.background, scene.captions["medium"]  # size and background stated
 
 
 def test_detailed_captions_state_every_attribute():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kinema.diffusion.objectives import EpsilonObjective, FlowObjective
+from kinema.diffusion.objectives import EpsilonObjective, FlowObjective, keep_given
 from kinema.diffusion.samplers import (
     classifier_free_guidance,
     ddim_sample,
@@ -182,3 +182,41 @@ def test_flow_sigmas_end_at_zero_and_shift_towards_noise():
     s = flow_sigmas(8)
     assert s[0] == 1 and s[-1] == 0 and (s.diff() < 0).all()
     assert (flow_sigmas(8, shift=3.0)[1:-1] > s[1:-1]).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Frame conditioning: given latent frames enter clean and are left out of the loss
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("obj", [FlowObjective(), EpsilonObjective()], ids=["flow", "epsilon"])
+def test_frame_conditioning_loss_ignores_the_given_frames(obj):
+    g = torch.Generator().manual_seed(5)
+    cond_mask = torch.zeros(X0.shape[0], 1, *X0.shape[2:])
+    cond_mask[:, :, 0] = 1  # the first latent frame is given
+    seen = {}
+
+    def wrong_only_where_given(x_t, t, cond, cond_mask, data):
+        seen["x_t"] = x_t
+        if isinstance(obj, FlowObjective):
+            right = (x_t - data) / t.view(-1, 1, 1, 1, 1)
+        else:
+            a = obj.schedule.alphas_cumprod().float()[(t * 1000).round().long()].view(-1, 1, 1, 1, 1)
+            right = (x_t - a.sqrt() * data) / (1 - a).sqrt()
+        return torch.where(cond_mask.bool(), torch.full_like(right, 1e3), right)
+
+    loss = obj.loss(wrong_only_where_given, X0, g, cond=X0, cond_mask=cond_mask, data=X0)
+    assert loss < 1e-6  # the given frame's huge error does not count
+    assert torch.equal(seen["x_t"][:, :, 0], X0[:, :, 0])  # and it entered the model clean, not noised
+    assert not torch.allclose(seen["x_t"][:, :, 1:], X0[:, :, 1:])  # the rest is noised
+    free = obj.loss(lambda x_t, t, cond, cond_mask: torch.zeros_like(x_t), X0, g, cond=X0, cond_mask=cond_mask)
+    assert free > 0.1  # and the free frames do count
+
+
+def test_keep_given_replaces_only_the_masked_frames():
+    x, cond = torch.randn(2, 3, 4, 2, 2), torch.randn(2, 3, 4, 2, 2)
+    mask = torch.zeros(2, 1, 4, 2, 2)
+    mask[:, :, -1] = 1
+    out = keep_given(x, cond, mask)
+    assert torch.equal(out[:, :, -1], cond[:, :, -1]) and torch.equal(out[:, :, :-1], x[:, :, :-1])
+    assert keep_given(x, None, None) is x

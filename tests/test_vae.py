@@ -133,3 +133,72 @@ def test_corrupt_weights_and_checkpoints_give_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "step-0000001.safetensors")
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Probe ceiling and reconstruct
+# ---------------------------------------------------------------------------------------------------
+
+
+class _PassThrough:
+    """A 'VAE' whose latent is the video itself (encode = decode = identity), optionally blurring."""
+
+    def __init__(self, blur: int = 1):
+        self.blur = blur
+
+    def encode(self, x):
+        return x
+
+    def decode(self, z):
+        if self.blur == 1:
+            return z
+        f = torch.nn.functional
+        return f.interpolate(f.avg_pool3d(z, (1, self.blur, self.blur)), scale_factor=(1, self.blur, self.blur))
+
+
+def test_probe_ceiling_is_the_control_for_a_lossless_latent_and_drops_for_a_lossy_one():
+    from kinema.eval.vae import probe_ceiling
+
+    exact = probe_ceiling(_PassThrough(), n=6, frames=9, size=64)
+    for k in ("single object", "2 objects"):
+        assert exact[k]["original"]["all_correct"] == 1.0
+        assert exact[k]["reconstructed"] == exact[k]["original"]  # nothing lost, nothing to blame on the latent
+    blurred = probe_ceiling(_PassThrough(blur=8), n=6, frames=9, size=64, objects=(1,))
+    assert blurred["single object"]["reconstructed"]["shape"] < 1.0  # 8x8 blocks lose the shape
+    assert blurred["single object"]["reconstructed"]["all_correct"] < 1.0
+
+
+def test_vae_eval_reports_the_probe_ceiling_of_a_tiny_vae(tiny_vae_dir):
+    from kinema.eval.vae import evaluate_vae
+
+    report = evaluate_vae(tiny_vae_dir, [], ceiling_n=2)
+    assert set(report.ceiling) == {"single object", "2 objects"}
+    assert report.ceiling["single object"]["original"]["all_correct"] == 1.0
+    assert 0.0 <= report.ceiling["2 objects"]["reconstructed"]["all_correct"] <= 1.0
+    assert any("probe ceiling, single object (reconstructed" in line for line in report.lines())
+
+
+def test_reconstruct_round_trips_a_video_and_fits_it_to_the_vae(tiny_vae_dir, tmp_path):
+    import numpy as np
+
+    from kinema.eval.vae import reconstruct
+    from kinema.io.video import read_video, write_mp4
+
+    src = write_mp4(tmp_path / "in.mp4", np.random.default_rng(0).integers(0, 255, (11, 38, 42, 3), np.uint8))
+    r = reconstruct(tiny_vae_dir, src, tmp_path / "out.mp4", lossless=True)
+    assert (r["frames"], r["height"], r["width"], r["dropped_frames"]) == (9, 36, 40, 2)  # 1 + 4k, multiples of 4
+    assert read_video(tmp_path / "out.mp4").shape == (9, 36, 40, 3)
+    assert np.isfinite(r["psnr"])
+
+
+def test_reconstruct_errors_name_the_file(tiny_vae_dir, tmp_path):
+    from kinema.eval.vae import reconstruct
+    from kinema.io.video import VideoReadError
+
+    (tmp_path / "notes.mp4").write_text("not a video")
+    with pytest.raises(VideoReadError, match="notes.mp4"):
+        reconstruct(tiny_vae_dir, tmp_path / "notes.mp4", tmp_path / "out.mp4")
+    with pytest.raises(ValueError, match=r"out.webm.*expected .mp4 or .gif"):
+        reconstruct(tiny_vae_dir, tmp_path / "notes.mp4", tmp_path / "out.webm")
+    with pytest.raises(VideoReadError, match="missing.mp4: file not found"):
+        reconstruct(tiny_vae_dir, tmp_path / "missing.mp4", tmp_path / "out.mp4")

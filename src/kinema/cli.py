@@ -196,9 +196,17 @@ def cmd_vae_train(args: argparse.Namespace) -> None:
 def cmd_vae_eval(args: argparse.Namespace) -> None:
     from kinema.eval.vae import evaluate_vae
 
-    report = evaluate_vae(args.vae, args.data, n=args.n, batch_size=args.batch_size)
+    report = evaluate_vae(args.vae, args.data, n=args.n, batch_size=args.batch_size, ceiling_n=args.ceiling_n)
     for line in report.lines():
         print(line)
+
+
+def cmd_vae_reconstruct(args: argparse.Namespace) -> None:
+    from kinema.eval.vae import reconstruct
+
+    r = reconstruct(args.vae, args.input, args.out, lossless=args.lossless)
+    print(f"wrote {r['out']}: {r['frames']} frames of {r['height']}x{r['width']} (dropped {r['dropped_frames']} "
+          f"trailing frames to fit 1 + t*k), round-trip PSNR {r['psnr']:.2f} dB")
 
 
 def cmd_vae_encode(args: argparse.Namespace) -> None:
@@ -251,10 +259,19 @@ def add_vae_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_vae_train)
     p = vae.add_parser("eval", help="PSNR / SSIM, compression ratio and encode/decode throughput")
     p.add_argument("--vae", required=True, help="folder with vae.safetensors + vae.json")
-    p.add_argument("--data", required=True, nargs="+", help="dataset folders or video files")
+    p.add_argument("--data", nargs="*", default=[], help="dataset folders or video files (PSNR / SSIM)")
     p.add_argument("--n", type=int, default=64, help="clips per dataset")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--ceiling-n", type=int, default=128, help="rendered clips per object count for the probe "
+                   "ceiling (what the probe reads on reconstructions; 0 skips it)")
     p.set_defaults(func=cmd_vae_eval)
+    p = vae.add_parser("reconstruct", help="round-trip a video through the VAE (what the latent keeps)")
+    p.add_argument("--vae", required=True, help="folder with vae.safetensors + vae.json")
+    p.add_argument("input", help="any video file ffmpeg reads")
+    p.add_argument("-o", "--out", required=True, help="output .mp4 or .gif")
+    p.add_argument("--lossless", action="store_true", help="write lossless mp4 (libx264rgb), so the file is exactly "
+                   "what the decoder drew")
+    p.set_defaults(func=cmd_vae_reconstruct)
     p = vae.add_parser("encode", help="cache latents (and text embeddings) of a dataset for DiT training")
     p.add_argument("--vae", required=True)
     p.add_argument("--data", required=True)
@@ -632,6 +649,21 @@ def cmd_experiment_scaling(args: argparse.Namespace) -> None:
           f"results: {exp.out / 'results.json'}" + (f"; report: {args.doc}" if args.doc else ""))
 
 
+def cmd_experiment_ladder(args: argparse.Namespace) -> None:
+    import torch
+
+    from kinema.experiments.ladder import LadderExperiment, run_ladder
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    exp = LadderExperiment(Path(args.out), tuple(args.rungs), args.steps, args.batch_size, eval_n=args.eval_n,
+                           guidance=args.guidance)
+    for r in run_ladder(exp, Path(args.doc) if args.doc else None):
+        print(f"{r['rung']['name']:<14} all-correct {r['all_correct']:.0%}  color {r['color']:.0%}  shape "
+              f"{r['shape']:.0%}  motion {r['motion']:.0%}  temporal {r['temporal']:.3f}  word swap "
+              f"{r['word_swap']:+.1%}  ({r['train_minutes']:.1f} min)")
+
+
 def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     ex = sub.add_parser("experiment", help="the recipe's claims, measured: recaptioning ablation, scaling study")
     ex = ex.add_subparsers(dest="experiment_cmd", required=True)
@@ -665,6 +697,17 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--doc", help="write the markdown report (and a .png plot beside it) here")
     p.set_defaults(func=cmd_experiment_scaling)
+    p = ex.add_parser("ladder", help="learning efficiency: one factor per rung from a working small recipe "
+                                     "toward the full world (docs/experiments/learning-efficiency.md)")
+    p.add_argument("--out", required=True, help="runs folder (rungs resume; data cached in OUT/cache)")
+    p.add_argument("--rungs", nargs="+", default=["base"], help="rung names (kinema.experiments.ladder)")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-n", type=int, default=64, help="fresh prompts per rung")
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--threads", type=int, help="torch threads (1 to run two rungs side by side)")
+    p.add_argument("--doc", help="write the table of every rung run so far here (markdown)")
+    p.set_defaults(func=cmd_experiment_ladder)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kinema.diffusion.objectives import Objective, objective_from_dict
+from kinema.diffusion.objectives import Objective, keep_given, objective_from_dict
 from kinema.diffusion.samplers import DEFAULT_GUIDANCE, SAMPLERS, classifier_free_guidance, noise_to, sample
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.video import to_frames, to_tensor
@@ -205,6 +205,9 @@ class TextToVideoPipeline:
             # 3. denoise with classifier-free guidance
             fn = classifier_free_guidance(self.dit, {"text": text, "text_mask": mask, **kwargs},
                                           {"text": null_text, "text_mask": null_mask, **kwargs}, guidance)
+            if "cond" in kwargs:  # the given frames enter every step clean, as in training (objectives.py)
+                guided = fn
+                fn = lambda x, t: guided(keep_given(x, kwargs["cond"], kwargs["cond_mask"]), t)  # noqa: E731
             def trace(i: int, z: torch.Tensor) -> None:
                 if progress:
                     progress(i, steps)

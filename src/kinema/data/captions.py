@@ -70,10 +70,15 @@ def _position_phrase(obj, scene: Scene, rng: random.Random) -> str:
 
 
 def medium_caption(scene: Scene, rng: random.Random) -> str:
-    """e.g. "a red circle moving left and a blue square staying still"."""
-    parts = [f"{article(o.color)} {o.color} {_pick(rng, SHAPE_WORDS[o.shape])} {_motion_phrase(o, rng, False)}"
-             for o in scene.objects]
-    return " and ".join(parts) if len(parts) < 3 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    """e.g. "a large red circle moving left and a small blue square staying still, on a black background":
+    every attribute the probe judges (size, color, shape, motion, speed, background), without positions."""
+    parts = []
+    for o in scene.objects:
+        noun = f"{_pick(rng, SIZE_WORDS[o.size])} {o.color} {_pick(rng, SHAPE_WORDS[o.shape])}"
+        parts.append(f"{article(noun)} {noun} {_motion_phrase(o, rng, False)}")
+    objects = " and ".join(parts) if len(parts) < 3 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    background = _pick(rng, BACKGROUND_WORDS[scene.background])
+    return f"{objects}, on a {background} {_pick(rng, ['background', 'backdrop'])}"
 
 
 def _detailed_object(obj, scene: Scene, rng: random.Random, first: bool) -> str:

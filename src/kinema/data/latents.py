@@ -47,9 +47,13 @@ def _encode_rows(vae, text_encoder, ds: ShardDataset, rows: list[int],
     for i in rows:
         by_size.setdefault(tuple(videos[i].shape[1:]), []).append(i)
     out, where = {}, {}
+    from kinema.precision import autocast, use_bf16
+
+    fast = use_bf16("auto", torch.device("cpu"))  # bf16 where the CPU is fast at it (~6x the VAE's speed)
     for _, members in sorted(by_size.items()):
-        parts = [vae.encode(torch.stack([videos[i] for i in members[s:s + batch_size]])).float()
-                 for s in range(0, len(members), batch_size)]
+        with autocast(torch.device("cpu"), fast):
+            parts = [vae.encode(torch.stack([videos[i] for i in members[s:s + batch_size]])).float()
+                     for s in range(0, len(members), batch_size)]
         latents = torch.cat(parts)  # (n_b, c, f, h, w)
         bucket = bucket_name(latents.shape[2:])
         out[f"latents.{bucket}"] = latents

@@ -2,6 +2,11 @@
 
     EpsilonObjective  DDPM: predict the noise (or v = sqrt(a) eps - sqrt(1-a) x0), MSE
     FlowObjective     rectified flow: predict the velocity eps - x0 at s ~ logit-normal, MSE
+
+Frame conditioning (image-to-video, extension): where `cond_mask` is 1 the latent frames are given. They
+enter x_t clean (not noised) and are left out of the loss, as in Wan's and Open-Sora's I2V training: the model
+is never asked to predict what it was given, and sampling keeps those frames clean at every step
+(`keep_given`), so training and sampling see the same inputs.
 """
 
 from __future__ import annotations
@@ -18,6 +23,22 @@ Model = Callable[..., torch.Tensor]
 
 def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=torch.float32).to(like.dtype)
+
+
+def keep_given(x_t: torch.Tensor, cond: torch.Tensor | None, cond_mask: torch.Tensor | None) -> torch.Tensor:
+    """x_t with the given latent frames (cond_mask 1, broadcast over channels) replaced by their clean values."""
+    if cond is None or cond_mask is None:
+        return x_t
+    return torch.lerp(x_t, cond.to(x_t.dtype), cond_mask.to(x_t.dtype))
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, cond_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error over the elements that were not given (all of them without a mask)."""
+    err = (pred.float() - target.float()).pow(2)  # (B, C, F, H, W)
+    if cond_mask is None:
+        return err.mean()
+    free = (1 - cond_mask.float()).expand_as(err)
+    return (err * free).sum() / free.sum().clamp(min=1.0)
 
 
 def _expand(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -51,8 +72,9 @@ class EpsilonObjective:
     def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator | None = None, **cond) -> torch.Tensor:
         timesteps = self.sample_timesteps(x0.shape[0], generator, x0.device)
         noise = _randn(x0, generator)
-        pred = model(self.add_noise(x0, noise, timesteps), self.schedule.model_time(timesteps), **cond)
-        return (pred.float() - self.target(x0, noise, timesteps).float()).pow(2).mean()
+        x_t = keep_given(self.add_noise(x0, noise, timesteps), cond.get("cond"), cond.get("cond_mask"))
+        pred = model(x_t, self.schedule.model_time(timesteps), **cond)
+        return masked_mse(pred, self.target(x0, noise, timesteps), cond.get("cond_mask"))
 
 
 @dataclass(frozen=True)
@@ -77,8 +99,9 @@ class FlowObjective:
     def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator | None = None, **cond) -> torch.Tensor:
         sigmas = self.sample_sigmas(x0.shape[0], generator, x0.device)
         noise = _randn(x0, generator)
-        pred = model(self.add_noise(x0, noise, sigmas), sigmas, **cond)
-        return (pred.float() - self.target(x0, noise).float()).pow(2).mean()
+        x_t = keep_given(self.add_noise(x0, noise, sigmas), cond.get("cond"), cond.get("cond_mask"))
+        pred = model(x_t, sigmas, **cond)
+        return masked_mse(pred, self.target(x0, noise), cond.get("cond_mask"))
 
 
 Objective = EpsilonObjective | FlowObjective

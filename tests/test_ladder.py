@@ -1,0 +1,47 @@
+"""The learning-efficiency ladder: rungs compose one factor at a time; a rung trains, scores and reports."""
+
+import json
+
+from kinema.data.world import WorldConfig, sample_scene
+from kinema.experiments.ladder import (
+    LadderExperiment,
+    Rung,
+    default_rungs,
+    report_table,
+    run_rung,
+    swapped,
+    varied_attributes,
+)
+
+
+def test_each_rung_changes_what_it_says_and_keeps_the_rest():
+    rungs = default_rungs()
+    base, abs_pos = rungs["base"], rungs["abs-pos"]
+    assert abs_pos.dit == {**base.dit, "abs_pos": True}  # merged into the base's DiT, not replacing it
+    assert (abs_pos.world, abs_pos.train, abs_pos.vae) == (base.world, base.train, base.vae)
+    assert rungs["no-clip"].train == {**base.train, "grad_clip": 100.0}
+
+
+def test_swapped_reverses_directions_and_varied_attributes_follow_the_world():
+    scene = sample_scene(WorldConfig(max_objects=3, min_objects=3, motions=("left", "up", "still")), 4)
+    flipped = swapped(scene)
+    pairs = {"left": "right", "up": "down", "still": "still"}
+    assert [pairs[o.motion] for o in scene.objects] == [o.motion for o in flipped.objects]
+    assert [o.start for o in scene.objects] == [o.start for o in flipped.objects]
+    assert varied_attributes(WorldConfig(sizes=("large",), speeds=("quickly",), backgrounds=("black",))) == \
+        ["count", "color", "shape", "motion"]
+    assert set(varied_attributes(WorldConfig())) >= {"size", "speed", "background"}
+
+
+def test_a_rung_trains_scores_and_reports_then_reads_back(tiny_vae_dir, tmp_path):
+    rung = Rung("tiny", "a tiny DiT on a tiny VAE", vae=str(tiny_vae_dir), clips=16,
+                dit={"dim": 32, "depth": 1, "heads": 2, "frame_conditioning": False, "abs_pos": True})
+    exp = LadderExperiment(tmp_path, steps=3, batch_size=4, frames=5, size=32, eval_n=3, eval_steps=2)
+    result = run_rung(exp, rung)
+    for key in ("all_correct", "color", "shape", "motion", "count", "temporal"):
+        assert 0.0 <= result[key] <= 1.0, key
+    assert isinstance(result["word_swap"], float) and result["n"] == 3 and result["steps"] == 3
+    assert (tmp_path / "tiny" / "eval.png").exists()
+    assert json.loads((tmp_path / "tiny" / "result.json").read_text()) == result
+    assert run_rung(exp, rung) == result  # a finished rung is read back, not retrained
+    assert "| tiny | a tiny DiT on a tiny VAE | 3 |" in report_table([result])
