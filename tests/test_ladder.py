@@ -45,3 +45,21 @@ def test_a_rung_trains_scores_and_reports_then_reads_back(tiny_vae_dir, tmp_path
     assert json.loads((tmp_path / "tiny" / "result.json").read_text()) == result
     assert run_rung(exp, rung) == result  # a finished rung is read back, not retrained
     assert "| tiny | a tiny DiT on a tiny VAE | 3 |" in report_table([result])
+    assert "| - | - | - |" in report_table([result])  # size, speed, background: fixed in this world
+
+
+def test_the_doc_table_is_replaced_between_its_markers_and_the_prose_kept(tmp_path):
+    import pytest
+
+    from kinema.experiments.ladder import TABLE_END, TABLE_START, write_doc
+
+    doc = tmp_path / "ladder.md"
+    write_doc(doc, "| first |\n")
+    doc.write_text("# Title\n\nprose before\n\n" + doc.read_text().split("\n", 2)[2] + "\nprose after\n")
+    write_doc(doc, "| second |\n")
+    text = doc.read_text()
+    assert "prose before" in text and "prose after" in text and "| second |" in text and "| first |" not in text
+    assert text.count(TABLE_START) == text.count(TABLE_END) == 1
+    (tmp_path / "hand.md").write_text("# written by hand\n")
+    with pytest.raises(ValueError, match="hand.md: has no ladder-table markers"):
+        write_doc(tmp_path / "hand.md", "| x |\n")

@@ -202,3 +202,12 @@ def test_reconstruct_errors_name_the_file(tiny_vae_dir, tmp_path):
         reconstruct(tiny_vae_dir, tmp_path / "notes.mp4", tmp_path / "out.webm")
     with pytest.raises(VideoReadError, match="missing.mp4: file not found"):
         reconstruct(tiny_vae_dir, tmp_path / "missing.mp4", tmp_path / "out.mp4")
+
+
+@pytest.mark.parametrize("cfg", [vae_tiny(), VAEConfig(), VAEConfig(spatial_compression=4, temporal_compression=2)])
+def test_pixel_shape_inverts_latent_shape(cfg):
+    for frames, size in ((17, 64), (1, 32), (33, 96)):
+        if (frames - 1) % cfg.temporal_compression:
+            continue
+        _, f, h, w = cfg.latent_shape(frames, size, 2 * size)
+        assert cfg.pixel_shape(f, h, w) == (frames, size, 2 * size)

@@ -81,12 +81,14 @@ class TextToVideoPipeline:
                    objective_from_dict(index["objective"]), index)
 
     @classmethod
-    def from_parts(cls, dit: DiT, vae_dir: str | Path, objective: Objective, latent_meta: dict) -> TextToVideoPipeline:
-        """During training: the model in memory, the VAE from its folder."""
+    def from_parts(cls, dit: DiT, vae_dir: str | Path, objective: Objective, latent_meta: dict,
+                   latent_grid: tuple[int, int, int] = (5, 8, 8)) -> TextToVideoPipeline:
+        """During training: the model in memory, the VAE from its folder; clips default to the size whose latent
+        has `latent_grid` (F, H, W): the training data's."""
         vae = load_model(vae_dir, "vae", VideoVAE, VAEConfig)
-        vcfg = vae.cfg
-        defaults = {"frames": 1 + 4 * vcfg.temporal_compression, "height": 8 * vcfg.spatial_compression,
-                    "width": 8 * vcfg.spatial_compression, "steps": 30, "guidance": DEFAULT_GUIDANCE, "fps": 8}
+        frames, height, width = vae.cfg.pixel_shape(*latent_grid)
+        defaults = {"frames": frames, "height": height, "width": width, "steps": 30, "guidance": DEFAULT_GUIDANCE,
+                    "fps": 8}
         return cls(dit, vae, load_text_encoder(latent_meta.get("text_encoder") or MINILM), objective, defaults)
 
     def to(self, device: str | torch.device) -> TextToVideoPipeline:

@@ -21,14 +21,13 @@ import dataclasses
 import hashlib
 import json
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from kinema.data.world import WorldConfig
+from kinema.data.world import BACKGROUNDS, COLORS, WorldConfig
 
 # ---------------------------------------------------------------------------------------------------
 # Rungs
@@ -70,7 +69,26 @@ def default_rungs() -> dict[str, Rung]:
         base.then("abs-pos", "+ fixed 3D sin/cos absolute positions", dit={"abs_pos": True}),
         base.then("no-clip", "grad clip 1.0 -> 100 (effectively none)", train={"grad_clip": 100.0}),
         base.then("lr1e-3", "lr 6e-4 -> 1e-3", train={"lr": 1e-3}),
+        base.then("w192", "width 128 -> 192, heads 4 -> 6", dit={"dim": 192, "heads": 6}),
+        # from ref, one factor back to base at a time: which of ref's differences carry it
+        ref.then("ref-rope", "ref without absolute positions (RoPE only)", dit={"abs_pos": False}),
+        ref.then("ref-clip1", "ref with grad clip 1.0", train={"grad_clip": 1.0}),
+        ref.then("ref-lr6e-4", "ref with lr 6e-4", train={"lr": 6e-4}),
+        ref.then("ref-w128", "ref at width 128, 4 heads", dit={"dim": 128, "heads": 4}),
+        ref.then("ref-ema999", "ref with EMA 0.999", train={"ema_decay": 0.999}),
     ]
+    # from ref toward the full shapes world, one world factor per rung (each keeps the one before)
+    world = ref
+    for name, change, fields in (
+        ("w-shapes", "+ the 4th shape (diamond)", {"shapes": ["circle", "square", "triangle", "diamond"]}),
+        ("w-colors", "+ 8 colors (purple, white)", {"colors": list(COLORS)}),
+        ("w-sizes", "+ small objects (radius H/12)", {"sizes": ["small", "large"]}),
+        ("w-speeds", "+ slow motion (H/64 px per frame)", {"speeds": ["slowly", "quickly"]}),
+        ("w-still", "+ still objects", {"motions": ["left", "right", "up", "down", "still"]}),
+        ("w-bg", "+ dark gray and navy backgrounds", {"backgrounds": list(BACKGROUNDS)}),
+    ):
+        world = world.then(name, change, world=fields)
+        rungs.append(world)
     return {r.name: r for r in rungs}
 
 
@@ -239,9 +257,8 @@ def run_rung(exp: LadderExperiment, rung: Rung) -> dict:
                                "log_every": 25, "ckpt_every": 250, "seed": exp.seed, **rung.train})
     task = DiTTask(data, dit_cfg, FlowObjective(), train_cfg.batch_size, seed=exp.seed, caption_mix=rung.caption_mix,
                    cond_prob=rung.cond_prob, vae_dir=Path(rung.vae), sample_steps=exp.eval_steps)
-    start = time.perf_counter()
     train(task, train_cfg, run, progress=False)
-    minutes = (time.perf_counter() - start) / 60
+    minutes = training_minutes(run / "metrics.jsonl", train_cfg.batch_size)
     world = world_config(rung, exp.frames, exp.size)
     scores = evaluate(run / "model", world, rung.eval_level, exp.eval_n, exp.eval_steps, exp.guidance, run)
     result = {"rung": dataclasses.asdict(rung), "steps": exp.steps, "train_minutes": minutes,
@@ -251,22 +268,55 @@ def run_rung(exp: LadderExperiment, rung: Rung) -> dict:
     return result
 
 
+def training_minutes(metrics: Path, batch_size: int) -> float:
+    """Wall minutes of the training steps, from the logged throughput (so a resumed run counts each step once)."""
+    seconds, last = 0.0, 0
+    for line in metrics.read_text().splitlines():
+        r = json.loads(line)
+        if r["step"] > last:
+            seconds += (r["step"] - last) * batch_size / r["samples_per_s"]
+            last = r["step"]
+    return seconds / 60
+
+
 def run_ladder(exp: LadderExperiment, doc: Path | None = None) -> list[dict]:
     rungs = default_rungs()
     results = [run_rung(exp, rungs[name]) for name in exp.rungs]
     everything = [json.loads(p.read_text()) for p in sorted(exp.out.glob("*/result.json"))]
     (exp.out / "results.json").write_text(json.dumps(everything, indent=2))
     if doc is not None:
-        doc.write_text(report_table(everything))
+        write_doc(doc, report_table(everything))
     return results
 
 
+TABLE_START, TABLE_END = "<!-- ladder table: written by `kinema experiment ladder --doc` -->", "<!-- /ladder table -->"
+
+
+def write_doc(doc: Path, table: str) -> Path:
+    """Put the table between the markers of an existing page (the prose around it is kept), or start a page."""
+    from kinema.io.video import atomic_write_bytes
+
+    block = f"{TABLE_START}\n{table}{TABLE_END}"
+    text = doc.read_text() if doc.exists() else f"# Learning efficiency: the ladder\n\n{TABLE_START}\n{TABLE_END}\n"
+    if TABLE_START not in text or TABLE_END not in text:
+        raise ValueError(f"{doc}: has no ladder-table markers ({TABLE_START!r} ... {TABLE_END!r}); refusing to "
+                         "overwrite a page written by hand: add the markers where the table goes")
+    head, _, rest = text.partition(TABLE_START)
+    atomic_write_bytes(doc, (head + block + rest.partition(TABLE_END)[2]).encode())
+    return doc
+
+
 def report_table(results: list[dict]) -> str:
+    """One markdown row per rung, in ladder order; '-' for an attribute the rung's world keeps fixed."""
     order = {name: i for i, name in enumerate(default_rungs())}
     results = sorted(results, key=lambda r: order.get(r["rung"]["name"], len(order)))
-    head = ("| rung | change | steps | all correct | color | shape | motion | count | temporal | word swap | "
-            "train min |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
-    rows = [f"| {r['rung']['name']} | {r['rung']['change']} | {r['steps']} | **{r['all_correct']:.0%}** | "
-            f"{r['color']:.0%} | {r['shape']:.0%} | {r['motion']:.0%} | {r['count']:.0%} | {r['temporal']:.3f} | "
-            f"{r['word_swap']:+.1%} | {r['train_minutes']:.1f} |" for r in results]
+    attrs = ("color", "shape", "motion", "count", "size", "speed", "background")
+    head = ("| rung | change | steps | all correct | " + " | ".join(attrs) + " | temporal | word swap | train min |\n"
+            + "|---" * (len(attrs) + 7) + "|\n")
+    rows = []
+    for r in results:
+        cells = [f"{r[a]:.0%}" if a in r else "-" for a in attrs]
+        rows.append(f"| {r['rung']['name']} | {r['rung']['change']} | {r['steps']} | **{r['all_correct']:.0%}** | "
+                    + " | ".join(cells) + f" | {r['temporal']:.3f} | {r['word_swap']:+.0%} | "
+                    f"{r['train_minutes']:.1f} |")
     return head + "\n".join(rows) + "\n"

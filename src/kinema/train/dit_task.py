@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kinema.config import to_dict
+from kinema.config import from_dict, to_dict
 from kinema.data.buckets import batch_indices, bucket_batch_indices
 from kinema.data.latents import LatentDataset
 from kinema.diffusion.objectives import Objective
@@ -23,6 +23,7 @@ from kinema.dit.model import DiT, DiTConfig
 from kinema.io.weights import load_weights, save_weights
 from kinema.text.encoder import MINILM
 from kinema.train.distributed import DistInfo
+from kinema.vae.model import VAEConfig
 
 SAMPLE_PROMPTS = [
     "a large red circle moving quickly to the left",
@@ -170,7 +171,8 @@ class DiTTask:
         from kinema.io.video import contact_sheet, save_image
         from kinema.pipeline import TextToVideoPipeline
 
-        pipe = TextToVideoPipeline.from_parts(model, self.vae_dir, self.objective, self.data.meta)
+        pipe = TextToVideoPipeline.from_parts(model, self.vae_dir, self.objective, self.data.meta,
+                                              self.data.latent_shape[1:])
         clips = [pipe(p, steps=self.sample_steps, seed=i) for i, p in enumerate(self.sample_prompts)]
         return [save_image(out_dir / f"samples-{step:07d}.png", contact_sheet(clips, self.sample_prompts, scale=2))]
 
@@ -180,11 +182,10 @@ class DiTTask:
         if self.vae_dir is not None:
             for name in ("vae.safetensors", "vae.json"):
                 shutil.copyfile(Path(self.vae_dir) / name, out_dir / "model" / name)
-        c, f, h, w = self.data.latent_shape
-        vae_cfg = self.data.meta["vae_config"]
+        vae_cfg = from_dict(VAEConfig, self.data.meta["vae_config"], where="latent cache meta.json vae_config")
+        frames, height, width = vae_cfg.pixel_shape(*self.data.latent_shape[1:])
         index = {"objective": to_dict(self.objective), "text_encoder": self.data.meta["text_encoder"] or MINILM,
-                 "frames": 1 + (f - 1) * vae_cfg["temporal_compression"],
-                 "height": h * vae_cfg["spatial_compression"], "width": w * vae_cfg["spatial_compression"],
+                 "frames": frames, "height": height, "width": width,
                  "fps": 8, "steps": self.sample_steps, "guidance": DEFAULT_GUIDANCE}
         if self.init_from is not None:  # provenance: this run started from that model's weights
             index["init_from"] = str(self.init_from)

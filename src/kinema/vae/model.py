@@ -80,6 +80,11 @@ class VAEConfig:
             raise ValueError(f"height and width must be multiples of {s} for this VAE, got {height}x{width}")
         return self.latent_channels, 1 + (frames - 1) // t, height // s, width // s
 
+    def pixel_shape(self, latent_frames: int, latent_height: int, latent_width: int) -> tuple[int, int, int]:
+        """(F, H, W) of the clip a latent of this grid decodes to: the inverse of `latent_shape`."""
+        t, s = self.temporal_compression, self.spatial_compression
+        return 1 + (latent_frames - 1) * t, latent_height * s, latent_width * s
+
 
 # ---------------------------------------------------------------------------------------------------
 # Layers
