@@ -105,3 +105,30 @@ def test_per_sample_draws_are_distinct_for_every_step_and_clip():
     assert sample_rng(0, 3, 0, 0, 5).random() == sample_rng(0, 3, 0, 0, 5).random()  # reproducible for resume
     assert sample_rng(0, 3, 0, 0, 5).random() != sample_rng(0, 3, 1, 0, 5).random()  # micro-batches differ
     assert sample_rng(0, 3, 0, 0, 5).random() != sample_rng(0, 3, 0, 1, 5).random()  # ranks differ
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_good_checkpoint(tiny_latents, tmp_path):
+    from kinema.data.latents import LatentDataset
+    from kinema.diffusion.objectives import FlowObjective
+    from kinema.io.weights import WeightsError, save_weights
+    from kinema.presets import DIT_PRESETS
+    from kinema.train.dit_task import DiTTask
+    from kinema.train.loop import NonFiniteError, train
+
+    class Diverging(DiTTask):
+        calls = 0
+
+        def loss(self, model, batch, generator):
+            Diverging.calls += 1
+            loss, metrics = super().loss(model, batch, generator)
+            return (loss * float("nan") if Diverging.calls >= 5 else loss), metrics
+
+    task = Diverging(LatentDataset(tiny_latents), DIT_PRESETS["tiny"](), FlowObjective(), batch_size=4)
+    cfg = TrainConfig(steps=8, batch_size=4, warmup_steps=1, log_every=1, ckpt_every=2)
+    with pytest.raises(NonFiniteError, match="step 5: non-finite loss"):
+        train(task, cfg, tmp_path, progress=False)
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-0000004.safetensors"
+    assert torch.isfinite(load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))["model"]["x_embedder.weight"]).all()
+    assert not (tmp_path / "model").exists()  # nothing exported
+    with pytest.raises(WeightsError, match="non-finite"):
+        save_weights(tmp_path / "w", "dit", {"a": torch.tensor([1.0, float("inf")])}, {})

@@ -23,7 +23,12 @@ class WeightsError(ValueError):
 
 
 def save_weights(folder: str | Path, name: str, state_dict: dict[str, torch.Tensor], config: dict) -> Path:
-    """Write both files atomically (temp file + rename)."""
+    """Write both files atomically (temp file + rename). Non-finite weights are refused: a diverged model is
+    never released."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise WeightsError(f"{folder}/{name}.safetensors: refusing to write non-finite weights ({len(bad)} tensors, "
+                           f"e.g. {bad[0]})")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{name}.safetensors.tmp"

@@ -43,6 +43,10 @@ class Task(Protocol):
     def tokens_per_sample(self) -> int: ...
 
 
+class NonFiniteError(ValueError):
+    """A training step produced a NaN or infinite loss or gradient: the run stops before the update."""
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -180,6 +184,11 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, progress: bool = Tr
             (loss / cfg.grad_accum).backward()
             step_loss += loss.item() / cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        if not (math.isfinite(grad_norm) and math.isfinite(step_loss)):  # NaN grads reach every rank alike
+            bar.close()
+            raise NonFiniteError(f"{out_dir}: step {step + 1}: non-finite loss ({step_loss}) or gradient norm "
+                                 f"({grad_norm}); stopped before the update, the checkpoints in {ckpt_dir} are "
+                                 "untouched (lower --lr, or resume from the last one)")
         opt.step()
         opt.zero_grad(set_to_none=True)
         if ema:
