@@ -128,7 +128,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_good_checkpoint(tiny_late
     with pytest.raises(NonFiniteError, match="step 5: non-finite loss"):
         train(task, cfg, tmp_path, progress=False)
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-0000004.safetensors"
-    assert torch.isfinite(load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))["model"]["x_embedder.weight"]).all()
+    kept = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))["model"]
+    assert all(torch.isfinite(v).all() for v in kept.values())
     assert not (tmp_path / "model").exists()  # nothing exported
     with pytest.raises(WeightsError, match="non-finite"):
         save_weights(tmp_path / "w", "dit", {"a": torch.tensor([1.0, float("inf")])}, {})
