@@ -167,7 +167,7 @@ def _train_config(preset, args: argparse.Namespace):
     import dataclasses
 
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "warmup_steps", "seed", "grad_accum",
-                                                "ckpt_every", "sample_every", "parallel")
+                                                "ckpt_every", "sample_every", "parallel", "grad_clip")
                  if getattr(args, k, None) is not None}
     if getattr(args, "bf16", None) is not None:
         overrides["bf16"] = args.bf16
@@ -233,6 +233,7 @@ def _add_train_flags(p: argparse.ArgumentParser, presets: list[str], default: st
     p.add_argument("--grad-accum", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup-steps", type=int, help="linear LR warmup steps (then cosine to lr * min_lr_ratio)")
+    p.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (default: the preset's)")
     p.add_argument("--seed", type=int)
     p.add_argument("--ckpt-every", type=int)
     p.add_argument("--sample-every", type=int)
