@@ -133,3 +133,60 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_good_checkpoint(tiny_late
     assert not (tmp_path / "model").exists()  # nothing exported
     with pytest.raises(WeightsError, match="non-finite"):
         save_weights(tmp_path / "w", "dit", {"a": torch.tensor([1.0, float("inf")])}, {})
+
+
+def _flip_tensor_bytes(path, n=64):
+    """Flip n bytes in the tensor data of a safetensors file (past its JSON header)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    start = 8 + struct.unpack("<Q", bytes(data[:8]))[0]
+    for i in range(n):
+        data[start + 16 + i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_with_flipped_bytes_is_refused_by_its_content_hash(tmp_path):
+    from kinema.train.checkpoint import CheckpointError
+
+    path = save_checkpoint(tmp_path / "step-0000001.safetensors", {"model": {"w": torch.randn(64, 64)}, "step": 1})
+    _flip_tensor_bytes(path)
+    with pytest.raises(CheckpointError, match="step-0000001.safetensors: content hash mismatch"):
+        load_checkpoint(path)
+
+
+def test_resume_falls_back_past_a_corrupt_newest_checkpoint_and_logs_each_step_once(tiny_latents, tmp_path):
+    from kinema.data.latents import LatentDataset
+    from kinema.diffusion.objectives import FlowObjective
+    from kinema.presets import DIT_PRESETS
+    from kinema.train.dit_task import DiTTask
+    from kinema.train.loop import train
+
+    def task():
+        return DiTTask(LatentDataset(tiny_latents), DIT_PRESETS["tiny"](), FlowObjective(), batch_size=4)
+
+    cfg = TrainConfig(steps=6, batch_size=4, warmup_steps=1, log_every=1, ckpt_every=2, keep_checkpoints=3)
+    train(task(), cfg, tmp_path, progress=False)
+    ckpts = tmp_path / "checkpoints"
+    _flip_tensor_bytes(ckpts / "step-0000006.safetensors")
+    (ckpts / ".step-0000008.safetensors.123.tmp").write_bytes(b"half a file")  # a write that was killed
+    more = TrainConfig(steps=8, batch_size=4, warmup_steps=1, log_every=1, ckpt_every=2, keep_checkpoints=3)
+    train(task(), more, tmp_path, progress=False)  # resumes from step 4, not from the corrupt step 6
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # steps 5 and 6 were rerun and logged once
+    assert not list(ckpts.glob("*.tmp"))
+    assert load_checkpoint(latest_checkpoint(ckpts))["step"] == 8
+    assert load_checkpoint(ckpts / "step-0000006.safetensors")["step"] == 6  # rewritten when rerun
+
+
+def test_pruning_keeps_the_last_good_checkpoint_when_the_newest_is_corrupt(tmp_path):
+    from kinema.train.checkpoint import prune_checkpoints
+
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path / f"step-{step:07d}.safetensors", {"model": {"w": torch.randn(32, 32)}, "step": step})
+    _flip_tensor_bytes(tmp_path / "step-0000003.safetensors")
+    prune_checkpoints(tmp_path, keep=1)
+    assert len(list(tmp_path.glob("step-*.safetensors"))) == 3  # nothing removed while the newest does not verify
+    save_checkpoint(tmp_path / "step-0000004.safetensors", {"model": {"w": torch.randn(32, 32)}, "step": 4})
+    prune_checkpoints(tmp_path, keep=1)
+    assert [p.name for p in tmp_path.glob("step-*.safetensors")] == ["step-0000004.safetensors"]

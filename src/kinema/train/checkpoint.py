@@ -4,11 +4,13 @@ A checkpoint is an explicit dict of named states, e.g. {"model": ..., "ema": ...
 "rng": ..., "step": 500, "config": {...}}. Tensors go into the safetensors body under dotted names;
 everything else (ints, floats, strings, nested optimizer hyper-parameters) goes into the header as JSON,
 with markers where the tensors were, so `load_checkpoint` returns exactly the dict that was saved.
-No pickle is ever involved: loading a checkpoint cannot run code.
+No pickle is ever involved: loading a checkpoint cannot run code. The header also carries a SHA-256 of every
+tensor's bytes, verified on load, so a file with flipped bits is refused rather than trained on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -52,6 +54,16 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+def content_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | Path, states: dict[str, Any]) -> Path:
     """Write `states` to `path` atomically (temp file + rename): a reader never sees half a file."""
     path = Path(path)
@@ -59,9 +71,17 @@ def save_checkpoint(path: str | Path, states: dict[str, Any]) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _flatten(states, "", tensors)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"kinema": json.dumps(skeleton)})
+    save_file(tensors, str(tmp), metadata={"kinema": json.dumps(skeleton), "sha256": content_hash(tensors)})
     os.replace(tmp, path)
     return path
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temp files of checkpoint writes that were killed (`.step-*.tmp`); returns what was removed."""
+    stale = sorted(Path(folder).glob(".step-*.tmp")) if Path(folder).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -74,22 +94,53 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            header = (f.metadata() or {}).get("kinema")
+            meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint (truncated or corrupt?): {e}") from e
+    header, digest = meta.get("kinema"), meta.get("sha256")
     if header is None:
         raise CheckpointError(f"{path}: safetensors file without kinema metadata; expected a checkpoint "
                               f"written by kinema (for bare weights use load_weights)")
-    return _unflatten(json.loads(header), tensors)
+    if digest is not None and content_hash(tensors) != digest:
+        raise CheckpointError(f"{path}: content hash mismatch: the tensor data changed after it was written "
+                              "(corrupt file)")
+    try:
+        return _unflatten(json.loads(header), tensors)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: the checkpoint header is damaged ({e})") from e
+
+
+def load_latest_verified(folder: str | Path) -> tuple[Path | None, dict[str, Any] | None, list[str]]:
+    """The newest checkpoint in `folder` that loads and verifies, newest first; with a warning for each newer one
+    that did not (naming it and the one used instead)."""
+    warnings: list[str] = []
+    for path in reversed(_by_step(folder)):
+        try:
+            return path, load_checkpoint(path), warnings
+        except CheckpointError as e:
+            warnings.append(f"skipping {path.name}: {e}")
+    return None, None, warnings
+
+
+def _by_step(folder: str | Path) -> list[Path]:
+    return sorted(Path(folder).glob("step-*.safetensors"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
     """The checkpoint with the highest step in `folder` (files named step-NNNNNNN.safetensors)."""
-    found = sorted(Path(folder).glob("step-*.safetensors"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
+    found = _by_step(folder)
     return found[-1] if found else None
 
 
 def prune_checkpoints(folder: str | Path, keep: int) -> None:
-    found = sorted(Path(folder).glob("step-*.safetensors"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
-    for old in found[:-keep] if keep > 0 else []:
+    """Keep the newest `keep` checkpoints, and only once the newest one verifies: a corrupt successor never
+    costs the last good checkpoint."""
+    found = _by_step(folder)
+    if not found or keep <= 0:
+        return
+    try:
+        load_checkpoint(found[-1])
+    except CheckpointError:
+        return
+    for old in found[:-keep]:
         old.unlink(missing_ok=True)

@@ -5,21 +5,23 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
 from kinema.io.weights import save_weights
-from kinema.train.checkpoint import latest_checkpoint, load_checkpoint
+from kinema.train.checkpoint import load_latest_verified
 
 
 def latest_weights(run: str | Path, weights: str = "ema") -> tuple[dict, dict[str, torch.Tensor]]:
     """(checkpoint, its `weights` state dict: "model" or "ema") of a run's latest checkpoint; "ema" falls back to
     the raw weights, since runs without EMA keep an empty one."""
-    path = latest_checkpoint(Path(run) / "checkpoints")
-    if path is None:
-        raise FileNotFoundError(f"{run}/checkpoints: no checkpoint to export")
-    ckpt = load_checkpoint(path)
+    path, ckpt, skipped = load_latest_verified(Path(run) / "checkpoints")
+    for warning in skipped:
+        print(f"warning: {warning}; exporting {path.name if path else 'nothing'}", file=sys.stderr)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run}/checkpoints: no readable checkpoint to export")
     return ckpt, ckpt[weights] or ckpt["model"]
 
 
