@@ -42,7 +42,7 @@ MODEL   ?= runs/shapes-model
 HOLDOUT := "yellow triangle" "cyan square" "purple diamond" "white circle"
 shapes-model: $(STAMP)
 	$(KINEMA) data synth --n 8192 --out data/shapes-train --seed 0
-	$(KINEMA) vae train --data data/shapes-train --preset shapes-s4c8 --out runs/vae-s4c8 --steps 3000 --preload
+	$(KINEMA) vae train --data data/shapes-train --preset shapes-s4c8 --out runs/vae-s4c8 --steps 6000 --preload
 	$(KINEMA) data synth --n 8192 --out data/shapes-dit --seed 2 --holdout $(HOLDOUT)
 	$(KINEMA) vae encode --vae runs/vae-s4c8 --data data/shapes-dit --out data/latents-dit-s4c8
 	$(KINEMA) dit train --latents data/latents-dit-s4c8 --preset shapes --patch 1x4x4 --out runs/dit-shapes-s4c8

@@ -145,6 +145,12 @@ class UNet3D(nn.Module):
         cond: torch.Tensor | None = None,
         cond_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN's bf16 Conv3d backward returns NaN weight gradients on a CPU (seen with 8-16 channels, torch
+            # 2.13): the U-Net runs in float32 there; its comparison with the DiT is at equal FLOPs, not time
+            with torch.autocast("cpu", enabled=False):
+                return self.forward(x.float(), t, text.float(), text_mask, None if cond is None else cond.float(),
+                                    cond_mask)
         text_tokens, key_mask, pooled = self.text_embedder(text, text_mask)
         emb = self.t_embedder(t) + self.pool_to_emb(pooled)  # (B, E)
         h = self.conv_in(self._inputs(x, cond, cond_mask))
