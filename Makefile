@@ -35,8 +35,9 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 
-# The whole bundled stack from scratch: data, VAE, latents, DiT, export (docs/experiments/learning-efficiency.md).
-# Every step resumes, so running it again continues where it stopped. MODEL=models/shapes-64 replaces the bundled one.
+# The whole bundled stack from scratch: data, VAE, latents, DiT, export, adherence. The candidate recipe of
+# docs/experiments/learning-efficiency.md, not yet measured end to end (issue 23). Every step resumes, so running it
+# again continues where it stopped. MODEL=models/shapes-64 replaces the bundled one.
 KINEMA  := .venv/bin/kinema
 MODEL   ?= runs/shapes-model
 HOLDOUT := "yellow triangle" "cyan square" "purple diamond" "white circle"
@@ -45,7 +46,7 @@ shapes-model: $(STAMP)
 	$(KINEMA) vae train --data data/shapes-train --preset shapes-s4c8 --out runs/vae-s4c8 --steps 6000 --preload
 	$(KINEMA) data synth --n 8192 --out data/shapes-dit --seed 2 --holdout $(HOLDOUT)
 	$(KINEMA) vae encode --vae runs/vae-s4c8 --data data/shapes-dit --out data/latents-dit-s4c8
-	$(KINEMA) dit train --latents data/latents-dit-s4c8 --preset shapes --patch 1x4x4 --out runs/dit-shapes-s4c8
+	$(KINEMA) dit train --latents data/latents-dit-s4c8 --preset shapes --out runs/dit-shapes-s4c8
 	$(KINEMA) dit export --run runs/dit-shapes-s4c8 --out $(MODEL) --weights ema --fp16
 	$(KINEMA) eval adherence --model $(MODEL) --n 50 --out $(MODEL)-adherence
 
