@@ -89,6 +89,8 @@ def default_rungs() -> dict[str, Rung]:
     ):
         world = world.then(name, change, world=fields)
         rungs.append(world)
+    speeds = next(r for r in rungs if r.name == "w-speeds")
+    rungs.append(speeds.then("w-speeds-w256", "w-speeds at width 256, 8 heads", dit={"dim": 256, "heads": 8}))
     # the latent: where small shapes break (w-sizes), the x4-space VAE at the same token count (16x16 px per token)
     sizes = next(r for r in rungs if r.name == "w-sizes")
     rungs.append(sizes.then("v-s4c8", "w-sizes on the x4-space, 8-channel VAE (models/vae-s4c8), patch 1x4x4",
