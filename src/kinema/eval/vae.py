@@ -72,6 +72,14 @@ def _clips(source: str, n: int) -> torch.Tensor:
 # Probe ceiling: the probe on reconstructions of rendered clips, originals as the control
 # ---------------------------------------------------------------------------------------------------
 
+def round_trip(vae, x: torch.Tensor) -> torch.Tensor:
+    """decode(encode(x)) in float32 out, bf16 autocast where this CPU is fast at it; x (B, 3, F, H, W)."""
+    from kinema.precision import autocast, use_bf16
+
+    with autocast(torch.device("cpu"), use_bf16("auto", torch.device("cpu"))):
+        return vae.decode(vae.encode(x)).float()
+
+
 CEILING_ATTRIBUTES = ("count", "background", "color", "shape", "size", "motion", "speed")
 CEILING_SEED = 8_000_000  # scenes far from any training seed
 
@@ -99,10 +107,8 @@ def probe_ceiling(vae, n: int = 128, objects: tuple[int, ...] = (1, 2), frames: 
     probe's own error) and on their VAE reconstructions (what a DiT on this latent can reach at best)."""
     from kinema.data.world import WorldConfig, render, sample_scene
     from kinema.io.video import to_frames
-    from kinema.precision import autocast, use_bf16
 
     out = {}
-    fast = use_bf16("auto", torch.device("cpu"))
     for k in objects:
         world = WorldConfig(frames=frames, height=size, width=size, min_objects=k, max_objects=k)
         scenes = [sample_scene(world, CEILING_SEED + 1000 * k + i) for i in range(n)]
@@ -110,9 +116,7 @@ def probe_ceiling(vae, n: int = 128, objects: tuple[int, ...] = (1, 2), frames: 
         recon = []
         for i in range(0, n, batch_size):
             x = torch.stack([to_tensor(c) for c in originals[i:i + batch_size]])
-            with autocast(torch.device("cpu"), fast):
-                y = vae.decode(vae.encode(x)).float()
-            recon += [to_frames(v) for v in y]
+            recon += [to_frames(v) for v in round_trip(vae, x)]
         name = "single object" if k == 1 else f"{k} objects"
         out[name] = {"original": _judge(originals, scenes), "reconstructed": _judge(recon, scenes)}
     return out
@@ -130,7 +134,6 @@ def reconstruct(vae_dir: str | Path, source: str | Path, out: str | Path, lossle
     Returns what was kept and the PSNR of the round trip."""
     from kinema.io.video import probe_video, to_frames, write_gif, write_mp4
     from kinema.io.weights import load_model
-    from kinema.precision import autocast, use_bf16
     from kinema.vae.model import VAEConfig, VideoVAE
 
     suffix = Path(out).suffix.lower()
@@ -147,9 +150,7 @@ def reconstruct(vae_dir: str | Path, source: str | Path, out: str | Path, lossle
     y0, x0 = (video.shape[1] - h) // 2, (video.shape[2] - w) // 2
     clip = video[:frames, y0:y0 + h, x0:x0 + w]
     x = to_tensor(clip)[None]
-    with autocast(torch.device("cpu"), use_bf16("auto", torch.device("cpu"))):
-        y = vae.decode(vae.encode(x)).float()
-    result = to_frames(y[0])
+    result = to_frames(round_trip(vae, x)[0])
     fps = info.fps or 8.0
     if suffix == ".gif":
         write_gif(out, result, fps)
