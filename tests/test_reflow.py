@@ -31,7 +31,7 @@ def test_distill_makes_pairs_trains_student_and_exports_few_step_folder(tiny_mod
     z2, x2, _, _ = load_pairs(again)
     assert torch.equal(z, z2) and torch.allclose(x, x2, atol=1e-5)
     student = TextToVideoPipeline.from_pretrained(out / "model")
-    assert student.defaults["steps"] == 4 and student.defaults["guidance"] == 1.0
+    assert student.index.steps == 4 and student.index.guidance == 1.0
     teacher = load_backbone(tiny_model_dir)
     changed = any(not torch.equal(a, b) for a, b in zip(teacher.state_dict().values(),
                                                         student.dit.state_dict().values(), strict=True))

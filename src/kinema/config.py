@@ -20,16 +20,32 @@ def to_dict(cfg: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+# the simple annotations whose values from_dict checks (anything else is left to the dataclass's own checks)
+_SIMPLE_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
+                 "int | None": (int, type(None)), "float | None": (int, float, type(None)),
+                 "str | None": (str, type(None)), "dict | None": (dict, type(None))}
+
+
 def from_dict(cls: type[T], d: dict, where: str = "") -> T:
-    """Build `cls` from a dict; unknown keys are an error naming them; list values become tuples where
-    the field's default is a tuple."""
+    """Build `cls` from a dict, with errors that name `where` and the field: unknown keys, missing required
+    fields, and values of the wrong type for simple fields (int, float, str, bool, dict; a bool is not an
+    int). List values become tuples where the field's default is a tuple."""
+    where = where or cls.__name__
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected a JSON object with {cls.__name__}'s fields, got {type(d).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(d) - set(fields)
     if unknown:
-        raise ValueError(f"{where or cls.__name__}: unknown field(s) {sorted(unknown)}; "
-                         f"{cls.__name__} has {sorted(fields)}")
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; {cls.__name__} has {sorted(fields)}")
+    missing = [name for name, f in fields.items() if name not in d and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing}")
     kwargs = {}
     for k, v in d.items():
+        allowed = _SIMPLE_TYPES.get(str(fields[k].type))
+        if allowed and (not isinstance(v, allowed) or (isinstance(v, bool) and bool not in allowed)):
+            raise ValueError(f"{where}: field {k!r} must be {fields[k].type}, got {v!r}")
         default = fields[k].default
         kwargs[k] = tuple(v) if isinstance(v, list) and isinstance(default, tuple) else v
     return cls(**kwargs)

@@ -10,7 +10,7 @@ import numpy as np
 
 from kinema.data.shards import make_clip
 from kinema.data.world import WorldConfig
-from kinema.io.video import contact_sheet, save_image, write_gif, write_mp4
+from kinema.io.video import contact_sheet, save_image, write_mp4
 
 DEMO_PROMPTS = ["a large red circle moving quickly to the left", "a small yellow square moving slowly up"]
 
@@ -29,19 +29,18 @@ def world_sample(out: Path, n: int = 4, seed: int = 0) -> list[Path]:
 
 
 def generated_sample(out: Path, model: Path) -> list[Path]:
+    from kinema.generate import GenerateOptions, generate, write_outputs
     from kinema.pipeline import TextToVideoPipeline
-    from kinema.text.expand import expand_prompt
 
     pipe = TextToVideoPipeline.from_pretrained(model)
     written, clips, captions = [], [], []
     for i, prompt in enumerate(DEMO_PROMPTS):
-        detailed = expand_prompt(prompt, seed=i)
-        trajectory: list[np.ndarray] = []
-        video = pipe(detailed, seed=i, callback=lambda _, x, t=trajectory: t.append(x), callback_every=6)
+        result = generate(pipe, GenerateOptions(prompt, seed=i), trajectory_frames=5)
         name = "_".join(prompt.split()[1:4])
-        written += [write_mp4(out / f"{name}.mp4", video), write_gif(out / f"{name}.gif", video)]
-        clips += [*trajectory, video]
-        captions += [f"{prompt}  ->  {detailed}  (step {6 * k})" for k in range(len(trajectory))] + ["final"]
+        written += write_outputs(result, out / f"{name}.mp4", gif=True)
+        clips += [*result.trajectory, result.video]
+        captions += [f"{prompt}  ->  {result.prompt}  (step {result.trajectory_every * k})"
+                     for k in range(len(result.trajectory))] + ["final"]
     written.append(save_image(out / "generated_contact_sheet.png", contact_sheet(clips, captions, scale=2)))
     print(f"generated videos: {', '.join(str(p) for p in written if p.suffix == '.mp4')}")
     return written

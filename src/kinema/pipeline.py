@@ -19,12 +19,13 @@ import numpy as np
 import torch
 
 from kinema.diffusion.objectives import Objective, keep_given, objective_from_dict
-from kinema.diffusion.samplers import DEFAULT_GUIDANCE, SAMPLERS, classifier_free_guidance, noise_to, sample
+from kinema.diffusion.samplers import SAMPLERS, classifier_free_guidance, noise_to, sample
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.video import to_frames, to_tensor
 from kinema.io.weights import load_model
+from kinema.model_index import ModelIndex, model_index_for, read_model_index
 from kinema.precision import autocast, use_bf16
-from kinema.text.encoder import MINILM, TextEncoder, load_text_encoder
+from kinema.text.encoder import TextEncoder, load_text_encoder
 from kinema.vae.model import VAEConfig, VideoVAE
 
 MAX_PROMPT_CHARS = 1000
@@ -51,9 +52,10 @@ def load_backbone(folder: str | Path) -> torch.nn.Module:
 
 
 class TextToVideoPipeline:
-    def __init__(self, dit: DiT, vae: VideoVAE, text_encoder: TextEncoder, objective: Objective, defaults: dict):
+    def __init__(self, dit: DiT, vae: VideoVAE, text_encoder: TextEncoder, objective: Objective,
+                 index: ModelIndex):
         self.dit, self.vae, self.text_encoder, self.objective = dit.eval(), vae.eval(), text_encoder, objective
-        self.defaults = defaults
+        self.index = index  # the folder's model_index.json: default size, steps, guidance, fps
         self.device = torch.device("cpu")
         # the DiT and VAE run under bf16 autocast where the hardware is fast at it ("auto": GPUs, CPUs with AMX,
         # measured ~1.4x DiT and ~6x VAE decode there; elsewhere float32, since emulated bf16 is far slower); the
@@ -69,16 +71,10 @@ class TextToVideoPipeline:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> TextToVideoPipeline:
-        folder = Path(folder)
-        index_path = folder / "model_index.json"
-        if not index_path.exists():
-            raise FileNotFoundError(f"{index_path}: not found; a model folder needs model_index.json, "
-                                    f"dit.safetensors/.json and vae.safetensors/.json")
-        index = json.loads(index_path.read_text())
+        index = read_model_index(folder)
         dit = load_backbone(folder)
         vae = load_model(folder, "vae", VideoVAE, VAEConfig)
-        return cls(dit, vae, load_text_encoder(index.get("text_encoder", MINILM)),
-                   objective_from_dict(index["objective"]), index)
+        return cls(dit, vae, load_text_encoder(index.text_encoder), objective_from_dict(index.objective), index)
 
     @classmethod
     def from_parts(cls, dit: DiT, vae_dir: str | Path, objective: Objective, latent_meta: dict,
@@ -86,10 +82,8 @@ class TextToVideoPipeline:
         """During training: the model in memory, the VAE from its folder; clips default to the size whose latent
         has `latent_grid` (F, H, W): the training data's."""
         vae = load_model(vae_dir, "vae", VideoVAE, VAEConfig)
-        frames, height, width = vae.cfg.pixel_shape(*latent_grid)
-        defaults = {"frames": frames, "height": height, "width": width, "steps": 30, "guidance": DEFAULT_GUIDANCE,
-                    "fps": 8}
-        return cls(dit, vae, load_text_encoder(latent_meta.get("text_encoder") or MINILM), objective, defaults)
+        index = model_index_for(objective, latent_meta.get("text_encoder"), vae.cfg, latent_grid)
+        return cls(dit, vae, load_text_encoder(index.text_encoder), objective, index)
 
     def to(self, device: str | torch.device) -> TextToVideoPipeline:
         self.device = torch.device(device)
@@ -112,16 +106,14 @@ class TextToVideoPipeline:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {guidance}")
-        t, s = self.vae.cfg.temporal_compression, self.vae.cfg.spatial_compression
-        if frames < 1 or (frames - 1) % t:
-            raise ValueError(f"frames must be 1 + {t}*k (e.g. {1 + 4 * t}), got {frames}")
-        factor = s * max(self.dit.cfg.patch[1:])
-        if height % factor or width % factor or height < factor or width < factor:
-            raise ValueError(f"height and width must be positive multiples of {factor} (VAE x{s} times patch "
-                             f"{self.dit.cfg.patch[1]}), got {height}x{width}")
-        if (1 + (frames - 1) // t) % self.dit.cfg.patch[0]:
-            raise ValueError(f"latent frames {1 + (frames - 1) // t} not divisible by the temporal patch "
-                             f"{self.dit.cfg.patch[0]}")
+        _, f, h, w = self.vae.cfg.latent_shape(frames, height, width)  # the VAE's own errors
+        pt, ph, pw = self.dit.cfg.patch
+        if h % ph or w % pw:
+            s = self.vae.cfg.spatial_compression
+            raise ValueError(f"height and width must be positive multiples of {s * max(ph, pw)} (VAE x{s} times "
+                             f"patch {max(ph, pw)}), got {height}x{width}")
+        if f % pt:
+            raise ValueError(f"latent frames {f} not divisible by the temporal patch {pt}")
         if sampler is not None and sampler not in SAMPLERS[self.objective.kind]:
             raise ValueError(f"sampler {sampler!r} does not fit this {self.objective.kind} model; "
                              f"expected one of {SAMPLERS[self.objective.kind]}")
@@ -141,7 +133,7 @@ class TextToVideoPipeline:
         for src, dst in enumerate(cond.at):
             if not 0 <= dst < frames:
                 raise ValueError(f"conditioning frame index {dst} is outside the clip of {frames} frames")
-            video[dst] = _fit(cond.video[src], height, width)
+            video[dst] = fit_frame(cond.video[src], height, width)
             given[dst] = True
         # frames not given are filled with the nearest given one: the causal encoder's latents of later given
         # frames depend on the frames before them, and a still history is closer to the truth than black
@@ -150,10 +142,9 @@ class TextToVideoPipeline:
             nearest = known[np.abs(np.arange(frames)[:, None] - known[None]).argmin(1)]
             video = video[nearest]
         latents = self.vae.encode(to_tensor(video)[None].to(self.device)).float()  # (1, C, f, h, w)
-        t = self.vae.cfg.temporal_compression
         # a latent frame is given when every pixel frame it covers is (frame 0 alone; then groups of t)
-        groups = [given[:1]] + [given[1 + t * i: 1 + t * (i + 1)] for i in range((frames - 1) // t)]
-        latent_given = torch.tensor([bool(g.all()) for g in groups], dtype=torch.float32, device=self.device)
+        latent_given = torch.tensor([bool(given[g].all()) for g in self.vae.cfg.frame_groups(frames)],
+                                    dtype=torch.float32, device=self.device)
         mask = latent_given.view(1, 1, -1, 1, 1).expand(1, 1, *latents.shape[2:])
         return latents, mask
 
@@ -176,10 +167,10 @@ class TextToVideoPipeline:
     ) -> np.ndarray:
         """`callback(i, frames)` sees every `callback_every`-th intermediate state decoded to pixels (each
         decode costs a VAE pass); `progress(i, steps)` is only told the step."""
-        d = self.defaults
-        frames, height, width = frames or d["frames"], height or d["height"], width or d["width"]
-        steps = d["steps"] if steps is None else steps
-        guidance = d["guidance"] if guidance is None else guidance
+        d = self.index
+        frames, height, width = frames or d.frames, height or d.height, width or d.width
+        steps = d.steps if steps is None else steps
+        guidance = d.guidance if guidance is None else guidance
         self.check(prompt, frames, height, width, steps, guidance, sampler)
 
         # 1. encode the prompt (and the negative prompt, or the empty caption, for guidance)
@@ -231,7 +222,7 @@ def _edit_start(strength: float, steps: int) -> int:
     return round((1.0 - strength) * steps)
 
 
-def _fit(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+def fit_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     from PIL import Image
 
     if frame.shape[:2] == (height, width):
@@ -242,4 +233,4 @@ def _fit(frame: np.ndarray, height: int, width: int) -> np.ndarray:
 def _fit_clip(video: np.ndarray, frames: int, height: int, width: int) -> np.ndarray:
     """Resize a clip's frames and take/pad (repeat last) to `frames` frames."""
     idx = [min(i, len(video) - 1) for i in range(frames)]
-    return np.stack([_fit(video[i], height, width) for i in idx])
+    return np.stack([fit_frame(video[i], height, width) for i in idx])

@@ -105,3 +105,12 @@ def dit_preset(name: str, in_channels: int, patch: tuple[int, int, int] | None =
 
     cfg = dataclasses.replace(lookup(DIT_PRESETS, name, "dit"), in_channels=in_channels)
     return dataclasses.replace(cfg, patch=patch) if patch else cfg
+
+
+# ---------------------------------------------------------------------------------------------------
+# The other trainers: the few-step reflow student (train/reflow.py) and the video captioner
+# ---------------------------------------------------------------------------------------------------
+
+REFLOW_TRAIN = TrainConfig(steps=600, batch_size=32, lr=1e-4, warmup_steps=50, ema_decay=0.0, log_every=25,
+                           ckpt_every=100)
+CAPTIONER_TRAIN = TrainConfig(steps=1500, batch_size=32, lr=5e-4, warmup_steps=100, log_every=25, ckpt_every=250)

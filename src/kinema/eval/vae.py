@@ -142,11 +142,10 @@ def reconstruct(vae_dir: str | Path, source: str | Path, out: str | Path, lossle
     vae = load_model(vae_dir, "vae", VideoVAE, VAEConfig)
     info = probe_video(source)
     video = read_video(source)  # (F, H, W, 3) uint8
-    t, s = vae.cfg.temporal_compression, vae.cfg.spatial_compression
-    frames = 1 + (len(video) - 1) // t * t
-    h, w = video.shape[1] // s * s, video.shape[2] // s * s
+    frames, h, w = vae.cfg.fit_shape(*video.shape[:3])
     if h == 0 or w == 0:
-        raise ValueError(f"{source}: {video.shape[1]}x{video.shape[2]} pixels is smaller than the VAE's x{s} factor")
+        raise ValueError(f"{source}: {video.shape[1]}x{video.shape[2]} pixels is smaller than the VAE's "
+                         f"x{vae.cfg.spatial_compression} factor")
     y0, x0 = (video.shape[1] - h) // 2, (video.shape[2] - w) // 2
     clip = video[:frames, y0:y0 + h, x0:x0 + w]
     x = to_tensor(clip)[None]

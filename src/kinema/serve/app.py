@@ -57,6 +57,7 @@ class Job:
     status: str = "queued"
     progress: float = 0.0
     error: str | None = None
+    prompt: str | None = None  # as the model saw it (expanded)
     video: bytes | None = field(default=None, repr=False)
 
 
@@ -90,23 +91,27 @@ class JobQueue:
                 job.status, job.error = "failed", f"{type(e).__name__}: {e}"
 
 
+def options(request: GenerateRequest):
+    """The request as the GenerateOptions every caller passes (kinema.generate); raises ValueError."""
+    from kinema.generate import GenerateOptions
+
+    return GenerateOptions(request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
+                           guidance=request.guidance, seed=request.seed, frames=request.frames,
+                           size=tuple(request.size) if request.size else None, expand=request.expand)
+
+
 def pipeline_runner(pipe):
     """Run one job on the pipeline; report progress through the sampler's callback."""
+    from kinema.generate import generate
     from kinema.io.video import encode_mp4
-    from kinema.text.expand import expand_prompt
 
     def run(job: Job) -> bytes:
-        r = job.request
-        steps = r.steps or pipe.defaults["steps"]
-        height, width = r.size or (None, None)
-
         def progress(i: int, total: int) -> None:
             job.progress = min(0.99, (i + 1) / total)
 
-        prompt = expand_prompt(r.prompt, r.seed) if r.expand else r.prompt
-        video = pipe(prompt, negative_prompt=r.negative_prompt, frames=r.frames, height=height, width=width,
-                     steps=steps, guidance=r.guidance, seed=r.seed, progress=progress)
-        return encode_mp4(video, pipe.defaults.get("fps", 8))
+        result = generate(pipe, options(job.request), progress=progress)
+        job.prompt = result.prompt
+        return encode_mp4(result.video, result.fps)
 
     return run
 

@@ -5,7 +5,6 @@ connecting and editing). Exports a complete model folder that `TextToVideoPipeli
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -18,10 +17,9 @@ from kinema.config import from_dict, to_dict
 from kinema.data.buckets import batch_indices, bucket_batch_indices
 from kinema.data.latents import LatentDataset
 from kinema.diffusion.objectives import Objective
-from kinema.diffusion.samplers import DEFAULT_GUIDANCE
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.weights import load_weights, save_weights
-from kinema.text.encoder import MINILM
+from kinema.model_index import model_index_for, write_model_index
 from kinema.train.distributed import DistInfo
 from kinema.vae.model import VAEConfig
 
@@ -183,11 +181,8 @@ class DiTTask:
             for name in ("vae.safetensors", "vae.json"):
                 shutil.copyfile(Path(self.vae_dir) / name, out_dir / "model" / name)
         vae_cfg = from_dict(VAEConfig, self.data.meta["vae_config"], where="latent cache meta.json vae_config")
-        frames, height, width = vae_cfg.pixel_shape(*self.data.latent_shape[1:])
-        index = {"objective": to_dict(self.objective), "text_encoder": self.data.meta["text_encoder"] or MINILM,
-                 "frames": frames, "height": height, "width": width,
-                 "fps": 8, "steps": self.sample_steps, "guidance": DEFAULT_GUIDANCE}
-        if self.init_from is not None:  # provenance: this run started from that model's weights
-            index["init_from"] = str(self.init_from)
-        (out_dir / "model" / "model_index.json").write_text(json.dumps(index, indent=2))
+        index = model_index_for(self.objective, self.data.meta.get("text_encoder"), vae_cfg,
+                                self.data.latent_shape[1:], steps=self.sample_steps,
+                                init_from=None if self.init_from is None else str(self.init_from))
+        write_model_index(out_dir / "model", index)
         return path

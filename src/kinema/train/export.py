@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from kinema.io.weights import save_weights
+from kinema.model_index import read_model_index, write_model_index
 from kinema.train.checkpoint import load_latest_verified
 
 
@@ -34,7 +35,8 @@ def export_model_folder(run: str | Path, out: str | Path, weights: str = "ema", 
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     out.mkdir(parents=True, exist_ok=True)
     save_weights(out, "dit", state, ckpt["config"]["model"]["dit"])
-    for name in ("vae.safetensors", "vae.json", "model_index.json"):
+    index = read_model_index(run / "model")
+    for name in ("vae.safetensors", "vae.json"):
         src = run / "model" / name
         if not src.exists():
             raise FileNotFoundError(f"{src}: missing; the run has not exported a model folder yet")
@@ -45,9 +47,7 @@ def export_model_folder(run: str | Path, out: str | Path, weights: str = "ema", 
             save_weights(out, "vae", vae, json.loads((run / "model" / "vae.json").read_text()))
         elif not (name == "vae.json" and half):
             shutil.copyfile(src, out / name)
-    index = json.loads((out / "model_index.json").read_text())
-    index["trained_steps"], index["weights"] = ckpt["step"], weights
-    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_model_index(out, index.replace(trained_steps=ckpt["step"], weights=weights))
     return out
 
 

@@ -27,6 +27,7 @@ from kinema.config import to_dict
 from kinema.data.latents import LatentDataset
 from kinema.diffusion.samplers import classifier_free_guidance, sample
 from kinema.io.weights import load_weights, save_weights
+from kinema.model_index import read_model_index, write_model_index
 from kinema.train.distributed import DistInfo
 
 PAIR_LEVELS = ("detailed", "medium")  # prompts like the ones users (and prompt expansion) write
@@ -130,10 +131,9 @@ class ReflowTask:
             shutil.copyfile(self.teacher_dir / name, folder / name)
         _, cfg = load_weights(self.teacher_dir, "dit")
         path = save_weights(folder, "dit", state_dict, cfg)
-        index = json.loads((self.teacher_dir / "model_index.json").read_text())
-        index.update({"steps": 4, "guidance": 1.0, "distilled": {"method": "reflow", "teacher": str(self.teacher_dir),
-                                                                 "pairs": len(self.z)}})
-        (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+        distilled = {"method": "reflow", "teacher": str(self.teacher_dir), "pairs": len(self.z)}
+        index = read_model_index(self.teacher_dir).replace(steps=4, guidance=1.0, distilled=distilled)
+        write_model_index(folder, index)
         return path
 
 
@@ -144,12 +144,12 @@ def distill(teacher_dir: str | Path, latents: str | Path, out: str | Path, train
     from kinema.train.loop import train
 
     teacher_dir, out = Path(teacher_dir), Path(out)
-    index = json.loads((teacher_dir / "model_index.json").read_text())
-    objective = objective_from_dict(index["objective"])
+    index = read_model_index(teacher_dir)
+    objective = objective_from_dict(index.objective)
     if objective.kind != "flow":
         raise ValueError(f"{teacher_dir}: reflow needs a flow-matching teacher, this one is {objective.kind!r}")
     data = LatentDataset(latents)
-    guidance = index.get("guidance", 4.0) if guidance is None else guidance
+    guidance = index.guidance if guidance is None else guidance
     files = make_pairs(load_backbone(teacher_dir), objective, data, out / "pairs", pairs, teacher_steps, guidance,
                        seed=seed)
     z, x, idx, levels = load_pairs(files)

@@ -71,19 +71,39 @@ class VAEConfig:
         t, s = self.temporal_compression, self.spatial_compression
         return t * s * s * self.in_channels / self.latent_channels
 
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames of a clip of `frames` (1 + t*k) frames: frame 0 alone, then one per t frames."""
+        t = self.temporal_compression
+        if frames < 1 or (frames - 1) % t:
+            raise ValueError(f"frames must be 1 + {t}*k for this VAE (1, {1 + t}, {1 + 2 * t}, ...), got {frames}")
+        return 1 + (frames - 1) // t
+
+    def pixel_frames(self, latent_frames: int) -> int:
+        """Pixel frames a latent of `latent_frames` frames decodes to: the inverse of `latent_frames`."""
+        return 1 + (latent_frames - 1) * self.temporal_compression
+
+    def frame_groups(self, frames: int) -> list[range]:
+        """The pixel frames each latent frame covers: [0], [1..t], [t+1..2t], ... (causal: frame 0 alone)."""
+        t = self.temporal_compression
+        return [range(0, 1)] + [range(1 + t * i, 1 + t * (i + 1)) for i in range(self.latent_frames(frames) - 1)]
+
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """(C, F, H, W) of the latent of a clip; a clear error for sizes the model cannot take."""
+        s = self.spatial_compression
+        if height < s or width < s or height % s or width % s:
+            raise ValueError(f"height and width must be positive multiples of {s} for this VAE, got {height}x{width}")
+        return self.latent_channels, self.latent_frames(frames), height // s, width // s
+
+    def fit_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """The largest (F, H, W) this VAE takes within a clip of (frames, height, width): (0, 0, 0) parts for
+        none."""
         t, s = self.temporal_compression, self.spatial_compression
-        if (frames - 1) % t:
-            raise ValueError(f"frames must be 1 + {t}*k for this VAE (1, {1 + t}, {1 + 2 * t}, ...), got {frames}")
-        if height % s or width % s:
-            raise ValueError(f"height and width must be multiples of {s} for this VAE, got {height}x{width}")
-        return self.latent_channels, 1 + (frames - 1) // t, height // s, width // s
+        return (1 + (frames - 1) // t * t if frames >= 1 else 0), height // s * s, width // s * s
 
     def pixel_shape(self, latent_frames: int, latent_height: int, latent_width: int) -> tuple[int, int, int]:
         """(F, H, W) of the clip a latent of this grid decodes to: the inverse of `latent_shape`."""
-        t, s = self.temporal_compression, self.spatial_compression
-        return 1 + (latent_frames - 1) * t, latent_height * s, latent_width * s
+        s = self.spatial_compression
+        return self.pixel_frames(latent_frames), latent_height * s, latent_width * s
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,122 @@
+"""What several stages' commands share: argument types, the training flags and their TrainConfig, the help format."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (an option without help text gets one that states it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        if "%(default)" not in help and "(default" not in help and action.option_strings and _shown(action.default):
+            help += " (default: %(default)s)"
+        return help
+
+
+def _shown(default) -> bool:
+    return default is not None and default is not False and default is not argparse.SUPPRESS
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Use HelpFormatter in `parser` and every subcommand under it."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if action.help is None and action.option_strings and _shown(action.default):
+            action.help = "(default: %(default)s)"
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                show_defaults(sub)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'64' -> (64, 64); '64x96' -> (64, 96) as (H, W)."""
+    h, _, w = text.lower().partition("x")
+    try:
+        return int(h), int(w or h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be H or HxW, like 64 or 64x96; got {text!r}") from None
+
+
+def parse_x_ints(text: str, n: int, form: str, example: str) -> tuple[int, ...]:
+    """'17x64x96' -> (17, 64, 96): n integers joined by 'x', or an argparse error naming the form."""
+    try:
+        values = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        values = ()
+    if len(values) != n:
+        raise argparse.ArgumentTypeError(f"expected {form}, like {example}; got {text!r}")
+    return values
+
+
+def parse_fhw(text: str) -> tuple[int, int, int]:
+    """'17x64x96' -> (17, 64, 96) as (frames, H, W)."""
+    f, h, w = parse_x_ints(text, 3, "FRAMESxHxW", "17x64x96")
+    return f, h, w
+
+
+def parse_tx_s(text: str) -> tuple[int, int]:
+    """'4x16' -> (4, 16) as (frames, pixels per side)."""
+    t, side = parse_x_ints(text, 2, "FRAMESxPIXELS", "4x16")
+    return t, side
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """'2' -> (2, 2); '1-3' -> (1, 3)."""
+    lo, _, hi = text.partition("-")
+    try:
+        return int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or LO-HI, like 2 or 1-3; got {text!r}") from None
+
+
+def train_config(preset, args: argparse.Namespace):
+    """The preset's TrainConfig with the flags the user gave on top."""
+    import dataclasses
+
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "warmup_steps", "seed", "grad_accum",
+                                                "ckpt_every", "sample_every", "parallel", "grad_clip")
+                 if getattr(args, k, None) is not None}
+    if getattr(args, "bf16", None) is not None:
+        overrides["bf16"] = args.bf16
+    if getattr(args, "compile", False):
+        overrides["compile"] = True
+    if getattr(args, "activation_checkpointing", False):
+        overrides["activation_checkpointing"] = True
+    return dataclasses.replace(preset, **overrides)
+
+
+def add_train_flags(p: argparse.ArgumentParser, presets: list[str], default: str) -> None:
+    p.add_argument("--preset", choices=presets, default=default)
+    p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, samples, weights")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int, help="linear LR warmup steps (then cosine to lr * min_lr_ratio)")
+    p.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (default: the preset's)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--sample-every", type=int)
+    p.add_argument("--parallel", choices=["auto", "ddp", "fsdp", "none"])
+    p.add_argument("--bf16", dest="bf16", action="store_const", const=True,
+                   help="force bf16 autocast (default: auto, bf16 only where the hardware is fast at it)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_const", const=False, help="train in fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU: worth it; CPU: slow start)")
+    p.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations in "
+                   "backward (less memory, ~30%% more compute)")
+
+
+def add_text_encoder_flag(p: argparse.ArgumentParser) -> None:
+    from kinema.text.encoder import DEFAULT_TEXT_ENCODER
+
+    p.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER,
+                   help="'minilm' (last layer), 'minilm:0,6' (input embeddings + last layer, the default) or a "
+                        "local Hugging Face model folder")
+
+
+def bundled_model() -> str:
+    from kinema.generate import BUNDLED_MODEL
+
+    return str(BUNDLED_MODEL)

@@ -1,0 +1,100 @@
+"""`kinema data`: make, ingest, re-encode and look at datasets."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kinema.cli.common import add_text_encoder_flag, parse_fhw, parse_range, parse_size
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from kinema.data.shards import synth_dataset
+    from kinema.data.world import WorldConfig
+
+    (h, w), (lo, hi) = args.size, args.objects
+    cfg = WorldConfig(frames=args.frames, height=h, width=w, min_objects=lo, max_objects=hi,
+                      holdout=tuple(args.holdout or ()))
+    out = synth_dataset(args.out, args.n, cfg, seed=args.seed, shard_size=args.shard_size,
+                        overwrite=args.overwrite, sizes=args.sizes)
+    print(f"wrote {args.n} clips to {out}")
+
+
+def cmd_data_ingest(args: argparse.Namespace) -> None:
+    from kinema.data.folder import IngestConfig, ingest_folder
+
+    cfg = IngestConfig(frames=args.frames, fps=args.fps, sizes=tuple(args.sizes), min_motion=args.min_motion,
+                       scene_threshold=None if args.no_scene_cuts else args.scene_threshold,
+                       max_clips_per_video=args.max_clips, shard_size=args.shard_size)
+    report = ingest_folder(args.dir, args.captions, args.out, cfg)
+    for bad in report.unreadable:
+        print(f"unreadable: {bad['error']}")
+    for name in report.too_short:
+        print(f"too short: {name}")
+    print(f"{report.summary()} -> {args.out} (details: {Path(args.out) / 'ingest_report.json'})")
+
+
+def cmd_data_retext(args: argparse.Namespace) -> None:
+    from kinema.data.latents import reencode_text
+
+    out = reencode_text(args.latents, args.out, args.text_encoder)
+    print(f"wrote {out} (latents from {args.latents}, captions encoded by {args.text_encoder})")
+
+
+def cmd_data_show(args: argparse.Namespace) -> None:
+    from kinema.data.shards import ShardDataset
+    from kinema.io.video import contact_sheet, save_image, to_frames
+
+    ds = ShardDataset(args.dir)
+    items = [ds[i] for i in range(min(args.n, len(ds)))]
+    sheet = contact_sheet([to_frames(it["video"]) for it in items],
+                          [it["captions"].get(args.level, it["caption"]) for it in items], scale=args.scale)
+    out = save_image(args.out or Path(args.dir) / "contact_sheet.png", sheet)
+    print(f"wrote {out}")
+
+
+def add_data_commands(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="make and look at datasets").add_subparsers(dest="data_cmd", required=True)
+    p = data.add_parser("synth", help="write a shapes-world dataset as tar shards + captions.jsonl")
+    p.add_argument("--n", type=int, required=True, help="number of clips")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--frames", type=int, default=17)
+    p.add_argument("--size", type=parse_size, default=(64, 64), help="H or HxW (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--objects", type=parse_range, default=(1, 3), help="objects per clip: N or LO-HI (default 1-3)")
+    p.add_argument("--holdout", nargs="*", help="'color shape' pairs never generated, e.g. 'yellow triangle'")
+    p.add_argument("--sizes", nargs="+", type=parse_fhw, metavar="FxHxW",
+                   help="mixed durations/sizes: each clip gets one of these, e.g. 17x64x64 17x64x96 33x64x64")
+    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--overwrite", action="store_true", help="replace a dataset made with other settings")
+    p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser("ingest", help="a folder of real videos + a captions file -> a dataset (probe, filter, "
+                                       "scene cuts, size buckets)")
+    p.add_argument("dir", help="folder the captions file's paths are relative to")
+    p.add_argument("--captions", required=True, help="CSV (path,caption|text columns) or JSONL ({path, caption})")
+    p.add_argument("--out", required=True)
+    p.add_argument("--frames", type=int, default=17, help="frames per clip (1 + 4k)")
+    p.add_argument("--fps", type=float, default=8.0, help="sample clips at this frame rate")
+    p.add_argument("--sizes", nargs="+", type=parse_size, default=[(64, 64)], metavar="HxW",
+                   help="size buckets; each video goes to the one nearest its aspect ratio (default 64x64)")
+    p.add_argument("--min-motion", type=float, default=1.0, help="drop clips with a lower motion score (0-255)")
+    p.add_argument("--scene-threshold", type=float, default=40.0, help="frame difference that marks a cut")
+    p.add_argument("--no-scene-cuts", action="store_true")
+    p.add_argument("--max-clips", type=int, default=8, help="clips per video at most")
+    p.add_argument("--shard-size", type=int, default=256)
+    p.set_defaults(func=cmd_data_ingest)
+
+    p = data.add_parser("retext", help="a latent cache's captions encoded by another text encoder (latents reused)")
+    p.add_argument("--latents", required=True, help="a latent cache made by `kinema vae encode`")
+    p.add_argument("--out", required=True, help="new cache folder")
+    add_text_encoder_flag(p)
+    p.set_defaults(func=cmd_data_retext)
+
+    p = data.add_parser("show", help="write a PNG contact sheet of a few clips")
+    p.add_argument("dir")
+    p.add_argument("--n", type=int, default=6)
+    p.add_argument("--level", choices=["short", "medium", "detailed", "original", "recaption"], default="detailed",
+                   help="caption level to print (a clip without it shows the caption it has)")
+    p.add_argument("--scale", type=int, default=1)
+    p.add_argument("--out", help="PNG path (default DIR/contact_sheet.png)")
+    p.set_defaults(func=cmd_data_show)

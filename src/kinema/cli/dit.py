@@ -1,0 +1,74 @@
+"""`kinema dit`: train, distill and export the diffusion transformer."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kinema.cli.common import add_train_flags, bundled_model, parse_fhw, train_config
+
+
+def cmd_dit_train(args: argparse.Namespace) -> None:
+    from kinema.data.latents import LatentDataset
+    from kinema.diffusion.objectives import make_objective
+    from kinema.presets import DIT_TRAIN, dit_preset, lookup
+    from kinema.train.dit_task import DiTTask
+    from kinema.train.loop import train
+
+    cfg = train_config(lookup(DIT_TRAIN, args.preset, "dit"), args)
+    data = LatentDataset(args.latents)
+    model_cfg = dit_preset(args.preset, data.latent_shape[0], args.patch)
+    task = DiTTask(data, model_cfg, make_objective(args.objective), cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
+                   vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None,
+                   init_from=Path(args.init_from) if args.init_from else None)
+    result = train(task, cfg, args.out)
+    print(f"trained to step {result.step}, loss {result.last_loss:.4f}; model folder: {Path(args.out) / 'model'}")
+
+
+def cmd_dit_export(args: argparse.Namespace) -> None:
+    from kinema.train.export import export_model_folder
+
+    out = export_model_folder(args.run, args.out, weights=args.weights, half=args.fp16)
+    print(f"wrote model folder {out}")
+
+
+def cmd_dit_distill(args: argparse.Namespace) -> None:
+    from kinema.presets import REFLOW_TRAIN
+    from kinema.train.reflow import distill
+
+    cfg = train_config(REFLOW_TRAIN, args)
+    exported = distill(args.model or bundled_model(), args.latents, args.out, cfg, args.pairs, args.teacher_steps,
+                       args.guidance, args.seed or 0)
+    print(f"few-step student: {exported.parent if exported else args.out} (sample with --steps 4 --guidance 1)")
+
+
+
+
+def add_dit_commands(sub: argparse._SubParsersAction) -> None:
+    from kinema.presets import DIT_PRESETS
+
+    dit = sub.add_parser("dit", help="the diffusion transformer").add_subparsers(dest="dit_cmd", required=True)
+    p = dit.add_parser("train", help="train a DiT on a latent cache (resumes from --out if it holds checkpoints)")
+    p.add_argument("--latents", required=True, help="folder made by `kinema vae encode`")
+    add_train_flags(p, sorted(DIT_PRESETS), "shapes")
+    p.add_argument("--objective", choices=["flow", "epsilon", "v"], default="flow")
+    p.add_argument("--patch", type=parse_fhw, metavar="TxHxW",
+                   help="latent patch per token (default: the preset's 1x2x2; 1x1x1 gives 4x the tokens, a finer "
+                        "grid: see docs/experiments/patch-size.md)")
+    p.add_argument("--init-from", help="start from a model folder's DiT weights (a wider text input is zero-padded, "
+                                       "so the start computes what that model computed)")
+    p.set_defaults(func=cmd_dit_train)
+    p = dit.add_parser("distill", help="a few-step student by rectified-flow reflow on the teacher's own samples")
+    p.add_argument("--model", help="teacher model folder (default: the bundled model)")
+    p.add_argument("--latents", required=True, help="latent cache whose captions prompt the teacher")
+    p.add_argument("--pairs", type=int, default=1024, help="(noise, teacher sample) pairs to make")
+    p.add_argument("--teacher-steps", type=int, default=16)
+    p.add_argument("--guidance", type=float, help="teacher guidance (default: the model's)")
+    add_train_flags(p, ["reflow"], "reflow")
+    p.set_defaults(func=cmd_dit_distill)
+    p = dit.add_parser("export", help="a model folder from a run's latest checkpoint (raw or EMA weights)")
+    p.add_argument("--run", required=True, help="a `dit train` --out folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--weights", choices=["model", "ema"], default="ema")
+    p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size)")
+    p.set_defaults(func=cmd_dit_export)

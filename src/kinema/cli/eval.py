@@ -1,0 +1,63 @@
+"""`kinema eval`: prompt adherence, the probe, reports."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_eval_adherence(args: argparse.Namespace) -> None:
+    from kinema.eval.adherence import pipeline_generator, prompt_set, run_adherence
+    from kinema.generate import default_model
+
+    model = args.model or default_model()
+    report = run_adherence(pipeline_generator(model, args.steps, args.guidance), prompt_set(args.n, args.seed),
+                           args.out)
+    for line in report.lines():
+        print(line)
+    print(f"wrote {Path(args.out) / 'adherence.json'}")
+
+
+def cmd_eval_probe(args: argparse.Namespace) -> None:
+    from kinema.eval.train_probe import validate_probe
+
+    for kind, acc in validate_probe(args.n).items():
+        print(f"{kind:<11} " + "  ".join(f"{a} {v:.1%}" for a, v in acc.items()))
+
+
+def cmd_eval_train_probe(args: argparse.Namespace) -> None:
+    from kinema.eval.train_probe import train_shape_classifier
+
+    acc = train_shape_classifier(args.clips, args.epochs)
+    print(f"shape classifier held-out accuracy per crop: {acc:.1%}")
+
+
+def cmd_eval_report(args: argparse.Namespace) -> None:
+    from kinema.eval.report import write_report
+
+    print(f"wrote {write_report(args.out, runs=args.runs, adherence=args.adherence)}")
+
+
+def add_eval_commands(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="prompt adherence, Fréchet distance, reports").add_subparsers(
+        dest="eval_cmd", required=True)
+    p = ev.add_parser("adherence", help="generate a fixed prompt set and judge it with the probe")
+    p.add_argument("--model", help="model folder (default: the bundled model)")
+    p.add_argument("--n", type=int, default=25, help="prompts per category")
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--out", default="out/adherence")
+    p.set_defaults(func=cmd_eval_adherence)
+    p = ev.add_parser("probe", help="the probe's accuracy per attribute on held-out clean and degraded clips")
+    p.add_argument("--n", type=int, default=300)
+    p.set_defaults(func=cmd_eval_probe)
+    p = ev.add_parser("train-probe", help="retrain the probe's shape classifier (writes the packaged weights)")
+    p.add_argument("--clips", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=15)
+    p.set_defaults(func=cmd_eval_train_probe)
+    p = ev.add_parser("report", help="a self-contained HTML report: loss curves, adherence, sample grids")
+    p.add_argument("--runs", nargs="*", default=[], help="training run folders (metrics.jsonl, samples/)")
+    p.add_argument("--adherence", nargs="*", default=[], help="folders with adherence.json")
+    p.add_argument("--out", default="out/report.html")
+    p.set_defaults(func=cmd_eval_report)

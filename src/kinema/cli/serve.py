@@ -1,0 +1,38 @@
+"""`kinema serve` and `kinema demo`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from kinema.serve.app import create_app
+
+    if args.host not in ("127.0.0.1", "localhost"):
+        print(f"warning: serving on {args.host}: anyone who can reach this address can use the model")
+    uvicorn.run(create_app(model_dir=args.model, max_queued=args.max_queued), host=args.host, port=args.port)
+
+
+def add_serve_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="HTTP API + web page over a model")
+    p.add_argument("--model", help="model folder (default: the bundled model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-queued", type=int, default=8)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from kinema.demo import run_demo
+
+    for path in run_demo(Path(args.out)):
+        print(f"wrote {path}")
+
+
+def add_demo_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job: make a video and a contact sheet")
+    p.add_argument("--out", default="out/demo")
+    p.set_defaults(func=cmd_demo)

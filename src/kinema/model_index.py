@@ -1,0 +1,76 @@
+"""`model_index.json`: what a model folder says about itself beyond its weights, as one typed record.
+
+    index = read_model_index("models/shapes-64")      # errors name the file and the field
+    index.frames, index.steps, index.guidance          # the defaults `generate` uses
+    write_model_index(folder, index)                   # atomic
+
+Every writer (a DiT run's export, the reflow student, `from_parts` during training) builds it through
+`model_index_for`, so the clip size always comes from the VAE's own arithmetic (VAEConfig.pixel_shape).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kinema.config import from_dict, load_json, to_dict
+from kinema.diffusion.samplers import DEFAULT_GUIDANCE
+from kinema.text.encoder import MINILM
+
+
+@dataclass(frozen=True)
+class ModelIndex:
+    objective: dict  # the training objective, as kinema.diffusion.objectives.objective_from_dict reads it
+    text_encoder: str = MINILM
+    frames: int = 17  # default clip size
+    height: int = 64
+    width: int = 64
+    fps: int = 8
+    steps: int = 30  # default sampling steps and guidance
+    guidance: float = DEFAULT_GUIDANCE
+    trained_steps: int | None = None  # provenance, written by export
+    weights: str | None = None  # "model" or "ema"
+    init_from: str | None = None  # this run started from that model's weights
+    distilled: dict | None = None  # set on a few-step student (train/reflow.py)
+
+    def __post_init__(self) -> None:
+        if "kind" not in self.objective:
+            raise ValueError(f"ModelIndex.objective needs a 'kind' (flow or epsilon), got {self.objective}")
+        for name in ("frames", "height", "width", "fps", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ModelIndex.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.guidance < float("inf"):
+            raise ValueError(f"ModelIndex.guidance must be a finite number >= 0, got {self.guidance}")
+
+    def replace(self, **changes) -> ModelIndex:
+        return dataclasses.replace(self, **changes)
+
+
+def model_index_for(objective, text_encoder: str | None, vae_cfg, latent_grid: tuple[int, int, int],
+                    steps: int = 30, guidance: float = DEFAULT_GUIDANCE, **provenance) -> ModelIndex:
+    """The index of a model trained on latents of `latent_grid` (F, H, W) from a VAE with `vae_cfg`: its
+    default clip is the one that grid decodes to."""
+    frames, height, width = vae_cfg.pixel_shape(*latent_grid)
+    return ModelIndex(objective=to_dict(objective), text_encoder=text_encoder or MINILM,
+                      frames=frames, height=height, width=width, steps=steps, guidance=guidance, **provenance)
+
+
+def read_model_index(folder: str | Path) -> ModelIndex:
+    path = Path(folder) / "model_index.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found; a model folder needs model_index.json, "
+                                f"dit.safetensors/.json and vae.safetensors/.json")
+    return from_dict(ModelIndex, load_json(path), where=str(path))
+
+
+def write_model_index(folder: str | Path, index: ModelIndex) -> Path:
+    """Atomic: a reader sees the old file or the new one, never a part."""
+    path = Path(folder) / "model_index.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({k: v for k, v in to_dict(index).items() if v is not None}, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
