@@ -3,13 +3,14 @@ folder. Everything needed to rebuild a model is in those two files; loading neve
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import TypeVar
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -22,6 +23,17 @@ class WeightsError(ValueError):
     """Weights or their config are missing, truncated or do not fit the model."""
 
 
+def content_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order (stored in the file's metadata and
+    checked on load, so flipped bits in tensor data are caught, not trained on)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_weights(folder: str | Path, name: str, state_dict: dict[str, torch.Tensor], config: dict) -> Path:
     """Write both files atomically (temp file + rename). Non-finite weights are refused: a diverged model is
     never released."""
@@ -32,7 +44,8 @@ def save_weights(folder: str | Path, name: str, state_dict: dict[str, torch.Tens
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{name}.safetensors.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    save_file(tensors, str(tmp), metadata={"sha256": content_hash(tensors)})
     os.replace(tmp, folder / f"{name}.safetensors")
     tmp_json = folder / f".{name}.json.tmp"
     tmp_json.write_text(json.dumps(config, indent=2))
@@ -48,8 +61,13 @@ def load_weights(folder: str | Path, name: str) -> tuple[dict[str, torch.Tensor]
             raise WeightsError(f"{p}: not found; expected {name}.safetensors and {name}.json in {folder}")
     try:
         state = load_file(str(weights))
-    except (SafetensorError, OSError) as e:
+        with safe_open(str(weights), framework="pt") as f:
+            digest = (f.metadata() or {}).get("sha256")
+    except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{weights}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+    if digest is not None and content_hash(state) != digest:
+        raise WeightsError(f"{weights}: content hash mismatch: the tensor data changed after it was written "
+                           f"(corrupt file)")
     try:
         cfg = json.loads(config.read_text())
     except json.JSONDecodeError as e:

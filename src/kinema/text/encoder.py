@@ -182,10 +182,14 @@ class HFEncoder(TextEncoder):
         try:
             from transformers import AutoConfig, AutoModel, AutoTokenizer
         except ImportError as e:
-            raise ImportError("loading a Hugging Face encoder needs `pip install kinema[hf]`") from e
+            raise ValueError("loading a Hugging Face encoder needs `pip install kinema[hf]` (transformers)") from e
         path = Path(path)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path}: no config.json; expected a Hugging Face model directory")
+        if not any(path.glob("*.safetensors")):
+            pickled = sorted(p.name for p in path.glob("*.bin")) or sorted(p.name for p in path.glob("*.pt*"))
+            raise ValueError(f"{path}: no .safetensors weights{f' (only {pickled})' if pickled else ''}; kinema loads "
+                             f"only safetensors, never pickled weights. Convert them where you trust the source.")
         kind = AutoConfig.from_pretrained(path).model_type
         if kind in ("t5", "mt5", "umt5"):
             from transformers import T5EncoderModel as Model
@@ -193,7 +197,7 @@ class HFEncoder(TextEncoder):
             from transformers import CLIPTextModel as Model
         else:
             Model = AutoModel
-        self.model = Model.from_pretrained(path).requires_grad_(False).eval()
+        self.model = Model.from_pretrained(path, use_safetensors=True).requires_grad_(False).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.name, self.dim = str(path), self.model.config.hidden_size if hasattr(self.model.config, "hidden_size") \
             else self.model.config.d_model

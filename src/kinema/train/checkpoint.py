@@ -10,7 +10,6 @@ tensor's bytes, verified on load, so a file with flipped bits is refused rather 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,6 +19,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from kinema.io.weights import content_hash
 
 _TENSOR = "__tensor__"
 
@@ -52,16 +53,6 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
             items = [_unflatten(v, tensors) for v in obj["__list__"]]
             return tuple(items) if obj["tuple"] else items
     return obj
-
-
-def content_hash(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def save_checkpoint(path: str | Path, states: dict[str, Any]) -> Path:
