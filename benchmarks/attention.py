@@ -1,4 +1,4 @@
-"""Attention kernels side by side on the shapes a video DiT has: `kinema.dit.model.attention` (explicit
+"""Attention kernels side by side on the shapes a video DiT has: `kinema.layers.attention.attention` (explicit
 matmul -> softmax -> matmul in bf16 on a CPU) vs torch's fused `scaled_dot_product_attention`, forward +
 backward and forward only, in bf16 (in float32 `attention` is SDPA: the explicit form is no faster there).
 Prints both times and the ratio; the DiT's choice follows these numbers.
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, median_seconds  # noqa: E402
-from kinema.dit.model import attention  # noqa: E402
+from kinema.layers.attention import attention  # noqa: E402
 
 SHAPES = [(320, 320, "self, 17x64x64 at patch 1x1x1"), (320, 33, "cross to a prompt"),
           (80, 80, "self, patch 1x2x2 (the bundled model)"), (80, 33, "cross, patch 1x2x2")]

@@ -34,7 +34,7 @@ def tiny_vae_dir(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def tiny_latents(tiny_dataset, tiny_vae_dir, tmp_path_factory: pytest.TempPathFactory):
-    from kinema.data.latents import encode_dataset
+    from kinema.encode import encode_dataset
 
     return encode_dataset(tiny_vae_dir, tiny_dataset, tmp_path_factory.mktemp("latents"), progress=False)
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from kinema.data.buckets import bucket_batch_indices
-from kinema.data.latents import LatentDataset, encode_dataset
+from kinema.data.latents import LatentDataset
 from kinema.data.shards import ShardDataset, synth_dataset
 from kinema.data.world import WorldConfig
+from kinema.encode import encode_dataset
 
 SIZES = [(5, 32, 32), (5, 32, 48), (9, 32, 32)]
 

@@ -2,8 +2,9 @@ import pytest
 import torch
 from torch.nn.functional import scaled_dot_product_attention
 
-from kinema.dit.model import DiT, DiTConfig, attention, rms, rms_rope
-from kinema.dit.patches import apply_rope, grid_positions, patchify, rope_angles, rope_cos_sin, unpatchify
+from kinema.dit.model import DiT, DiTConfig
+from kinema.layers.attention import attention, rms, rms_rope
+from kinema.layers.patches import apply_rope, grid_positions, patchify, rope_angles, rope_cos_sin, unpatchify
 
 TINY = DiTConfig(in_channels=4, patch=(1, 2, 2), dim=32, depth=2, heads=2, text_dim=8)
 

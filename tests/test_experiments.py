@@ -71,7 +71,7 @@ def test_arms_see_the_captions_they_are_given(tiny_latents):
 def test_recaptions_are_reencoded_when_the_cache_text_encoder_changes(tiny_latents, tmp_path):
     from safetensors import safe_open
 
-    from kinema.data.latents import reencode_text
+    from kinema.encode import reencode_text
     from kinema.experiments.recaption import RecaptionExperiment, _recaption
 
     cap = _captioner(tiny_latents, tmp_path / "cap")

@@ -121,7 +121,8 @@ def test_captions_file_errors_name_the_line(tmp_path):
 
 
 def test_ingested_clips_encode_into_size_buckets(ingested, tiny_vae_dir, tmp_path):
-    from kinema.data.latents import LatentDataset, encode_dataset
+    from kinema.data.latents import LatentDataset
+    from kinema.encode import encode_dataset
 
     _, out = ingested
     cache = LatentDataset(encode_dataset(tiny_vae_dir, out, tmp_path / "lat", progress=False))

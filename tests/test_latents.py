@@ -1,7 +1,8 @@
 import torch
 
-from kinema.data.latents import LatentDataset, encode_dataset
+from kinema.data.latents import LatentDataset
 from kinema.data.shards import ShardDataset
+from kinema.encode import encode_dataset
 from kinema.io.weights import load_model, save_model
 from kinema.precision import autocast, use_bf16
 from kinema.presets import vae_tiny
@@ -35,3 +36,31 @@ def test_latent_cache_round_trips_and_resumes(tiny_dataset, tmp_path):
     assert after.keys() == before.keys()
     assert all(torch.allclose(after[k].float(), before[k].float(), atol=1e-4) for k in before)
     assert (out / "latents-00001.safetensors").stat().st_mtime_ns == mtime1
+
+
+def test_a_resumed_encode_refuses_another_vae_or_text_encoder(tiny_dataset, tmp_path):
+    import pytest
+
+    torch.manual_seed(0)
+    save_model(tmp_path / "vae", "vae", VideoVAE(vae_tiny()), vae_tiny())
+    torch.manual_seed(1)
+    save_model(tmp_path / "vae2", "vae", VideoVAE(vae_tiny()), vae_tiny())  # same layout, other weights
+    out = encode_dataset(tmp_path / "vae", tiny_dataset, tmp_path / "lat", batch_size=8, progress=False)
+    (out / "latents-00002.safetensors").unlink()  # as if killed before the last shard
+    with pytest.raises(ValueError, match="vae_sha256"):
+        encode_dataset(tmp_path / "vae2", tiny_dataset, out, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match="text_encoder"):
+        encode_dataset(tmp_path / "vae", tiny_dataset, out, batch_size=8, text_encoder_name="minilm", progress=False)
+    encode_dataset(tmp_path / "vae", tiny_dataset, out, batch_size=8, progress=False)  # the same models resume
+    assert len(LatentDataset(out)) == 24
+
+
+def test_a_resumed_retext_refuses_another_text_encoder(tiny_latents, tmp_path):
+    import pytest
+
+    from kinema.encode import reencode_text
+
+    out = reencode_text(tiny_latents, tmp_path / "re", "minilm", progress=False)
+    next(out.glob("latents-*.safetensors")).unlink()
+    with pytest.raises(ValueError, match="text_encoder"):
+        reencode_text(tiny_latents, out, "minilm:0,6", progress=False)

@@ -55,7 +55,8 @@ def test_bad_layer_names_are_explained(name):
 
 
 def test_retext_reuses_latents_and_reencodes_captions(tiny_latents, tmp_path):
-    from kinema.data.latents import LatentDataset, reencode_text
+    from kinema.data.latents import LatentDataset
+    from kinema.encode import reencode_text
 
     before = LatentDataset(tiny_latents)
     out = reencode_text(tiny_latents, tmp_path / "lat", "minilm", progress=False)

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from kinema.dit.model import attention
-from kinema.dit.patches import grid_positions, patchify
+from kinema.layers.attention import attention
+from kinema.layers.patches import grid_positions, patchify
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD, BOS, EOS, UNK = range(4)

@@ -35,7 +35,7 @@ def cmd_data_ingest(args: argparse.Namespace) -> None:
 
 
 def cmd_data_retext(args: argparse.Namespace) -> None:
-    from kinema.data.latents import reencode_text
+    from kinema.encode import reencode_text
 
     out = reencode_text(args.latents, args.out, args.text_encoder)
     print(f"wrote {out} (latents from {args.latents}, captions encoded by {args.text_encoder})")

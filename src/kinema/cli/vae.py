@@ -39,7 +39,7 @@ def cmd_vae_reconstruct(args: argparse.Namespace) -> None:
 
 
 def cmd_vae_encode(args: argparse.Namespace) -> None:
-    from kinema.data.latents import encode_dataset
+    from kinema.encode import encode_dataset
 
     out = encode_dataset(args.vae, args.data, args.out, batch_size=args.batch_size, text=not args.no_text,
                          text_encoder_name=args.text_encoder)

@@ -17,17 +17,15 @@ DATA/captions.jsonl (the caption as level "original"), DATA/ingest_report.json (
 from __future__ import annotations
 
 import csv
-import io
 import json
-import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from kinema.data.shards import jsonl_lines
-from kinema.io.video import VideoReadError, atomic_write_bytes, encode_mp4, probe_video, read_video
+from kinema.data.shards import ShardWriter, jsonl_lines
+from kinema.io.video import VideoReadError, atomic_write_bytes, probe_video, read_video
 
 INGEST_FORMAT = 1
 
@@ -185,16 +183,6 @@ def _clips_of(path: Path, cfg: IngestConfig, report: IngestReport, name: str):
                                             "codec": info.codec, "source_size": [info.height, info.width]}
 
 
-def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tar.addfile(ti, io.BytesIO(data))
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def ingest_folder(src: str | Path, captions: str | Path, out: str | Path, cfg: IngestConfig | None = None,
                   progress: bool = True) -> IngestReport:
     """Probe, filter, cut and write every captioned video of `src` as a dataset in `out`."""
@@ -204,32 +192,21 @@ def ingest_folder(src: str | Path, captions: str | Path, out: str | Path, cfg: I
     src, out = Path(src), Path(out)
     pairs = read_captions_file(captions)
     report = IngestReport(files=len(pairs))
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    rows, members, shard_no = [], [], 0
-
-    def flush() -> None:
-        nonlocal members, shard_no
-        if members:
-            _write_tar(out / "shards" / f"shard-{shard_no:05d}.tar", members)
-            members, shard_no = [], shard_no + 1
-
-    for rel, caption in tqdm(pairs, desc="ingest", disable=not progress):
-        path = src / rel
-        written = 0
-        try:
-            for frames, info in _clips_of(path, cfg, report, rel):
-                key = f"{report.clips:08d}"
-                record = {**info, "caption": caption, "captions": {"original": caption}}
-                members += [(f"{key}.mp4", encode_mp4(frames, fps=round(info["fps"]), lossless=True)),
-                            (f"{key}.json", json.dumps(record).encode()), (f"{key}.txt", caption.encode())]
-                rows.append({"key": key, "shard": f"shard-{shard_no:05d}.tar", "captions": {"original": caption}})
-                report.clips, written = report.clips + 1, written + 1
-                if len(members) >= 3 * cfg.shard_size:
-                    flush()
-        except VideoReadError as e:
-            report.unreadable.append({"path": rel, "error": str(e)})
-        report.per_file[rel] = written
-    flush()
+    rows = []
+    with ShardWriter(out / "shards", cfg.shard_size) as writer:
+        for rel, caption in tqdm(pairs, desc="ingest", disable=not progress):
+            path = src / rel
+            written = 0
+            try:
+                for frames, info in _clips_of(path, cfg, report, rel):
+                    key = f"{report.clips:08d}"
+                    record = {**info, "caption": caption, "captions": {"original": caption}}
+                    shard = writer.add(key, frames, round(info["fps"]), json.dumps(record), caption)
+                    rows.append({"key": key, "shard": shard, "captions": {"original": caption}})
+                    report.clips, written = report.clips + 1, written + 1
+            except VideoReadError as e:
+                report.unreadable.append({"path": rel, "error": str(e)})
+            report.per_file[rel] = written
     meta = {"format": INGEST_FORMAT, "kind": "ingested", "source": str(src.resolve()),
             "captions": str(Path(captions).resolve()), "n": report.clips, "config": asdict(cfg)}
     atomic_write_bytes(out / "meta.json", json.dumps(meta, indent=2).encode())

@@ -10,8 +10,8 @@
 Clips of different durations and sizes (variable F, H, W: Sora trains at native sizes) fall into buckets by
 latent shape; a batch is drawn from one bucket (`kinema.data.buckets.bucket_batch_indices`).
 
-One latents file per source shard, each written atomically; an interrupted encode re-run skips the
-files already there.
+This module reads the cache; `kinema.encode` writes it (it needs the VAE and the text encoder, which sit
+above data/).
 """
 
 from __future__ import annotations
@@ -23,152 +23,21 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from kinema.data.shards import CAPTION_LEVELS, ShardDataset, load_index
-from kinema.io.video import atomic_write_bytes
+from kinema.data.shards import CAPTION_LEVELS, load_index
 
 LATENT_FORMAT = 1
 
 
-def _save_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
-
-
-@torch.no_grad()
-def _encode_rows(vae, text_encoder, ds: ShardDataset, rows: list[int],
-                 batch_size: int) -> tuple[dict[str, torch.Tensor], dict[int, tuple[str, int]]]:
-    """Latents per size bucket (and each row's (bucket, position)), text embeddings in row order."""
-    levels = [lv for lv in CAPTION_LEVELS if all(lv in ds.rows[i]["captions"] for i in rows)]
-    videos = {i: ds[i]["video"] for i in rows}  # (C, F, H, W), sizes may differ
-    by_size: dict[tuple[int, ...], list[int]] = {}
-    for i in rows:
-        by_size.setdefault(tuple(videos[i].shape[1:]), []).append(i)
-    out, where = {}, {}
-    from kinema.precision import autocast, use_bf16
-
-    fast = use_bf16("auto", torch.device("cpu"))  # bf16 where the CPU is fast at it (~6x the VAE's speed)
-    for _, members in sorted(by_size.items()):
-        with autocast(torch.device("cpu"), fast):
-            parts = [vae.encode(torch.stack([videos[i] for i in members[s:s + batch_size]])).float()
-                     for s in range(0, len(members), batch_size)]
-        latents = torch.cat(parts)  # (n_b, c, f, h, w)
-        bucket = bucket_name(latents.shape[2:])
-        out[f"latents.{bucket}"] = latents
-        where.update({i: (bucket, j) for j, i in enumerate(members)})
-    if text_encoder is not None:
-        out.update(encode_texts(text_encoder, [ds.rows[i]["captions"] for i in rows], levels, batch_size))
-    return out, where
-
-
-@torch.no_grad()
-def encode_texts(text_encoder, captions: list[dict[str, str]], levels: list[str],
-                 batch_size: int) -> dict[str, torch.Tensor]:
-    """text.{level} (n, L, D) bf16 and mask.{level} (n, L) for each clip's captions, in order."""
-    out = {}
-    for level in levels:
-        parts = [text_encoder([c[level] for c in captions[s:s + batch_size]])
-                 for s in range(0, len(captions), batch_size)]
-        if parts:
-            length = max(t.shape[1] for t, _ in parts)
-            out[f"text.{level}"] = torch.cat([_pad(t, length).to(torch.bfloat16) for t, _ in parts])
-            out[f"mask.{level}"] = torch.cat([_pad(m, length) for _, m in parts])
-    return out
-
-
-def bucket_name(shape: tuple[int, ...] | torch.Size) -> str:
-    """Latent (f, h, w) -> "fxhxw", the name of a size bucket."""
-    return "x".join(str(int(n)) for n in shape)
-
-
-def _pad(x: torch.Tensor, length: int) -> torch.Tensor:
+def pad_to(x: torch.Tensor, length: int) -> torch.Tensor:
     """Pad dim 1 with zeros (or False) to `length`."""
     pad = length - x.shape[1]
     return torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], dim=1) if pad else x
 
 
-def encode_dataset(vae_dir: str | Path, data_dir: str | Path, out: str | Path, batch_size: int = 16,
-                   text: bool = True, text_encoder_name: str | None = None, progress: bool = True) -> Path:
-    """Encode every clip of a shard dataset with the VAE (posterior mean, normalised) and, with
-    text=True, every caption level with the text encoder."""
-    from tqdm import tqdm
-
-    from kinema.io.weights import load_model
-    from kinema.text.encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
-    from kinema.vae.model import VAEConfig, VideoVAE
-
-    text_encoder_name = text_encoder_name or DEFAULT_TEXT_ENCODER
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    vae = load_model(vae_dir, "vae", VideoVAE, VAEConfig)
-    encoder = load_text_encoder(text_encoder_name) if text else None
-    ds = ShardDataset(data_dir)
-    meta = {"format": LATENT_FORMAT, "source": str(Path(data_dir).resolve()), "vae": str(Path(vae_dir).resolve()),
-            "vae_config": json.loads((Path(vae_dir) / "vae.json").read_text()),
-            "text_encoder": text_encoder_name if text else None, "text_dim": encoder.dim if encoder else None}
-    atomic_write_bytes(out / "meta.json", json.dumps(meta, indent=2).encode())
-    by_shard: dict[str, list[int]] = {}
-    for i, row in enumerate(ds.rows):
-        by_shard.setdefault(row["shard"], []).append(i)
-    index = []
-    for n, (shard, rows) in enumerate(tqdm(sorted(by_shard.items()), desc="encode", disable=not progress)):
-        path = out / f"latents-{n:05d}.safetensors"
-        if path.exists():  # done by an earlier, interrupted run: read where each row went
-            where = _bucket_rows(path, rows)
-        else:
-            tensors, where = _encode_rows(vae, encoder, ds, rows, batch_size)
-            _save_atomic(path, tensors, {"keys": json.dumps([ds.rows[i]["key"] for i in rows]), "source": shard,
-                                         "buckets": json.dumps([where[i] for i in rows])})
-        index += [{"key": ds.rows[i]["key"], "shard": path.name, "row": r, "bucket": where[i][0],
-                   "brow": where[i][1], "captions": ds.rows[i]["captions"]} for r, i in enumerate(rows)]
-    atomic_write_bytes(out / "index.jsonl", ("\n".join(json.dumps(r) for r in index) + "\n").encode())
-    return out
-
-
-def reencode_text(latents_dir: str | Path, out: str | Path, text_encoder_name: str, batch_size: int = 64,
-                  progress: bool = True) -> Path:
-    """A copy of a latent cache with its captions encoded by another text encoder; the latents are
-    reused as they are. Shard by shard, atomically; an interrupted run re-run skips what is done."""
-    from tqdm import tqdm
-
-    from kinema.text.encoder import load_text_encoder
-
-    src, out = Path(latents_dir), Path(out)
-    if src.resolve() == out.resolve():
-        raise ValueError(f"{out}: write the re-encoded cache to a new folder, not over {src}")
-    meta = json.loads((src / "meta.json").read_text())
-    rows = load_index(src / "index.jsonl")
-    encoder = load_text_encoder(text_encoder_name)
-    out.mkdir(parents=True, exist_ok=True)
-    by_shard: dict[str, list[dict]] = {}
-    for r in rows:
-        by_shard.setdefault(r["shard"], []).append(r)
-    for shard, members in tqdm(sorted(by_shard.items()), desc="text", disable=not progress):
-        if (out / shard).exists():
-            continue
-        members.sort(key=lambda r: r["row"])
-        levels = [lv for lv in CAPTION_LEVELS if all(lv in r["captions"] for r in members)]
-        with safe_open(str(src / shard), framework="pt") as f:
-            header = f.metadata() or {}
-            keys = [k for k in f.keys() if not k.startswith(("text.", "mask."))]  # noqa: SIM118 (safe_open)
-            tensors = {k: f.get_tensor(k) for k in keys}
-        tensors.update(encode_texts(encoder, [r["captions"] for r in members], levels, batch_size))
-        _save_atomic(out / shard, tensors, header)
-    meta.update(text_encoder=text_encoder_name, text_dim=encoder.dim, text_from=str(src.resolve()))
-    atomic_write_bytes(out / "meta.json", json.dumps(meta, indent=2).encode())
-    atomic_write_bytes(out / "index.jsonl", (src / "index.jsonl").read_bytes())
-    return out
-
-
-def _bucket_rows(path: Path, rows: list[int]) -> dict[int, tuple[str, int]]:
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if "buckets" in meta:
-            return {i: tuple(b) for i, b in zip(rows, json.loads(meta["buckets"]), strict=True)}
-        bucket = bucket_name(f.get_slice("latents").get_shape()[2:])  # a cache from before buckets
-        return {i: (bucket, j) for j, i in enumerate(rows)}
+def bucket_name(shape: tuple[int, ...] | torch.Size) -> str:
+    """Latent (f, h, w) -> "fxhxw", the name of a size bucket."""
+    return "x".join(str(int(n)) for n in shape)
 
 
 @dataclass
@@ -220,8 +89,8 @@ class LatentDataset:
         for level in CAPTION_LEVELS:
             if f"text.{level}" in texts:
                 length = max(t.shape[1] for t in texts[f"text.{level}"])
-                text[level] = torch.cat([_pad(t, length) for t in texts[f"text.{level}"]])
-                mask[level] = torch.cat([_pad(m, length) for m in texts[f"mask.{level}"]])
+                text[level] = torch.cat([pad_to(t, length) for t in texts[f"text.{level}"]])
+                mask[level] = torch.cat([pad_to(m, length) for m in texts[f"mask.{level}"]])
         return {b: torch.cat(parts) for b, parts in latents.items()}, text, mask
 
     def __len__(self) -> int:
@@ -269,6 +138,6 @@ class LatentDataset:
             return LatentBatch(latents, None, None, captions)
         rows = [self._text_row[i] for i in indices]
         length = max(self.text[lv].shape[1] for lv in set(levels))
-        text = torch.stack([_pad(self.text[lv][r][None], length)[0] for r, lv in zip(rows, levels, strict=True)])
-        mask = torch.stack([_pad(self.mask[lv][r][None], length)[0] for r, lv in zip(rows, levels, strict=True)])
+        text = torch.stack([pad_to(self.text[lv][r][None], length)[0] for r, lv in zip(rows, levels, strict=True)])
+        mask = torch.stack([pad_to(self.mask[lv][r][None], length)[0] for r, lv in zip(rows, levels, strict=True)])
         return LatentBatch(latents, text.float(), mask, captions)

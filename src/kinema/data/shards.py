@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -46,10 +47,51 @@ def make_clip(cfg: WorldConfig, seed: int) -> tuple[torch.Tensor, Scene]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
+class ShardWriter:
+    """Clips into FOLDER/shard-NNNNN.tar in the one shard format every dataset here uses: {key}.mp4 (lossless),
+    {key}.json (the clip's record), {key}.txt (its caption). A shard is written atomically when it holds
+    `shard_size` clips, and the last one on leaving the `with` block, so a killed writer leaves whole shards.
+
+        with ShardWriter(out / "shards", shard_size=256) as w:
+            shard = w.add(key, frames, fps, record_json, caption)   # the shard name the clip lands in
+    """
+
+    def __init__(self, folder: str | Path, shard_size: int, first: int = 0):
+        self.folder, self.shard_size, self.shard_no = Path(folder), shard_size, first
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._clips: list[tuple[str, bytes, bytes, bytes]] = []
+
+    @property
+    def shard_name(self) -> str:
+        return f"shard-{self.shard_no:05d}.tar"
+
+    def add(self, key: str, frames: np.ndarray, fps: float, record_json: str, caption: str) -> str:
+        """frames (F, H, W, 3) uint8."""
+        name = self.shard_name
+        self._clips.append((key, encode_mp4(frames, fps, lossless=True), record_json.encode(), caption.encode()))
+        if len(self._clips) >= self.shard_size:
+            self.flush()
+        return name
+
+    def flush(self) -> None:
+        if not self._clips:
+            return
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for key, mp4, record, caption in self._clips:
+                for suffix, data in ((".mp4", mp4), (".json", record), (".txt", caption)):
+                    info = tarfile.TarInfo(key + suffix)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        atomic_write_bytes(self.folder / self.shard_name, buf.getvalue())
+        self._clips, self.shard_no = [], self.shard_no + 1
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:  # an interrupted shard is not written: resume makes it again
+            self.flush()
 
 
 def clip_config(cfg: WorldConfig, sizes: list[tuple[int, int, int]] | None, seed: int) -> WorldConfig:
@@ -60,17 +102,12 @@ def clip_config(cfg: WorldConfig, sizes: list[tuple[int, int, int]] | None, seed
     return replace(cfg, frames=frames, height=height, width=width)
 
 
-def _write_shard(path: Path, cfg: WorldConfig, seed: int, indices: range,
+def _write_shard(folder: Path, number: int, cfg: WorldConfig, seed: int, indices: range,
                  sizes: list[tuple[int, int, int]] | None = None) -> None:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+    with ShardWriter(folder, shard_size=len(indices), first=number) as writer:
         for i in indices:
             frames, scene = make_clip(clip_config(cfg, sizes, clip_seed(seed, i)), clip_seed(seed, i))
-            key = f"{i:08d}"
-            _add_member(tar, f"{key}.mp4", encode_mp4(frames.numpy(), cfg.fps, lossless=True))
-            _add_member(tar, f"{key}.json", scene.to_json().encode())
-            _add_member(tar, f"{key}.txt", scene.captions["detailed"].encode())
-    atomic_write_bytes(path, buf.getvalue())
+            writer.add(f"{i:08d}", frames.numpy(), cfg.fps, scene.to_json(), scene.captions["detailed"])
 
 
 def _check_meta(out: Path, meta: dict, overwrite: bool) -> None:
@@ -106,9 +143,8 @@ def synth_dataset(out: str | Path, n: int, cfg: WorldConfig, seed: int = 0, shar
     _check_meta(out, meta, overwrite)
     starts = range(0, n, shard_size)
     for s, start in enumerate(tqdm(starts, desc="synth shards", disable=not progress)):
-        path = out / "shards" / f"shard-{s:05d}.tar"
-        if not path.exists():
-            _write_shard(path, cfg, seed, range(start, min(n, start + shard_size)), sizes)
+        if not (out / "shards" / f"shard-{s:05d}.tar").exists():
+            _write_shard(out / "shards", s, cfg, seed, range(start, min(n, start + shard_size)), sizes)
     _write_index(out)
     return out
 

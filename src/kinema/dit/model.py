@@ -15,14 +15,14 @@ The model is called as `model(x_t, t, text=..., text_mask=..., cond=..., cond_ma
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from kinema.dit.patches import grid_positions, patchify, rope_angles, rope_cos_sin, sincos_3d, swap_pairs, unpatchify
+from kinema.layers.attention import CrossAttention, attention, rms_rope
+from kinema.layers.embedders import TextEmbedder, TimestepEmbedder, gated, modulate, with_frame_condition
+from kinema.layers.patches import grid_positions, patchify, rope_angles, rope_cos_sin, sincos_3d, unpatchify
 
 # ---------------------------------------------------------------------------------------------------
 # Config
@@ -62,121 +62,7 @@ class DiTConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Helpers and embedders
-# ---------------------------------------------------------------------------------------------------
-
-
-class _RMSNormRope(torch.autograd.Function):
-    """y = rope(w * x / rms(x)) over the last dim of x (..., L, Dh) in x's dtype, the rotation optional, with a
-    backward written by hand. Autograd's graph of the same ops makes ~22 passes over x, several of them over a
-    float32 copy; this makes 6 forward and 9 backward, all in x's dtype, the reductions accumulated in float32.
-    (The q/k norms were the largest elementwise cost of a bf16 DiT training step on a CPU.)"""
-
-    @staticmethod
-    def forward(ctx, x, weight, eps, cos=None, signed_sin=None):  # x (..., L, Dh), weight (Dh,), tables (L, Dh)
-        r = torch.rsqrt(x.square().mean(-1, keepdim=True, dtype=torch.float32) + eps).to(x.dtype)  # (..., L, 1)
-        xh = x * r
-        w = weight.to(x.dtype)
-        if cos is None:
-            out = xh * w
-        else:  # rotating w * xh: tables w * cos and pair-swapped w * sin
-            cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)
-            out = torch.addcmul(xh * (cos * w), swap_pairs(xh), signed_sin * swap_pairs(w))
-        ctx.save_for_backward(xh, r, w, cos, signed_sin)
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        xh, r, w, cos, signed_sin = ctx.saved_tensors
-        g = g.to(xh.dtype)
-        if cos is not None:  # the gradient through the rotation is the inverse rotation: by -angle
-            g = torch.addcmul(g * cos, swap_pairs(g), signed_sin, value=-1)
-        v = g * xh  # (..., L, Dh)
-        dw = v.flatten(0, -2).sum(0, dtype=torch.float32) if ctx.needs_input_grad[1] else None  # (Dh,)
-        u = g * w  # the gradient w.r.t. xh
-        m = (v @ w)[..., None] / xh.shape[-1]  # mean(u * xh) over Dh: (..., L, 1)
-        dx = torch.addcmul(u, xh, m, value=-1) * r
-        return dx, dw, None, None, None
-
-
-def rms(norm: nn.RMSNorm, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-    """RMSNorm in x's dtype with its weight times `gain` (queries take attention's 1/sqrt(Dh) here: one pass
-    over them fewer). Written out: torch's rms_norm is composite on a CPU and ~1.7x slower in bf16."""
-    return _RMSNormRope.apply(x, norm.weight * gain, norm.eps)
-
-
-def rms_rope(norm: nn.RMSNorm, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-             gain: float = 1.0) -> torch.Tensor:
-    """apply_rope(rms(norm, x, gain), rope) as one function: (B, heads, L, Dh), rope's (L, Dh) cos and signed sin."""
-    return _RMSNormRope.apply(x, norm.weight * gain, norm.eps, *rope)
-
-
-# In bf16 on a CPU at a video DiT's lengths here (80-480 tokens), one matmul -> softmax -> matmul is several
-# times faster than SDPA's fused kernel (one thread, fwd+bwd of 8x6 heads x 320 tokens: 34 ms vs 80 ms;
-# cross-attention to 33 tokens 4 ms vs 28 ms; benchmarks/attention.py); in float32 the two are even. It keeps
-# the (B, heads, L, Lk) scores in memory, so float32, long sequences and GPUs go to SDPA (flash / efficient).
-EXPLICIT_ATTENTION_MAX_SCORES = 1 << 20  # L * Lk per head at most
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None,
-              scale: float | None = None) -> torch.Tensor:
-    """Scaled dot-product attention: q (B, heads, L, Dh), k and v (B, heads, Lk, Dh), key_mask broadcastable
-    to (B, heads, L, Lk), True = attend -> (B, heads, L, Dh); `scale` defaults to 1/sqrt(Dh) (1.0: q is scaled)."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    explicit = q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
-    if not explicit or q.shape[-2] * k.shape[-2] > EXPLICIT_ATTENTION_MAX_SCORES:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=scale)
-    scores = (q if scale == 1.0 else q * scale) @ k.transpose(-1, -2)  # (B, heads, L, Lk)
-    if key_mask is not None:
-        scores = scores.masked_fill(~key_mask, float("-inf"))
-    return scores.softmax(-1) @ v  # softmax accumulates in float32 for bf16 inputs
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x * (1 + scale) + shift per sample, as one fused multiply-add; x (B, L, D), shift/scale (B, D)."""
-    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
-
-
-def gated(x: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-    """The residual x + gate * branch (adaLN-Zero's gate, (B, D)) as one fused multiply-add."""
-    return torch.addcmul(x, gate[:, None], branch)
-
-
-class TimestepEmbedder(nn.Module):
-    """t in [0, 1] -> sinusoidal features of 1000 t -> MLP -> (B, D)."""
-
-    def __init__(self, dim: int, freq_dim: int = 256):
-        super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        args = 1000.0 * t.float()[:, None] * freqs[None]
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
-
-
-class TextEmbedder(nn.Module):
-    """Prompt tokens -> model width, with a learned null token in front that is never masked."""
-
-    def __init__(self, text_dim: int, dim: int):
-        super().__init__()
-        self.proj = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(), nn.Linear(dim, dim))
-        self.pool_proj = nn.Linear(text_dim, dim)
-        self.null = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-
-    def forward(self, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, L, Dt), (B, L) -> tokens (B, 1+L, D), key mask (B, 1+L), pooled (B, D)."""
-        m = mask[..., None].to(text.dtype)
-        pooled = self.pool_proj((text * m).sum(1) / m.sum(1).clamp(min=1.0))
-        tokens = torch.cat([self.null.expand(text.shape[0], -1, -1).to(text.dtype), self.proj(text)], dim=1)
-        key_mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
-        return tokens, key_mask, pooled
-
-
-# ---------------------------------------------------------------------------------------------------
-# Attention and the block
+# Self-attention and the block (the shared pieces are in kinema.layers)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -193,21 +79,6 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).contiguous()  # (B, h, L, Dh)
         q, k = rms_rope(self.q_norm, q, rope, q.shape[-1] ** -0.5), rms_rope(self.k_norm, k, rope)
         return self.proj(attention(q, k, v, scale=1.0).transpose(1, 2).flatten(2))
-
-
-class CrossAttention(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
-        self.q_norm, self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6), nn.RMSNorm(dim // heads, eps=1e-6)
-
-    def forward(self, x: torch.Tensor, text: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        q = self.q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2).contiguous()  # (B, heads, L, Dh)
-        k, v = self.kv(text).unflatten(-1, (2, self.heads, -1)).permute(2, 0, 3, 1, 4).contiguous()  # (B, h, Lt, Dh)
-        q, k = rms(self.q_norm, q, q.shape[-1] ** -0.5), rms(self.k_norm, k)
-        out = attention(q, k, v, key_mask[:, None, None, :], scale=1.0)
-        return self.proj(out.transpose(1, 2).flatten(2))
 
 
 class DiTBlock(nn.Module):
@@ -277,13 +148,8 @@ class DiT(nn.Module):
         nn.init.zeros_(self.final_layer.linear.bias)
 
     def _inputs(self, x, cond, cond_mask) -> torch.Tensor:
-        """Concatenate known frames and their mask to x when the model takes frame conditioning."""
-        if not self.cfg.frame_conditioning:
-            return x
-        B, _, Fr, H, W = x.shape
-        if cond is None:
-            cond, cond_mask = torch.zeros_like(x), x.new_zeros(B, 1, Fr, H, W)
-        return torch.cat([x, cond * cond_mask, cond_mask.to(x.dtype)], dim=1)
+        """Known frames and their mask as extra channels when the model takes frame conditioning."""
+        return with_frame_condition(x, cond, cond_mask) if self.cfg.frame_conditioning else x
 
     def forward(
         self,

@@ -115,8 +115,8 @@ def world_config(rung: Rung, frames: int, size: int) -> WorldConfig:
 
 def prepare_latents(rung: Rung, cache: Path, frames: int, size: int, seed: int = 5) -> Path:
     """The rung's world as a latent cache (synthesised and encoded once, shared by rungs that agree)."""
-    from kinema.data.latents import encode_dataset
     from kinema.data.shards import synth_dataset
+    from kinema.encode import encode_dataset
 
     world = world_config(rung, frames, size)
     data = cache / f"world-{_key([dataclasses.asdict(world), rung.clips, seed])}"

@@ -62,8 +62,8 @@ def _recaption(exp: RecaptionExperiment, data) -> dict[str, float]:
     from safetensors.torch import load_file, save_file
 
     from kinema.captioning.recaption import caption_agreement, caption_clips, load_captioner
-    from kinema.data.latents import encode_texts
     from kinema.data.shards import ShardDataset
+    from kinema.encode import encode_texts
     from kinema.text.encoder import MINILM, load_text_encoder
 
     cache = exp.out / "recaptions.safetensors"

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kinema.dit.model import CrossAttention, TextEmbedder, TimestepEmbedder, attention
+from kinema.layers.attention import CrossAttention, attention
+from kinema.layers.embedders import TextEmbedder, TimestepEmbedder, with_frame_condition
 
 
 @dataclass(frozen=True)
@@ -130,11 +131,7 @@ class UNet3D(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def _inputs(self, x, cond, cond_mask) -> torch.Tensor:
-        if not self.cfg.frame_conditioning:
-            return x
-        if cond is None:
-            cond, cond_mask = torch.zeros_like(x), x.new_zeros(x.shape[0], 1, *x.shape[2:])
-        return torch.cat([x, cond * cond_mask, cond_mask.to(x.dtype)], dim=1)
+        return with_frame_condition(x, cond, cond_mask) if self.cfg.frame_conditioning else x
 
     def forward(
         self,

@@ -1,0 +1,60 @@
+"""Conditioning blocks shared by the denoisers (DiT, 3D U-Net): the timestep and prompt embedders, adaLN's
+modulate/gate, and the frame-conditioning input (known latent frames and their mask as extra channels)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x * (1 + scale) + shift per sample, as one fused multiply-add; x (B, L, D), shift/scale (B, D)."""
+    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
+
+
+def gated(x: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """The residual x + gate * branch (adaLN-Zero's gate, (B, D)) as one fused multiply-add."""
+    return torch.addcmul(x, gate[:, None], branch)
+
+
+class TimestepEmbedder(nn.Module):
+    """t in [0, 1] -> sinusoidal features of 1000 t -> MLP -> (B, D)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = 1000.0 * t.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+class TextEmbedder(nn.Module):
+    """Prompt tokens -> model width, with a learned null token in front that is never masked."""
+
+    def __init__(self, text_dim: int, dim: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.pool_proj = nn.Linear(text_dim, dim)
+        self.null = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+
+    def forward(self, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L, Dt), (B, L) -> tokens (B, 1+L, D), key mask (B, 1+L), pooled (B, D)."""
+        m = mask[..., None].to(text.dtype)
+        pooled = self.pool_proj((text * m).sum(1) / m.sum(1).clamp(min=1.0))
+        tokens = torch.cat([self.null.expand(text.shape[0], -1, -1).to(text.dtype), self.proj(text)], dim=1)
+        key_mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
+        return tokens, key_mask, pooled
+
+
+def with_frame_condition(x: torch.Tensor, cond: torch.Tensor | None, cond_mask: torch.Tensor | None) -> torch.Tensor:
+    """x (B, C, F, H, W) -> (B, 2C+1, F, H, W): x, the known frames (zero where not given) and their mask. No
+    frames given (cond None) is an all-zero mask: the same model does text-to-video."""
+    if cond is None:
+        cond, cond_mask = torch.zeros_like(x), x.new_zeros(x.shape[0], 1, *x.shape[2:])
+    return torch.cat([x, cond * cond_mask, cond_mask.to(x.dtype)], dim=1)
