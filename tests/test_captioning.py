@@ -4,17 +4,11 @@ import pytest
 import torch
 
 from kinema.captioning.captioner import CaptionerConfig, VideoCaptioner, Vocab, detokenize, tokenize
-from kinema.captioning.recaption import (
-    CaptionerTask,
-    DecodedClips,
-    caption_agreement,
-    captioner_inputs,
-    load_captioner,
-    recaption_dataset,
-)
+from kinema.captioning.recaption import caption_agreement, captioner_inputs, load_captioner, recaption_dataset
 from kinema.config import TrainConfig
 from kinema.data.latents import LatentDataset
-from kinema.data.shards import ShardDataset
+from kinema.data.shards import DecodedClips, ShardDataset
+from kinema.train.captioner_task import CaptionerTask
 from kinema.train.loop import train
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from kinema.diffusion.objectives import Objective, keep_given, objective_from_dict
-from kinema.diffusion.samplers import SAMPLERS, classifier_free_guidance, noise_to, sample
+from kinema.diffusion.samplers import classifier_free_guidance, noise_to, sample, samplers_for
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.video import to_frames, to_tensor
 from kinema.io.weights import load_model
@@ -114,9 +114,9 @@ class TextToVideoPipeline:
                              f"patch {max(ph, pw)}), got {height}x{width}")
         if f % pt:
             raise ValueError(f"latent frames {f} not divisible by the temporal patch {pt}")
-        if sampler is not None and sampler not in SAMPLERS[self.objective.kind]:
+        if sampler is not None and sampler not in samplers_for(self.objective.kind):
             raise ValueError(f"sampler {sampler!r} does not fit this {self.objective.kind} model; "
-                             f"expected one of {SAMPLERS[self.objective.kind]}")
+                             f"expected one of {samplers_for(self.objective.kind)}")
 
     # -----------------------------------------------------------------------------------------------
     # Generation

@@ -58,8 +58,9 @@ def lookup(table: dict, name: str, what: str):
 
 
 # ---------------------------------------------------------------------------------------------------
-# DiT: sizes share patch (1, 2, 2) on 16-channel latents; `text_dim` is MiniLM's 384. Absolute 3D sin/cos
-# positions beside RoPE, lr 1e-3 at the small sizes: the ladder's evidence (docs/experiments/learning-efficiency.md:
+# DiT: sizes share patch (1, 2, 2); `in_channels` comes from the latent cache (dit_preset), `text_dim` is
+# MiniLM's 384. Absolute 3D sin/cos positions beside RoPE, lr 1e-3 at the small sizes: the ladder's evidence
+# (docs/experiments/learning-efficiency.md:
 # RoPE alone 55% vs 86% all-correct, lr 6e-4 67%, width 128 44%, on the same data and steps)
 # ---------------------------------------------------------------------------------------------------
 

@@ -13,47 +13,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from kinema.captioning.captioner import PAD, CaptionerConfig, VideoCaptioner, Vocab
-from kinema.config import from_dict, to_dict
-from kinema.data.buckets import global_indices
+from kinema.captioning.captioner import CaptionerConfig, VideoCaptioner, Vocab
+from kinema.config import from_dict
 from kinema.data.captions import parse_caption
 from kinema.data.latents import LatentDataset
-from kinema.data.shards import ShardDataset
-from kinema.io.weights import WeightsError, load_weights, save_weights
+from kinema.data.shards import DecodedClips, ShardDataset
+from kinema.io.weights import WeightsError, load_weights
 from kinema.precision import autocast, use_bf16
-from kinema.train.distributed import DistInfo
-
-
-def _tokens(vocab: Vocab, captions: list[str], max_length: int) -> torch.Tensor:
-    ids = [vocab.encode(c, max_length) for c in captions]
-    out = torch.full((len(ids), max(len(i) for i in ids)), PAD, dtype=torch.long)
-    for row, seq in enumerate(ids):
-        out[row, : len(seq)] = torch.tensor(seq)
-    return out
-
-
-class DecodedClips:
-    """A shard folder's clips, each decoded once and then kept in memory as uint8 (3, F, H, W): exact, since
-    the shards hold 8-bit frames, and a quarter of float32's size (8192 clips of 17x64x64: 1.7 GB). A pixel
-    captioner sees every clip ~10 times in a run; without this, decoding is a quarter of each step."""
-
-    def __init__(self, data: ShardDataset):
-        self.data, self.rows = data, data.rows
-        self._videos: dict[int, torch.Tensor] = {}
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def video(self, i: int) -> torch.Tensor:  # (3, F, H, W) in [-1, 1]
-        if i not in self._videos:
-            self._videos[i] = ((self.data[i]["video"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return self._videos[i].float() / 127.5 - 1
 
 
 def captioner_inputs(data: LatentDataset | ShardDataset | DecodedClips,
@@ -69,76 +40,6 @@ def captioner_inputs(data: LatentDataset | ShardDataset | DecodedClips,
         return {"video": torch.stack([it["video"] for it in items])}, [it["captions"]["detailed"] for it in items]
     b = data.gather(indices, ["detailed"] * len(indices))
     return {"video": b.latents}, b.captions
-
-
-@dataclass
-class CaptionerTask:
-    data: LatentDataset | ShardDataset | DecodedClips  # latents, or pixels (cfg.input says which)
-    model_cfg: CaptionerConfig
-    vocab: Vocab
-    batch_size: int
-    subset: list[int] | None = None  # dataset indices that have detailed captions (default: all)
-    grad_accum: int = 1
-    seed: int = 0
-    name: str = "captioner"
-    eval_indices: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.data, ShardDataset):
-            self.data = DecodedClips(self.data)
-
-    def build_model(self) -> nn.Module:
-        return VideoCaptioner(self.model_cfg)
-
-    def model_config(self) -> dict:
-        return {"captioner": to_dict(self.model_cfg), "vocab": self.vocab.words}
-
-    def tokens_per_sample(self) -> int:
-        return self.model_cfg.max_length
-
-    def batch(self, step: int, micro: int, info: DistInfo) -> dict:
-        pool = self.subset if self.subset is not None else list(range(len(self.data)))
-        first = ((step * self.grad_accum + micro) * info.world_size + info.rank) * self.batch_size
-        idx = [pool[i] for i in global_indices(len(pool), self.seed, first, self.batch_size)]
-        inputs, captions = captioner_inputs(self.data, idx)
-        return {"inputs": {k: v.to(info.device) for k, v in inputs.items()},
-                "tokens": _tokens(self.vocab, captions, self.model_cfg.max_length).to(info.device)}
-
-    def loss(self, model: nn.Module, batch: dict, generator: torch.Generator):
-        return model.loss(tokens=batch["tokens"], **batch["inputs"]), {}
-
-    @torch.no_grad()
-    def samples(self, model: nn.Module, step: int, out_dir: Path) -> list[Path]:
-        idx = self.eval_indices or list(range(min(8, len(self.data))))
-        inputs, captions = captioner_inputs(self.data, idx)
-        generated = [self.vocab.decode(t) for t in model.generate(**inputs)]
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"captions-{step:07d}.txt"
-        path.write_text("".join(f"truth: {t}\nmodel: {g}\n\n" for t, g in zip(captions, generated, strict=True)))
-        return [path]
-
-    def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> Path:
-        vae = self.data.meta.get("vae") if isinstance(self.data, LatentDataset) else None
-        config = {**to_dict(self.model_cfg), "vocab": self.vocab.words[4:], "vae": vae}
-        return save_weights(out_dir, "captioner", state_dict, config)
-
-
-def export_captioner(run: str | Path, out: str | Path, weights: str = "ema", vae: str | None = None) -> Path:
-    """A captioner folder (what `load_captioner` reads) from a `caption train` run's latest checkpoint, so a
-    run can be measured while it trains; `weights` "ema" falls back to the raw weights where the run keeps no
-    EMA. `vae`: the VAE folder its latents came from (`caption run` needs it; default: the one the run's own
-    export recorded, if any)."""
-    from kinema.train.export import latest_weights
-
-    run = Path(run)
-    ckpt, state = latest_weights(run, weights)
-    if ckpt["config"]["task"] != "captioner":
-        raise ValueError(f"{run}/checkpoints: {ckpt['config']['task']} checkpoints, not a captioner's")
-    model = ckpt["config"]["model"]
-    if vae is None and (run / "captioner.json").exists():
-        vae = json.loads((run / "captioner.json").read_text()).get("vae")
-    config = {**model["captioner"], "vocab": Vocab(model["vocab"]).words[4:], "vae": vae, "trained_steps": ckpt["step"]}
-    return save_weights(out, "captioner", state, config)
 
 
 def load_captioner(folder: str | Path) -> tuple[VideoCaptioner, Vocab, str | None]:

@@ -18,8 +18,8 @@ def _captioner_data(args: argparse.Namespace):
 
 def cmd_caption_train(args: argparse.Namespace) -> None:
     from kinema.captioning.captioner import CaptionerConfig, Vocab
-    from kinema.captioning.recaption import CaptionerTask
     from kinema.presets import CAPTIONER_TRAIN
+    from kinema.train.captioner_task import CaptionerTask
     from kinema.train.loop import train
 
     data = _captioner_data(args)
@@ -66,7 +66,7 @@ def cmd_caption_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_caption_export(args: argparse.Namespace) -> None:
-    from kinema.captioning.recaption import export_captioner
+    from kinema.train.captioner_task import export_captioner
 
     path = export_captioner(args.run, args.out, weights=args.weights, vae=args.vae)
     print(f"captioner folder: {path.parent}")

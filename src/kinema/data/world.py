@@ -1,4 +1,5 @@
-"""The shapes world: procedural clips with exact ground truth (DESIGN.md §2).
+"""The shapes world: procedural clips with exact ground truth (its specification is this module: WorldConfig and
+the vocabularies below).
 
 A clip is 1 to 3 flat-colored shapes moving in straight lines over a flat background. Everything is
 derived from a `Scene` record, so captions can be checked and generated videos can be judged.

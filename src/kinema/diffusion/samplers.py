@@ -7,11 +7,14 @@
 
 `start` (a step index) lets a sampler begin part-way, from a partly-noised input: that is SDEdit editing.
 `callback(i, x)` sees every intermediate state, e.g. to show the denoising trajectory.
+A new sampler is one function under `@register_sampler(name, kind, help)`: `sample`, the pipeline's checks and
+`kinema generate --sampler` all read the registry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -125,11 +128,50 @@ def ddpm_sample(fn: ModelFn, x: torch.Tensor, obj: EpsilonObjective, timesteps: 
 # One entry point
 # ---------------------------------------------------------------------------------------------------
 
-SAMPLERS = {"flow": ("euler",), "ddpm": ("ddim", "ddpm")}
+@dataclass(frozen=True)
+class Sampler:
+    name: str
+    kind: str  # the objective kind it fits (Objective.kind: "flow" or "ddpm")
+    run: Callable  # (objective, fn, x, levels, generator, start, callback) -> x
+    help: str
+
+
+SAMPLERS: dict[str, Sampler] = {}  # the registry: `sample`, the pipeline's checks and the CLI's choices read it
+
+
+def register_sampler(name: str, kind: str, help: str) -> Callable:
+    """Decorator: add a sampler under `name`, for objectives of `kind`; the first one of a kind is its default."""
+    def add(run: Callable) -> Callable:
+        SAMPLERS[name] = Sampler(name, kind, run, help)
+        return run
+    return add
+
+
+def samplers_for(kind: str) -> tuple[str, ...]:
+    return tuple(name for name, s in SAMPLERS.items() if s.kind == kind)
 
 
 def default_sampler(obj: Objective) -> str:
-    return SAMPLERS[obj.kind][0]
+    return samplers_for(obj.kind)[0]
+
+
+@register_sampler("euler", "flow", "Euler steps along the predicted velocity (flow matching)")
+def _euler(obj, fn, x, levels, generator, start, callback):
+    return euler_sample(fn, x, torch.tensor(levels), start, callback)
+
+
+@register_sampler("ddim", "ddpm", "deterministic DDIM (epsilon / v models)")
+def _ddim(obj, fn, x, levels, generator, start, callback):
+    return ddim_sample(fn, x, obj, levels, 0.0, generator, start, callback)
+
+
+@register_sampler("ddpm", "ddpm", "ancestral DDPM sampling (epsilon / v models)")
+def _ddpm(obj, fn, x, levels, generator, start, callback):
+    return ddpm_sample(fn, x, obj, levels, generator, start, callback)
+
+
+def sampler_help() -> str:
+    return "; ".join(f"{s.name}: {s.help}" for s in SAMPLERS.values())
 
 
 def noise_levels(obj: Objective, steps: int) -> list:
@@ -154,13 +196,9 @@ def sample(obj: Objective, fn: ModelFn, noise: torch.Tensor, steps: int, sampler
            generator: torch.Generator | None = None, start: int = 0, callback: Callback = None) -> torch.Tensor:
     """Run the named sampler (default: euler for flow, ddim for DDPM) for `steps` steps."""
     sampler = sampler or default_sampler(obj)
-    if sampler not in SAMPLERS[obj.kind]:
-        raise ValueError(f"sampler {sampler!r} does not fit a {obj.kind} model; expected one of {SAMPLERS[obj.kind]}")
+    if sampler not in SAMPLERS or SAMPLERS[sampler].kind != obj.kind:
+        raise ValueError(f"sampler {sampler!r} does not fit a {obj.kind} model; expected one of "
+                         f"{samplers_for(obj.kind)}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    levels = noise_levels(obj, steps)
-    if sampler == "euler":
-        return euler_sample(fn, noise, torch.tensor(levels), start, callback)
-    if sampler == "ddim":
-        return ddim_sample(fn, noise, obj, levels, 0.0, generator, start, callback)
-    return ddpm_sample(fn, noise, obj, levels, generator, start, callback)
+    return SAMPLERS[sampler].run(obj, fn, noise, noise_levels(obj, steps), generator, start, callback)

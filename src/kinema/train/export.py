@@ -1,5 +1,5 @@
 """Model folders from a run's latest checkpoint: the DiT's (what `TextToVideoPipeline.from_pretrained` loads)
-here, the captioner's in `kinema.captioning.recaption.export_captioner`, both through `latest_weights`."""
+here, the captioner's in `kinema.train.captioner_task.export_captioner`, both through `latest_weights`."""
 
 from __future__ import annotations
 

@@ -32,8 +32,8 @@ from torch import nn
 class VAEConfig:
     in_channels: int = 3
     latent_channels: int = 16
-    spatial_compression: int = 8  # 4 or 8 (or 16)
-    temporal_compression: int = 4  # 1, 2 or 4
+    spatial_compression: int = 8  # 2, 4, 8 or 16
+    temporal_compression: int = 4  # 1, 2, 4 or 8 (frame 0 is always its own latent frame)
     patch_size: int = 2  # pixels are first folded into channels by this factor (cheap full-res stage)
     base_channels: int = 64
     max_channel_mult: int = 4
