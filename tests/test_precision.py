@@ -47,9 +47,10 @@ def test_cpu_without_bf16_instructions_is_not_fast(monkeypatch):
 @pytest.mark.parametrize(("flags", "bf16", "warmup"), [([], "auto", 200), (["--bf16"], True, 200),
                                                        (["--no-bf16", "--warmup-steps", "7"], False, 7)])
 def test_train_flags_reach_the_train_config(flags, bf16, warmup, tmp_path):
-    from kinema.cli import _train_config, build_parser
+    from kinema.cli import build_parser
+    from kinema.cli.common import train_config
     from kinema.presets import VAE_TRAIN
 
     args = build_parser().parse_args(["vae", "train", "--data", str(tmp_path), "--out", str(tmp_path), *flags])
-    cfg = _train_config(VAE_TRAIN["shapes"], args)
+    cfg = train_config(VAE_TRAIN["shapes"], args)
     assert (cfg.bf16, cfg.warmup_steps) == (bf16, warmup)

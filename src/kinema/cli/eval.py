@@ -32,6 +32,16 @@ def cmd_eval_train_probe(args: argparse.Namespace) -> None:
     print(f"shape classifier held-out accuracy per crop: {acc:.1%}")
 
 
+def cmd_eval_conditioning(args: argparse.Namespace) -> None:
+    from kinema.eval.conditioning import conditioning_fidelity, fidelity_lines
+    from kinema.generate import default_model
+    from kinema.pipeline import TextToVideoPipeline
+
+    pipe = TextToVideoPipeline.from_pretrained(args.model or default_model())
+    for line in fidelity_lines(conditioning_fidelity(pipe, n=args.n, steps=args.steps)):
+        print(line)
+
+
 def cmd_eval_report(args: argparse.Namespace) -> None:
     from kinema.eval.report import write_report
 
@@ -56,6 +66,12 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clips", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=15)
     p.set_defaults(func=cmd_eval_train_probe)
+    p = ev.add_parser("conditioning", help="frame-conditioning fidelity per mode (image, extend, extend backward, "
+                      "connect): given frames kept, seams against real motion")
+    p.add_argument("--model", help="model folder (default: the bundled model)")
+    p.add_argument("--n", type=int, default=8, help="rendered clips per mode")
+    p.add_argument("--steps", type=int, default=20)
+    p.set_defaults(func=cmd_eval_conditioning)
     p = ev.add_parser("report", help="a self-contained HTML report: loss curves, adherence, sample grids")
     p.add_argument("--runs", nargs="*", default=[], help="training run folders (metrics.jsonl, samples/)")
     p.add_argument("--adherence", nargs="*", default=[], help="folders with adherence.json")
