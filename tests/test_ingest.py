@@ -129,3 +129,22 @@ def test_ingested_clips_encode_into_size_buckets(ingested, tiny_vae_dir, tmp_pat
     assert set(cache.buckets) == {"3x8x8", "3x8x12"} and set(cache.text) == {"original"}
     i = cache.buckets["3x8x12"][0]
     assert cache.gather([i], ["original"]).captions == [cache.rows[i]["captions"]["original"]]
+
+
+def test_caption_paths_outside_the_folder_are_refused_and_counted(tmp_path):
+    folder, elsewhere = tmp_path / "videos", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    write_video(folder / "in.mp4", moving_square(40), "libx264")
+    write_video(elsewhere / "out.mp4", moving_square(40), "libx264")
+    (folder / "link.mp4").symlink_to(elsewhere / "out.mp4")  # a link that leads outside counts as outside
+    (folder / "captions.csv").write_text("path,caption\nin.mp4,inside\n../elsewhere/out.mp4,dotdot\n"
+                                         f"{elsewhere / 'out.mp4'},absolute\nlink.mp4,link\n")
+    cfg = IngestConfig(frames=5, sizes=((32, 32),), max_clips_per_video=1)
+    report = ingest_folder(folder, folder / "captions.csv", tmp_path / "ds", cfg, progress=False)
+    assert sorted(report.outside) == sorted(["../elsewhere/out.mp4", str(elsewhere / "out.mp4"), "link.mp4"])
+    assert report.clips == 1 and "3 paths outside the folder refused" in report.summary()
+    allowed = ingest_folder(folder, folder / "captions.csv", tmp_path / "ds2",
+                            IngestConfig(frames=5, sizes=((32, 32),), max_clips_per_video=1, allow_outside=True),
+                            progress=False)
+    assert allowed.clips == 4 and not allowed.outside

@@ -25,12 +25,14 @@ def cmd_data_ingest(args: argparse.Namespace) -> None:
 
     cfg = IngestConfig(frames=args.frames, fps=args.fps, sizes=tuple(args.sizes), min_motion=args.min_motion,
                        scene_threshold=None if args.no_scene_cuts else args.scene_threshold,
-                       max_clips_per_video=args.max_clips, shard_size=args.shard_size)
+                       max_clips_per_video=args.max_clips, shard_size=args.shard_size, allow_outside=args.allow_outside)
     report = ingest_folder(args.dir, args.captions, args.out, cfg)
     for bad in report.unreadable:
         print(f"unreadable: {bad['error']}")
     for name in report.too_short:
         print(f"too short: {name}")
+    for name in report.outside:
+        print(f"outside {args.dir}, refused: {name}")
     print(f"{report.summary()} -> {args.out} (details: {Path(args.out) / 'ingest_report.json'})")
 
 
@@ -82,6 +84,8 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-scene-cuts", action="store_true")
     p.add_argument("--max-clips", type=int, default=8, help="clips per video at most")
     p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--allow-outside", action="store_true", help="take caption paths that resolve outside DIR "
+                   "(../, absolute paths); refused and counted by default")
     p.set_defaults(func=cmd_data_ingest)
 
     p = data.add_parser("retext", help="a latent cache's captions encoded by another text encoder (latents reused)")

@@ -39,6 +39,7 @@ class IngestConfig:
     scene_threshold: float | None = 40.0  # a cut where consecutive frames differ by more (None: no cuts)
     max_clips_per_video: int = 8
     shard_size: int = 256
+    allow_outside: bool = False  # caption paths may resolve outside the ingested folder (../, absolute paths)
 
     def __post_init__(self) -> None:
         self.sizes = tuple(tuple(s) for s in self.sizes)
@@ -56,18 +57,25 @@ class IngestReport:
     unreadable: list[dict] = field(default_factory=list)  # {"path", "error"}
     too_short: list[str] = field(default_factory=list)
     static_clips: int = 0
+    outside: list[str] = field(default_factory=list)  # caption paths outside the folder, refused
     scene_cuts: int = 0
     per_file: dict[str, int] = field(default_factory=dict)  # path -> clips written
 
     def summary(self) -> str:
         return (f"{self.files} files: {self.clips} clips written, {len(self.unreadable)} unreadable, "
                 f"{len(self.too_short)} too short, {self.static_clips} static clips dropped, "
-                f"{self.scene_cuts} scene cuts")
+                f"{self.scene_cuts} scene cuts" + (f", {len(self.outside)} paths outside the folder refused "
+                                                  f"(--allow-outside to take them)" if self.outside else ""))
 
 
 # ---------------------------------------------------------------------------------------------------
 # 1. The captions file
 # ---------------------------------------------------------------------------------------------------
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path` resolves (symlinks and ../ followed) to somewhere under `folder`."""
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def read_captions_file(path: str | Path) -> list[tuple[str, str]]:
@@ -196,6 +204,9 @@ def ingest_folder(src: str | Path, captions: str | Path, out: str | Path, cfg: I
     with ShardWriter(out / "shards", cfg.shard_size) as writer:
         for rel, caption in tqdm(pairs, desc="ingest", disable=not progress):
             path = src / rel
+            if not cfg.allow_outside and not inside(path, src):
+                report.outside.append(rel)
+                continue
             written = 0
             try:
                 for frames, info in _clips_of(path, cfg, report, rel):
