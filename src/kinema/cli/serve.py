@@ -13,7 +13,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     if args.host not in ("127.0.0.1", "localhost"):
         print(f"warning: serving on {args.host}: anyone who can reach this address can use the model")
-    uvicorn.run(create_app(model_dir=args.model, max_queued=args.max_queued), host=args.host, port=args.port)
+    app = create_app(model_dir=args.model, max_queued=args.max_queued, state_dir=args.state_dir,
+                     keep_finished=args.keep_finished)
+    uvicorn.run(app, host=args.host, port=args.port)
 
 
 def add_serve_command(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +23,11 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model folder (default: the bundled model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-queued", type=int, default=8)
+    p.add_argument("--max-queued", type=int, default=8, help="jobs waiting at most (then 429 with Retry-After)")
+    p.add_argument("--state-dir", default="out/serve", help="the job database and result videos (kept across "
+                   "restarts: queued jobs run after one)")
+    p.add_argument("--keep-finished", type=int, default=200, help="finished jobs kept (older ones are removed "
+                   "with their videos)")
     p.set_defaults(func=cmd_serve)
 
 
