@@ -111,3 +111,12 @@ def test_report_is_self_contained_html(tmp_path):
     html = out.read_text()
     assert html.count("data:image/png;base64,") >= 3  # loss curve, adherence bars, sample sheet
     assert "Prompt adherence" in html and "src=\"http" not in html
+    assert "<table" in html and "<th>all correct</th>" in html and '"by_category"' not in html
+
+
+def test_small_samples_come_with_warnings(tmp_path):
+    prompts = prompt_set(2)
+    report = run_adherence(_oracle(prompts), prompts, progress=False)
+    text = "\n".join(report.lines())
+    assert "nan%" not in text
+    assert "warning: few prompts" in text and "warning: the Fréchet distances rest on" in text

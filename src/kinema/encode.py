@@ -44,8 +44,8 @@ def _save_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
 
 @torch.no_grad()
-def _encode_rows(vae, text_encoder, ds: ShardDataset, rows: list[int],
-                 batch_size: int) -> tuple[dict[str, torch.Tensor], dict[int, tuple[str, int]]]:
+def _encode_rows(vae, text_encoder, ds: ShardDataset, rows: list[int], batch_size: int,
+                 bar=None) -> tuple[dict[str, torch.Tensor], dict[int, tuple[str, int]]]:
     """Latents per size bucket (and each row's (bucket, position)), text embeddings in row order."""
     levels = [lv for lv in CAPTION_LEVELS if all(lv in ds.rows[i]["captions"] for i in rows)]
     videos = {i: ds[i]["video"] for i in rows}  # (C, F, H, W), sizes may differ
@@ -57,9 +57,12 @@ def _encode_rows(vae, text_encoder, ds: ShardDataset, rows: list[int],
 
     fast = use_bf16("auto", torch.device("cpu"))  # bf16 where the CPU is fast at it (~6x the VAE's speed)
     for _, members in sorted(by_size.items()):
-        with autocast(torch.device("cpu"), fast):
-            parts = [vae.encode(torch.stack([videos[i] for i in members[s:s + batch_size]])).float()
-                     for s in range(0, len(members), batch_size)]
+        parts = []
+        for s in range(0, len(members), batch_size):
+            with autocast(torch.device("cpu"), fast):
+                parts.append(vae.encode(torch.stack([videos[i] for i in members[s:s + batch_size]])).float())
+            if bar is not None:
+                bar.update(len(members[s:s + batch_size]))
         latents = torch.cat(parts)  # (n_b, c, f, h, w)
         bucket = bucket_name(latents.shape[2:])
         out[f"latents.{bucket}"] = latents
@@ -110,16 +113,19 @@ def encode_dataset(vae_dir: str | Path, data_dir: str | Path, out: str | Path, b
     for i, row in enumerate(ds.rows):
         by_shard.setdefault(row["shard"], []).append(i)
     index = []
-    for n, (shard, rows) in enumerate(tqdm(sorted(by_shard.items()), desc="encode", disable=not progress)):
+    bar = tqdm(total=len(ds.rows), desc="encode", unit="clip", disable=not progress)
+    for n, (shard, rows) in enumerate(sorted(by_shard.items())):
         path = out / f"latents-{n:05d}.safetensors"
         if path.exists():  # done by an earlier, interrupted run: read where each row went
             where = _bucket_rows(path, rows)
+            bar.update(len(rows))
         else:
-            tensors, where = _encode_rows(vae, encoder, ds, rows, batch_size)
+            tensors, where = _encode_rows(vae, encoder, ds, rows, batch_size, bar)
             _save_atomic(path, tensors, {"keys": json.dumps([ds.rows[i]["key"] for i in rows]), "source": shard,
                                          "buckets": json.dumps([where[i] for i in rows])})
         index += [{"key": ds.rows[i]["key"], "shard": path.name, "row": r, "bucket": where[i][0],
                    "brow": where[i][1], "captions": ds.rows[i]["captions"]} for r, i in enumerate(rows)]
+    bar.close()
     atomic_write_bytes(out / "index.jsonl", ("\n".join(json.dumps(r) for r in index) + "\n").encode())
     return out
 

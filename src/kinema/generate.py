@@ -219,8 +219,21 @@ def generate_to_files(args: argparse.Namespace) -> list[Path]:
     """`kinema generate`: flags -> GenerateOptions (checked before the model loads) -> files."""
     opts = GenerateOptions.from_args(args)
     check_output(args.out)
+    from tqdm import tqdm
+
     pipe = TextToVideoPipeline.from_pretrained(args.model or default_model())
-    result = generate(pipe, opts, trajectory_frames=8 if args.show_steps else 0)
+    bar = None
+
+    def progress(i: int, total: int) -> None:  # the bar starts with the first step, after every check passed
+        nonlocal bar
+        bar = bar or tqdm(total=total, desc="denoise", unit="step")
+        bar.update(i + 1 - bar.n)
+
+    try:
+        result = generate(pipe, opts, progress=progress, trajectory_frames=8 if args.show_steps else 0)
+    finally:
+        if bar is not None:
+            bar.close()
     if result.prompt != opts.prompt:
         print(f"expanded prompt: {result.prompt}")
     return write_outputs(result, args.out, gif=args.gif, show_steps=args.show_steps)

@@ -103,11 +103,13 @@ def clip_config(cfg: WorldConfig, sizes: list[tuple[int, int, int]] | None, seed
 
 
 def _write_shard(folder: Path, number: int, cfg: WorldConfig, seed: int, indices: range,
-                 sizes: list[tuple[int, int, int]] | None = None) -> None:
+                 sizes: list[tuple[int, int, int]] | None = None, bar=None) -> None:
     with ShardWriter(folder, shard_size=len(indices), first=number) as writer:
         for i in indices:
             frames, scene = make_clip(clip_config(cfg, sizes, clip_seed(seed, i)), clip_seed(seed, i))
             writer.add(f"{i:08d}", frames.numpy(), cfg.fps, scene.to_json(), scene.captions["detailed"])
+            if bar is not None:
+                bar.update(1)
 
 
 def _check_meta(out: Path, meta: dict, overwrite: bool) -> None:
@@ -141,10 +143,13 @@ def synth_dataset(out: str | Path, n: int, cfg: WorldConfig, seed: int = 0, shar
             WorldConfig(frames=f, height=h, width=w)  # validates each size
         meta["sizes"] = [list(s) for s in sizes]
     _check_meta(out, meta, overwrite)
-    starts = range(0, n, shard_size)
-    for s, start in enumerate(tqdm(starts, desc="synth shards", disable=not progress)):
-        if not (out / "shards" / f"shard-{s:05d}.tar").exists():
-            _write_shard(out / "shards", s, cfg, seed, range(start, min(n, start + shard_size)), sizes)
+    with tqdm(total=n, desc="synth", unit="clip", disable=not progress) as bar:
+        for s, start in enumerate(range(0, n, shard_size)):
+            clips = range(start, min(n, start + shard_size))
+            if (out / "shards" / f"shard-{s:05d}.tar").exists():  # written by an earlier, interrupted run
+                bar.update(len(clips))
+            else:
+                _write_shard(out / "shards", s, cfg, seed, clips, sizes, bar)
     _write_index(out)
     return out
 

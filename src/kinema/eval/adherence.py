@@ -97,14 +97,35 @@ class AdherenceReport:
     failures: list[dict]
 
     def lines(self) -> list[str]:
+        def pct(v: float) -> str:
+            return f"{v:>10.1%}" if v == v else f"{'-':>10}"  # an attribute no prompt of the category has
+
         out = [f"{'category':<11} {'n':>3} {'all':>6} " + " ".join(f"{a:>10}" for a in ATTRIBUTES) + "  temporal"]
         for cat, m in self.by_category.items():
             out.append(f"{cat:<11} {m['n']:>3.0f} {m['all_correct']:>6.1%} "
-                       + " ".join(f"{m.get(a, float('nan')):>10.1%}" for a in ATTRIBUTES)
+                       + " ".join(pct(m.get(a, float("nan"))) for a in ATTRIBUTES)
                        + f"  {m['temporal_consistency']:>8.3f}")
         out.append(f"Fréchet distance (probe features): generated vs real {self.frechet:.3f}; "
                    f"real vs real {self.frechet_real_vs_real:.3f}")
+        return out + self.warnings()
+
+    def warnings(self) -> list[str]:
+        """What small samples make unreliable: percentages of few prompts, and a Fréchet floor of tiny halves."""
+        out = []
+        small = {c: int(m["n"]) for c, m in self.by_category.items() if m["n"] < SMALL_N}
+        if small:
+            out.append(f"warning: few prompts in {small}: each percentage moves by {100 / min(small.values()):.0f} "
+                       f"points per prompt (use --n {SMALL_N} or more to compare models)")
+        total = sum(m["n"] for m in self.by_category.values())
+        if total < 2 * FRECHET_MIN_HALF or self.frechet < self.frechet_real_vs_real:
+            out.append(f"warning: the Fréchet distances rest on {int(total)} clips (the real-vs-real floor on two "
+                       f"halves of {int(total) // 2}); below ~{2 * FRECHET_MIN_HALF} clips they are noise, and a "
+                       f"generated-vs-real distance under the floor means nothing")
         return out
+
+
+SMALL_N = 20  # prompts per category below which percentages are shown with a warning
+FRECHET_MIN_HALF = 50  # clips per half for a real-vs-real Fréchet floor worth quoting
 
 
 def run_adherence(generate: Generator, prompts: list[AdherencePrompt], out_dir: str | Path | None = None,

@@ -69,6 +69,21 @@ def adherence_plot(results: dict[str, dict]) -> str:
     return _img(data, "adherence")
 
 
+def adherence_table(by_category: dict[str, dict]) -> str:
+    """Categories as rows; n, all-correct, each attribute and temporal consistency as columns ('-' where a
+    category's prompts never state the attribute)."""
+    attrs = sorted({a for m in by_category.values() for a in m} - {"n", "all_correct", "temporal_consistency"})
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["category", "n", "all correct", *attrs, "temporal"])
+    rows = []
+    for cat, m in by_category.items():
+        cells = [html.escape(cat), f"{m['n']:.0f}", f"<b>{m['all_correct']:.0%}</b>",
+                 *(f"{m[a]:.0%}" if a in m and m[a] == m[a] else "-" for a in attrs),
+                 f"{m.get('temporal_consistency', float('nan')):.3f}"]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    style = "border-collapse:collapse;text-align:right' border=1 cellpadding=4"
+    return f"<table style='{style}><tr>{head}</tr>{''.join(rows)}</table>"
+
+
 def write_report(out: str | Path, runs: list[str] = (), adherence: list[str] = ()) -> Path:
     from kinema.io.video import atomic_write_bytes
 
@@ -81,8 +96,9 @@ def write_report(out: str | Path, runs: list[str] = (), adherence: list[str] = (
     if results:
         parts += ["<h2>Prompt adherence</h2>", adherence_plot(results)]
         for name, r in results.items():
-            parts.append(f"<h3>{html.escape(name)}</h3><pre>{html.escape(json.dumps(r['by_category'], indent=1))}"
-                         f"\nFréchet distance: {r['frechet']:.3f} (real vs real {r['frechet_real_vs_real']:.3f})</pre>")
+            parts += [f"<h3>{html.escape(name)}</h3>", adherence_table(r["by_category"]),
+                      f"<p>Fréchet distance (probe features): {r['frechet']:.3f} (real vs real "
+                      f"{r['frechet_real_vs_real']:.3f})</p>"]
             fail = Path(adherence[list(results).index(name)]) / "failures.png"
             if fail.exists():
                 parts.append(_img(base64.b64encode(fail.read_bytes()).decode(), "failures"))

@@ -68,7 +68,9 @@ def validate_probe(n: int = 300, seed: int = 10_000, degradations=("clean", "blu
     cfg = WorldConfig()
     kinds = list(degradations) + (["custom"] if transform else [])
     hits: dict[str, dict[str, list[bool]]] = {k: defaultdict(list) for k in kinds}
-    for i in range(n):
+    from tqdm import tqdm
+
+    for i in tqdm(range(n), desc="probe", unit="clip"):
         frames, scene = make_clip(cfg, seed + i)
         for kind in kinds:
             clip = transform(frames.numpy()) if kind == "custom" else degrade(frames.numpy(), kind, seed + i)

@@ -102,9 +102,11 @@ def _judge(clips: list[np.ndarray], scenes: list) -> dict[str, float]:
 
 @torch.no_grad()
 def probe_ceiling(vae, n: int = 128, objects: tuple[int, ...] = (1, 2), frames: int = 17, size: int = 64,
-                  batch_size: int = 8) -> dict[str, dict[str, dict[str, float]]]:
+                  batch_size: int = 8, progress: bool = True) -> dict[str, dict[str, dict[str, float]]]:
     """For n rendered clips with each object count: the probe's scores on the originals (the control: the
     probe's own error) and on their VAE reconstructions (what a DiT on this latent can reach at best)."""
+    from tqdm import tqdm
+
     from kinema.data.world import WorldConfig, render, sample_scene
     from kinema.io.video import to_frames
 
@@ -114,7 +116,8 @@ def probe_ceiling(vae, n: int = 128, objects: tuple[int, ...] = (1, 2), frames: 
         scenes = [sample_scene(world, CEILING_SEED + 1000 * k + i) for i in range(n)]
         originals = [render(s).numpy() for s in scenes]
         recon = []
-        for i in range(0, n, batch_size):
+        for i in tqdm(range(0, n, batch_size), desc=f"probe ceiling, {k} object(s)", unit="batch",
+                      disable=not progress):
             x = torch.stack([to_tensor(c) for c in originals[i:i + batch_size]])
             recon += [to_frames(v) for v in round_trip(vae, x)]
         name = "single object" if k == 1 else f"{k} objects"
@@ -162,6 +165,8 @@ def reconstruct(vae_dir: str | Path, source: str | Path, out: str | Path, lossle
 @torch.no_grad()
 def evaluate_vae(vae_dir: str | Path, sources: list[str], n: int = 64, batch_size: int = 8,
                  ceiling_n: int = 0) -> VAEReport:
+    from tqdm import tqdm
+
     from kinema.io.weights import load_model
     from kinema.vae.model import VAEConfig, VideoVAE
 
@@ -172,7 +177,7 @@ def evaluate_vae(vae_dir: str | Path, sources: list[str], n: int = 64, batch_siz
     for source in sources:
         x = _clips(source, n)
         scores_p, scores_s = [], []
-        for i in range(0, len(x), batch_size):
+        for i in tqdm(range(0, len(x), batch_size), desc=f"PSNR/SSIM {Path(source).name}", unit="batch"):
             b = x[i:i + batch_size]
             t0 = time.perf_counter()
             z = vae.encode(b)
