@@ -18,7 +18,8 @@ LAYERS = [
     ["vae", "dit", "unet"],  # the models
     ["captioning", "model_index"],  # the captioner and recaptioning; a model folder's index
     ["encode", "pipeline", "presets"],  # latent-cache writer; prompt -> video; named configs
-    ["train", "eval", "generate"],  # trainers and tasks; evaluation; one generate call for every front end
+    ["train", "eval"],  # trainers and tasks; evaluation (the probe reads the shapes world)
+    ["generate"],  # one generate call for every front end (reads given frames with the probe)
     ["experiments", "serve", "demo"],  # studies; HTTP API; the demo job
     ["cli"],  # the command line over all of it
 ]

@@ -83,3 +83,57 @@ def test_openai_backend_builds_a_chat_request(monkeypatch):
     assert seen["url"] == "http://localhost:9/v1/chat/completions"
     assert seen["body"]["model"] == "tiny-llm" and seen["body"]["messages"][-1]["content"] == "a red circle"
     assert isinstance(ShapesExpander().expand("a red circle"), str)
+
+
+def test_expansion_takes_what_the_user_did_not_say_from_the_given_frames():
+    """Property test over random frames and prompts: stated attributes win; colour, shape, size and background
+    the user left out come from the frame (image-to-video), never from chance."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from kinema.data.world import WorldConfig, render, sample_scene
+    from kinema.generate import frame_facts
+    from kinema.pipeline import FrameCondition
+
+    world = WorldConfig(max_objects=1)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(0, 10**6), st.sets(st.sampled_from(["color", "shape", "size", "motion", "background"])),
+           st.integers(0, 10**6))
+    def check(scene_seed, stated_names, prompt_seed):
+        scene = sample_scene(world, scene_seed)
+        shown = scene.objects[0]
+        frame = render(scene).numpy()[:1]
+        other = sample_scene(world, prompt_seed)  # the user's words: another scene's attributes
+        said = {"color": other.objects[0].color, "shape": other.objects[0].shape, "size": other.objects[0].size,
+                "motion": other.objects[0].motion, "background": other.background}
+        said = {k: v for k, v in said.items() if k in stated_names}
+        words = [said.get("size", ""), said.get("color", ""), said.get("shape", "")]
+        noun = " ".join(w for w in words if w) or "it"
+        prompt = f"{'a ' if noun != 'it' else ''}{noun}" + (
+            {"still": " staying still"}.get(said.get("motion"), f" moving {said['motion']}") if "motion" in said
+            else " keeps going") + (f" on a {said['background']} background" if "background" in said else "")
+        known = frame_facts(FrameCondition(frame, [0]), 17)
+        parsed = parse_caption(expand_prompt(prompt, seed=prompt_seed, known=known))
+        assert len(parsed.objects) == 1, (prompt, known)
+        got = parsed.objects[0]
+        truth = {"color": shown.color, "shape": shown.shape, "size": shown.size, "background": scene.background}
+        for name in ("color", "shape", "size"):
+            assert getattr(got, name) == said.get(name, truth[name]), (name, prompt, known, got)
+        assert parsed.background == said.get("background", truth["background"])
+        if "motion" in said:
+            assert got.motion == said["motion"]
+
+    check()
+
+
+def test_extension_frames_give_the_motion_too():
+    from kinema.data.world import WorldConfig, render, sample_scene
+    from kinema.generate import frame_facts
+    from kinema.pipeline import FrameCondition
+
+    scene = sample_scene(WorldConfig(max_objects=1, motions=("left",), speeds=("quickly",)), 3)
+    clip = render(scene).numpy()
+    known = frame_facts(FrameCondition(clip[-5:], list(range(5))), 17)
+    parsed = parse_caption(expand_prompt("it keeps moving", known=known))
+    assert parsed.objects[0].motion == "left" and parsed.objects[0].color == scene.objects[0].color

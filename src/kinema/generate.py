@@ -147,6 +147,35 @@ def frame_condition(opts: GenerateOptions, frames: int, context: int) -> FrameCo
     return None
 
 
+def frame_facts(condition: FrameCondition, frames: int):
+    """What the given frames show, as parsed caption facts for prompt expansion: background, and per object its
+    color, shape, size, start cell (when the frames start the clip) and motion (when they show some), read by
+    the shapes-world probe."""
+    from kinema.data.captions import ParsedCaption, ParsedObject
+    from kinema.eval.probe import probe_clip
+
+    starts = bool(condition.at) and condition.at[0] == 0
+    shown = probe_clip(condition.video[:_run_length(condition.at)])  # the frames that play in a row
+    height, width = condition.video.shape[1:3]
+    objects = []
+    for obj in shown.objects:
+        x, y = obj.track[0]
+        row, col = (("top", "middle", "bottom")[min(2, int(3 * y / height))],
+                    ("left", "center", "right")[min(2, int(3 * x / width))]) if starts else (None, None)
+        moving = len(obj.track) > 1  # one frame shows no motion
+        objects.append(ParsedObject(shape=obj.shape, color=obj.color, size=obj.size, row=row, col=col,
+                                    motion=obj.motion if moving else None, speed=obj.speed if moving else None))
+    return ParsedCaption(shown.background, objects)
+
+
+def _run_length(at: list[int]) -> int:
+    """How many of the indices `at` are consecutive from the first (the given frames that play in a row)."""
+    n = 1
+    while n < len(at) and at[n] == at[n - 1] + 1:
+        n += 1
+    return n
+
+
 def generate(pipe: TextToVideoPipeline, opts: GenerateOptions, progress: Callable[[int, int], None] | None = None,
              trajectory_frames: int = 0) -> GenerateResult:
     """Run one GenerateOptions; `trajectory_frames` > 0 also decodes that many intermediate states."""
@@ -157,9 +186,10 @@ def generate(pipe: TextToVideoPipeline, opts: GenerateOptions, progress: Callabl
     frames = opts.frames or index.frames
     height, width = opts.size or (index.height, index.width)
     steps = opts.steps or index.steps
-    prompt = expand_prompt(opts.prompt, opts.seed) if opts.expand else opts.prompt
     context = pipe.vae.cfg.pixel_frames(2)  # extension keeps two latent frames of the source (5 at x4 time)
     condition = frame_condition(opts, frames, context)
+    known = frame_facts(condition, frames) if condition is not None and condition.strength is None else None
+    prompt = expand_prompt(opts.prompt, opts.seed, known=known) if opts.expand else opts.prompt
     trajectory: list[np.ndarray] = []
     every = max(1, steps // trajectory_frames) if trajectory_frames else 1
     video = pipe(prompt, negative_prompt=opts.negative_prompt, frames=frames, height=height, width=width,

@@ -3,7 +3,9 @@
 Sora (like DALL-E 3) trains on detailed recaptions, so at inference a short prompt is first expanded into
 that distribution. The default backend is grounded in the shapes world's vocabulary: it parses what the
 user said, keeps every stated attribute, fills in the unstated ones plausibly (seeded, so the same prompt
-expands the same way), and writes the caption with the training templates. For real data, the same
+expands the same way), and writes the caption with the training templates. When frames are given
+(image-to-video, extension), `known` holds what they show (read by the caller, e.g. with the probe): the
+unstated attributes come from it instead of chance, and the user's words still win. For real data, the same
 interface talks to any LLM behind an OpenAI-compatible endpoint.
 """
 
@@ -11,16 +13,18 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import urllib.request
 import zlib
+from dataclasses import replace
 from typing import Protocol
 
-from kinema.data.captions import ParsedObject, detailed_caption, parse_caption
+from kinema.data.captions import SIZE_WORDS, ParsedCaption, ParsedObject, detailed_caption, parse_caption
 from kinema.data.world import BACKGROUNDS, COLORS, SHAPES, SIZE_RADIUS, ObjectSpec, Scene
 
 
 class PromptExpander(Protocol):
-    def expand(self, prompt: str, seed: int = 0) -> str: ...
+    def expand(self, prompt: str, seed: int = 0, known: ParsedCaption | None = None) -> str: ...
 
 
 # the start cell that keeps a moving object in frame longest: opposite its direction
@@ -47,11 +51,55 @@ def _spec(obj: ParsedObject, height: int, width: int) -> ObjectSpec:
     return ObjectSpec(obj.shape, obj.color, obj.size, obj.motion, obj.speed, (x, y), SIZE_RADIUS[obj.size] * height)
 
 
+_ADJECTIVES = re.compile(r"\b(?:" + "|".join(sorted({*(w for ws in SIZE_WORDS.values() for w in ws), *COLORS},
+                                                   key=len, reverse=True)) + r")\b", re.IGNORECASE)
+
+
+def _with_noun(prompt: str, noun: str) -> str:
+    """The prompt with a shape noun where its object would be: after its last size/color word ("a big orange
+    keeps going" -> "a big orange circle keeps going"), else in front ("it keeps moving left")."""
+    found = list(_ADJECTIVES.finditer(prompt))
+    if not found:
+        return f"a {noun} {prompt}"
+    end = found[-1].end()
+    return f"{prompt[:end]} {noun}{prompt[end:]}"
+
+
+def ground(stated: ParsedCaption, known: ParsedCaption) -> ParsedCaption:
+    """What the user stated, completed from what the given frames show. Each stated object takes the unstated
+    attributes of the shown object it matches (same color, else same shape, else the next one shown: the user
+is describing what the frames show, and their words win);
+    with no object stated, the shown objects are the objects. Stated attributes are never changed."""
+    background = stated.background or known.background
+    if not stated.objects:
+        return ParsedCaption(background, list(known.objects))
+    pool, objects = list(known.objects), []
+    for obj in stated.objects:
+        match = next((k for k in pool if obj.color and k.color == obj.color), None) or \
+            next((k for k in pool if obj.shape and k.shape == obj.shape), None) or (pool[0] if pool else None)
+        if match is None:
+            objects.append(obj)
+            continue
+        pool.remove(match)
+        fill = {a: getattr(match, a) for a in ("shape", "color", "size", "row", "col") if getattr(obj, a) is None}
+        if obj.motion is None and match.motion is not None:  # the frames show motion (extension)
+            fill |= {"motion": match.motion, "speed": obj.speed or match.speed}
+        objects.append(replace(obj, **fill))
+    return ParsedCaption(background, objects)
+
+
 class ShapesExpander:
     """Rule-based expansion in the shapes world's vocabulary."""
 
-    def expand(self, prompt: str, seed: int = 0) -> str:
+    def expand(self, prompt: str, seed: int = 0, known: ParsedCaption | None = None) -> str:
         parsed = parse_caption(prompt)
+        if known is not None:
+            if not parsed.objects and known.objects:  # "it keeps moving left": the words refer to what is shown
+                words = parse_caption(_with_noun(prompt, known.objects[0].shape or "circle"))
+                if words.objects:
+                    parsed = ParsedCaption(parsed.background or words.background,
+                                           [replace(words.objects[0], shape=None)] + list(words.objects[1:]))
+            parsed = ground(parsed, known)
         if not parsed.objects:
             return prompt  # nothing we can ground: keep the user's words
         rng = random.Random(zlib.crc32(prompt.encode()) * 1000 + seed)
@@ -76,8 +124,10 @@ class OpenAIExpander:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.examples, self.api_key, self.timeout = model, examples or [], api_key, timeout
 
-    def expand(self, prompt: str, seed: int = 0) -> str:
+    def expand(self, prompt: str, seed: int = 0, known: ParsedCaption | None = None) -> str:
         shots = "\n".join(f"Example: {e}" for e in self.examples)
+        if known is not None and known.objects:  # what the given frames show, for the model to keep
+            prompt = f"{prompt}\n(The video starts from frames that show: {detailed_caption_of(known)})"
         body = {"model": self.model, "seed": seed, "temperature": 0.7,
                 "messages": [{"role": "system", "content": f"{self.SYSTEM}\n{shots}"},
                              {"role": "user", "content": prompt}]}
@@ -88,5 +138,12 @@ class OpenAIExpander:
         return reply["choices"][0]["message"]["content"].strip()
 
 
-def expand_prompt(prompt: str, seed: int = 0, expander: PromptExpander | None = None) -> str:
-    return (expander or ShapesExpander()).expand(prompt, seed)
+def detailed_caption_of(parsed: ParsedCaption) -> str:
+    """A plain description of parsed facts (for an LLM expander's context)."""
+    parts = [" ".join(v for v in (o.size, o.color, o.shape, o.motion) if v) for o in parsed.objects]
+    return "; ".join(parts) + (f"; {parsed.background} background" if parsed.background else "")
+
+
+def expand_prompt(prompt: str, seed: int = 0, expander: PromptExpander | None = None,
+                  known: ParsedCaption | None = None) -> str:
+    return (expander or ShapesExpander()).expand(prompt, seed, known)
