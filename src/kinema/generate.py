@@ -21,7 +21,9 @@ import numpy as np
 from kinema.io.video import contact_sheet, read_video, save_image, write_gif, write_mp4
 from kinema.pipeline import MAX_PROMPT_CHARS, FrameCondition, TextToVideoPipeline
 
-BUNDLED_MODEL = Path(__file__).resolve().parents[2] / "models" / "shapes-64"
+# the bundled model ships inside the package (a wheel install has it too); models/shapes-64 in the repository
+# is a link to it, so the README's paths work from a checkout
+BUNDLED_MODEL = Path(__file__).resolve().parent / "bundled" / "shapes-64"
 
 MAX_STEPS = 1000  # sampling steps
 MAX_GUIDANCE = 50.0
