@@ -42,6 +42,23 @@ def cmd_eval_conditioning(args: argparse.Namespace) -> None:
         print(line)
 
 
+def cmd_eval_world(args: argparse.Namespace) -> None:
+    import json
+
+    from kinema.eval.world import report_lines, world_report
+    from kinema.generate import default_model
+    from kinema.pipeline import TextToVideoPipeline
+
+    pipe = TextToVideoPipeline.from_pretrained(args.model or default_model())
+    report = world_report(pipe, n=args.n, steps=args.steps, seed=args.seed)
+    for line in report_lines(report):
+        print(line)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.out}")
+
+
 def cmd_eval_report(args: argparse.Namespace) -> None:
     from kinema.eval.report import write_report
 
@@ -72,6 +89,14 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=8, help="rendered clips per mode")
     p.add_argument("--steps", type=int, default=20)
     p.set_defaults(func=cmd_eval_conditioning)
+    p = ev.add_parser("world", help="world-simulator metrics: straight-line motion, speed, object count, size "
+                      "and shape kept, permanence through occlusion, extension consistency (real clips: the floor)")
+    p.add_argument("--model", help="model folder (default: the bundled model)")
+    p.add_argument("--n", type=int, default=16, help="scenes per test")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the report as JSON here")
+    p.set_defaults(func=cmd_eval_world)
     p = ev.add_parser("report", help="a self-contained HTML report: loss curves, adherence, sample grids")
     p.add_argument("--runs", nargs="*", default=[], help="training run folders (metrics.jsonl, samples/)")
     p.add_argument("--adherence", nargs="*", default=[], help="folders with adherence.json")
