@@ -253,7 +253,12 @@ def generate_to_files(args: argparse.Namespace) -> list[Path]:
     check_output(args.out)
     from tqdm import tqdm
 
-    pipe = TextToVideoPipeline.from_pretrained(args.model or default_model())
+    model = args.model or default_model()
+    pipe = TextToVideoPipeline.from_pretrained(model)
+    if getattr(args, "lora", None):
+        from kinema.train.lora_task import check_base, load_adapter
+
+        check_base(args.lora, load_adapter(pipe.dit, args.lora, args.lora_scale), model)
     bar = None
 
     def progress(i: int, total: int) -> None:  # the bar starts with the first step, after every check passed

@@ -115,3 +115,7 @@ def dit_preset(name: str, in_channels: int, patch: tuple[int, int, int] | None =
 REFLOW_TRAIN = TrainConfig(steps=600, batch_size=32, lr=1e-4, warmup_steps=50, ema_decay=0.0, log_every=25,
                            ckpt_every=100)
 CAPTIONER_TRAIN = TrainConfig(steps=1500, batch_size=32, lr=5e-4, warmup_steps=100, log_every=25, ckpt_every=250)
+# LoRA fine-tuning of a trained DiT on a few hundred clips (kinema.train.lora_task): B starts at zero, so a high
+# rate is safe; no EMA (short runs)
+LORA_TRAIN = TrainConfig(steps=600, batch_size=16, lr=2e-3, warmup_steps=20, ema_decay=0.0, log_every=25,
+                         ckpt_every=100)

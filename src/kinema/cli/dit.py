@@ -25,6 +25,48 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
     print(f"trained to step {result.step}, loss {result.last_loss:.4f}; model folder: {Path(args.out) / 'model'}")
 
 
+def cmd_dit_finetune(args: argparse.Namespace) -> None:
+    from kinema.data.latents import LatentDataset
+    from kinema.diffusion.objectives import objective_from_dict
+    from kinema.model_index import read_model_index
+    from kinema.presets import LORA_TRAIN
+    from kinema.train.loop import train
+    from kinema.train.lora_task import LoRATask, adapter_numbers, base_model_config
+
+    if not args.lora:
+        raise ValueError("dit finetune needs --lora RANK (full fine-tuning: `dit train --init-from MODEL`)")
+    model = Path(args.model or bundled_model())
+    cfg = train_config(LORA_TRAIN, args)
+    data = LatentDataset(args.latents)
+    task = LoRATask(data, base_model_config(model), objective_from_dict(read_model_index(model).objective),
+                    cfg.batch_size, cfg.grad_accum, seed=cfg.seed, cond_prob=args.cond_prob,
+                    vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None, base_model=model,
+                    rank=args.lora, alpha=args.lora_alpha)
+    result = train(task, cfg, args.out)
+    n = adapter_numbers(args.out, model)
+    print(f"trained to step {result.step}, loss {result.last_loss:.4f}; adapter {result.exported}: "
+          f"{n['adapter_params']:,} parameters ({n['adapter_bytes'] / 1e6:.2f} MB) beside the model's "
+          f"{n['model_params']:,} ({n['model_bytes'] / 1e6:.1f} MB); use it: kinema generate ... --lora {args.out}")
+
+
+def cmd_lora_merge(args: argparse.Namespace) -> None:
+    from kinema.train.lora_task import merge_into_folder
+
+    out = merge_into_folder(args.model or bundled_model(), args.lora, args.out, args.lora_scale)
+    print(f"wrote model folder {out} (the adapter folded into its DiT weights)")
+
+
+def add_lora_command(sub: argparse._SubParsersAction) -> None:
+    lora = sub.add_parser("lora", help="LoRA adapters: fold one into a model").add_subparsers(dest="lora_cmd",
+                                                                                             required=True)
+    p = lora.add_parser("merge", help="a new model folder with the adapter folded into its weights")
+    p.add_argument("--model", help="base model folder (default: the bundled model)")
+    p.add_argument("--lora", required=True, help="a `dit finetune --lora` run folder (adapter.safetensors)")
+    p.add_argument("--lora-scale", type=float, default=1.0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_lora_merge)
+
+
 def cmd_dit_export(args: argparse.Namespace) -> None:
     from kinema.train.export import export_model_folder
 
@@ -66,6 +108,15 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, help="teacher guidance (default: the model's)")
     add_train_flags(p, ["reflow"], "reflow")
     p.set_defaults(func=cmd_dit_distill)
+    p = dit.add_parser("finetune", help="LoRA fine-tuning of a trained model on new clips: a small adapter file")
+    p.add_argument("--lora", type=int, metavar="RANK", help="adapter rank (e.g. 8)")
+    p.add_argument("--lora-alpha", type=float, help="adapter alpha (default: the rank, so the scale is 1)")
+    p.add_argument("--model", help="base model folder (default: the bundled model)")
+    p.add_argument("--latents", required=True, help="latent cache of the new clips (`kinema vae encode` with the "
+                   "base model's VAE)")
+    p.add_argument("--cond-prob", type=float, default=0.3, help="share of samples with frames given (keeps I2V)")
+    add_train_flags(p, ["lora"], "lora")
+    p.set_defaults(func=cmd_dit_finetune)
     p = dit.add_parser("export", help="a model folder from a run's latest checkpoint (raw or EMA weights)")
     p.add_argument("--run", required=True, help="a `dit train` --out folder")
     p.add_argument("--out", required=True)

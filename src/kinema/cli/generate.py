@@ -36,6 +36,8 @@ def add_generate_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--connect", nargs=2, metavar=("A", "B"), help="a clip from the last frame of A to the first of B")
     p.add_argument("--edit", help="video-to-video: edit this video toward the prompt (SDEdit)")
     p.add_argument("--strength", type=float, default=0.6, help="--edit strength: 0 keeps the input, 1 ignores it")
+    p.add_argument("--lora", help="a LoRA adapter folder (`kinema dit finetune --lora`) added to the model at load")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="how strongly the adapter acts (0: off)")
     p.add_argument("--only-new", action="store_true", help="--extend/--extend-backward: write only the new frames "
                    "(default: the source with the new frames)")
     p.add_argument("--no-expand", action="store_true", help="use the prompt as given (no prompt expansion)")
