@@ -19,7 +19,7 @@ LAYERS = [
     ["captioning", "model_index"],  # the captioner and recaptioning; a model folder's index
     ["encode", "pipeline", "presets"],  # latent-cache writer; prompt -> video; named configs
     ["train", "eval"],  # trainers and tasks; evaluation (the probe reads the shapes world)
-    ["generate"],  # one generate call for every front end (reads given frames with the probe)
+    ["generate", "plan"],  # one generate call for every front end; the memory/time planner (uses eval's FLOPs)
     ["experiments", "serve", "demo"],  # studies; HTTP API; the demo job
     ["cli"],  # the command line over all of it
 ]

@@ -12,6 +12,7 @@ STAGES = """pipeline stages:
   vae         train / evaluate the video compression network; encode latents
   dit         train the diffusion transformer on spacetime patches of latents; LoRA fine-tuning
   lora        fold a LoRA adapter into a model folder
+  plan        memory and time of a training run before it starts
   generate    text (+ frames) to video with a trained model
   eval        prompt adherence, Fréchet distance, reports
   experiment  recaptioning ablation; scaling study (DiT sizes, power-law fit, DiT vs 3D U-Net)
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from kinema.cli.caption import add_caption_commands
     from kinema.cli.common import show_defaults
     from kinema.cli.data import add_data_commands
-    from kinema.cli.dit import add_dit_commands, add_lora_command
+    from kinema.cli.dit import add_dit_commands, add_lora_command, add_plan_command
     from kinema.cli.eval import add_eval_commands
     from kinema.cli.experiment import add_experiment_commands
     from kinema.cli.generate import add_generate_command
@@ -36,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_data_commands, add_vae_commands, add_dit_commands, add_generate_command, add_eval_commands,
-                add_caption_commands, add_experiment_commands, add_lora_command, add_serve_command, add_demo_command):
+                add_caption_commands, add_experiment_commands, add_lora_command, add_plan_command, add_serve_command,
+                add_demo_command):
         add(sub)
     show_defaults(parser)
     return parser

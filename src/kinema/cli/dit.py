@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
-from kinema.cli.common import add_train_flags, bundled_model, parse_fhw, train_config
+from kinema.cli.common import add_train_flags, bundled_model, parse_fhw, parse_size, train_config
 
 
 def cmd_dit_train(args: argparse.Namespace) -> None:
@@ -21,6 +22,7 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
     task = DiTTask(data, model_cfg, make_objective(args.objective), cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
                    vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None,
                    init_from=Path(args.init_from) if args.init_from else None)
+    _plan_or_refuse(args, cfg, data)
     result = train(task, cfg, args.out)
     print(f"trained to step {result.step}, loss {result.last_loss:.4f}; model folder: {Path(args.out) / 'model'}")
 
@@ -67,6 +69,64 @@ def add_lora_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_lora_merge)
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from kinema.plan import make_plan
+
+    plan = make_plan(args.preset, frames=args.frames, size=args.size, batch=args.batch, gpus=args.gpus,
+                     dtype=args.dtype, activation_checkpointing=args.activation_checkpointing,
+                     in_channels=args.latent_channels, vae_spatial=args.vae_spatial, vae_temporal=args.vae_temporal,
+                     peak_tflops=args.peak_tflops, memory_gib=args.memory_gib, device=args.device)
+    for line in plan.lines():
+        print(line)
+    print(plan.summary())
+
+
+def add_plan_command(sub: argparse._SubParsersAction) -> None:
+    from kinema.presets import DIT_PRESETS
+
+    p = sub.add_parser("plan", help="memory and time of a DiT training run, before it starts")
+    p.add_argument("--preset", choices=sorted(DIT_PRESETS), default="shapes")
+    p.add_argument("--frames", type=int, default=17)
+    p.add_argument("--size", type=parse_size, default=(64, 64), help="H or HxW")
+    p.add_argument("--batch", type=int, default=32, help="clips per device per step")
+    p.add_argument("--gpus", type=int, default=1, help="devices (the plan shows DDP and FSDP2 when > 1)")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--latent-channels", type=int, default=16)
+    p.add_argument("--vae-spatial", type=int, default=8)
+    p.add_argument("--vae-temporal", type=int, default=4)
+    p.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s: step time from it (40%% "
+                   "utilisation) instead of a 3-step micro-run here")
+    p.add_argument("--memory-gib", type=float, help="memory per device to fit (default: this machine's)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda: where to measure")
+    p.set_defaults(func=cmd_plan)
+
+
+def _plan_or_refuse(args: argparse.Namespace, cfg, data) -> None:
+    """The plan's one line before training (saved tensors counted: a lower bound, fast); a run that cannot fit
+    even that is refused unless --force."""
+    from kinema.plan import check_fits, make_plan
+    from kinema.precision import use_bf16
+
+    c, f, h, w = data.latent_shape
+    vae = data.meta.get("vae_config", {})
+    s, t = vae.get("spatial_compression", 8), vae.get("temporal_compression", 4)
+    device = "cuda" if torch_cuda() else "cpu"
+    dtype = "bf16" if use_bf16(cfg.bf16, device) else "fp32"
+    plan = make_plan(args.preset, frames=1 + (f - 1) * t, size=(h * s, w * s), batch=cfg.batch_size,
+                     gpus=int(os.environ.get("WORLD_SIZE", "1")), dtype=dtype,
+                     activation_checkpointing=cfg.activation_checkpointing, in_channels=c, vae_spatial=s,
+                     vae_temporal=t, calibrate=False, device=device, patch=args.patch)
+    print(plan.summary() + " (activations: saved tensors, a lower bound; `kinema plan` measures)")
+    check_fits(plan, force=args.force)
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def cmd_dit_export(args: argparse.Namespace) -> None:
     from kinema.train.export import export_model_folder
 
@@ -99,6 +159,7 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
                         "grid: see docs/experiments/patch-size.md)")
     p.add_argument("--init-from", help="start from a model folder's DiT weights (a wider text input is zero-padded, "
                                        "so the start computes what that model computed)")
+    p.add_argument("--force", action="store_true", help="train even when the plan says it cannot fit")
     p.set_defaults(func=cmd_dit_train)
     p = dit.add_parser("distill", help="a few-step student by rectified-flow reflow on the teacher's own samples")
     p.add_argument("--model", help="teacher model folder (default: the bundled model)")
