@@ -120,3 +120,15 @@ def bundled_model() -> str:
     from kinema.generate import BUNDLED_MODEL
 
     return str(BUNDLED_MODEL)
+
+
+def add_model_flag(p: argparse.ArgumentParser, what: str = "model folder") -> None:
+    p.add_argument("--model", help=f"{what} (default: the bundled model, models/shapes-64)")
+
+
+def eval_pipeline(args: argparse.Namespace):
+    """The pipeline of --model (or the bundled model), for the eval commands."""
+    from kinema.generate import default_model
+    from kinema.pipeline import TextToVideoPipeline
+
+    return TextToVideoPipeline.from_pretrained(args.model or default_model())

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from kinema.cli.common import add_train_flags, bundled_model, parse_fhw, parse_size, train_config
+from kinema.cli.common import add_model_flag, add_train_flags, bundled_model, parse_fhw, parse_size, train_config
 
 
 def cmd_dit_train(args: argparse.Namespace) -> None:
@@ -62,7 +62,7 @@ def add_lora_command(sub: argparse._SubParsersAction) -> None:
     lora = sub.add_parser("lora", help="LoRA adapters: fold one into a model").add_subparsers(dest="lora_cmd",
                                                                                              required=True)
     p = lora.add_parser("merge", help="a new model folder with the adapter folded into its weights")
-    p.add_argument("--model", help="base model folder (default: the bundled model)")
+    add_model_flag(p, "base model folder")
     p.add_argument("--lora", required=True, help="a `dit finetune --lora` run folder (adapter.safetensors)")
     p.add_argument("--lora-scale", type=float, default=1.0)
     p.add_argument("--out", required=True)
@@ -162,7 +162,7 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="train even when the plan says it cannot fit")
     p.set_defaults(func=cmd_dit_train)
     p = dit.add_parser("distill", help="a few-step student by rectified-flow reflow on the teacher's own samples")
-    p.add_argument("--model", help="teacher model folder (default: the bundled model)")
+    add_model_flag(p, "teacher model folder")
     p.add_argument("--latents", required=True, help="latent cache whose captions prompt the teacher")
     p.add_argument("--pairs", type=int, default=1024, help="(noise, teacher sample) pairs to make")
     p.add_argument("--teacher-steps", type=int, default=16)
@@ -172,7 +172,7 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     p = dit.add_parser("finetune", help="LoRA fine-tuning of a trained model on new clips: a small adapter file")
     p.add_argument("--lora", type=int, metavar="RANK", help="adapter rank (e.g. 8)")
     p.add_argument("--lora-alpha", type=float, help="adapter alpha (default: the rank, so the scale is 1)")
-    p.add_argument("--model", help="base model folder (default: the bundled model)")
+    add_model_flag(p, "base model folder")
     p.add_argument("--latents", required=True, help="latent cache of the new clips (`kinema vae encode` with the "
                    "base model's VAE)")
     p.add_argument("--cond-prob", type=float, default=0.3, help="share of samples with frames given (keeps I2V)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kinema.cli.common import add_model_flag, eval_pipeline
+
 
 def cmd_eval_adherence(args: argparse.Namespace) -> None:
     from kinema.eval.adherence import pipeline_generator, prompt_set, run_adherence
@@ -34,10 +36,8 @@ def cmd_eval_train_probe(args: argparse.Namespace) -> None:
 
 def cmd_eval_conditioning(args: argparse.Namespace) -> None:
     from kinema.eval.conditioning import conditioning_fidelity, fidelity_lines
-    from kinema.generate import default_model
-    from kinema.pipeline import TextToVideoPipeline
 
-    pipe = TextToVideoPipeline.from_pretrained(args.model or default_model())
+    pipe = eval_pipeline(args)
     for line in fidelity_lines(conditioning_fidelity(pipe, n=args.n, steps=args.steps)):
         print(line)
 
@@ -46,10 +46,8 @@ def cmd_eval_world(args: argparse.Namespace) -> None:
     import json
 
     from kinema.eval.world import report_lines, world_report
-    from kinema.generate import default_model
-    from kinema.pipeline import TextToVideoPipeline
 
-    pipe = TextToVideoPipeline.from_pretrained(args.model or default_model())
+    pipe = eval_pipeline(args)
     report = world_report(pipe, n=args.n, steps=args.steps, seed=args.seed)
     for line in report_lines(report):
         print(line)
@@ -69,7 +67,7 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="prompt adherence, Fréchet distance, reports").add_subparsers(
         dest="eval_cmd", required=True)
     p = ev.add_parser("adherence", help="generate a fixed prompt set and judge it with the probe")
-    p.add_argument("--model", help="model folder (default: the bundled model)")
+    add_model_flag(p)
     p.add_argument("--n", type=int, default=25, help="prompts per category")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--steps", type=int)
@@ -85,13 +83,13 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_eval_train_probe)
     p = ev.add_parser("conditioning", help="frame-conditioning fidelity per mode (image, extend, extend backward, "
                       "connect): given frames kept, seams against real motion")
-    p.add_argument("--model", help="model folder (default: the bundled model)")
+    add_model_flag(p)
     p.add_argument("--n", type=int, default=8, help="rendered clips per mode")
     p.add_argument("--steps", type=int, default=20)
     p.set_defaults(func=cmd_eval_conditioning)
     p = ev.add_parser("world", help="world-simulator metrics: straight-line motion, speed, object count, size "
                       "and shape kept, permanence through occlusion, extension consistency (real clips: the floor)")
-    p.add_argument("--model", help="model folder (default: the bundled model)")
+    add_model_flag(p)
     p.add_argument("--n", type=int, default=16, help="scenes per test")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kinema.cli.common import parse_size
+from kinema.cli.common import add_model_flag, parse_size
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -20,7 +20,7 @@ def add_generate_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="text (+ frames) to video with a trained model")
     p.add_argument("prompt")
     p.add_argument("-o", "--out", default="out/video.mp4", help="output .mp4 (or .gif)")
-    p.add_argument("--model", default=None, help="model folder (default: the bundled models/shapes-64)")
+    add_model_flag(p)
     p.add_argument("--negative-prompt", default=None, help="what to steer away from (default: the empty caption)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's, in its model_index.json)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kinema.cli.common import add_model_flag
+
 
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
@@ -20,7 +22,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def add_serve_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="HTTP API + web page over a model")
-    p.add_argument("--model", help="model folder (default: the bundled model)")
+    add_model_flag(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-queued", type=int, default=8, help="jobs waiting at most (then 429 with Retry-After)")
