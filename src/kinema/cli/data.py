@@ -80,7 +80,8 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[(64, 64)], metavar="HxW",
                    help="size buckets; each video goes to the one nearest its aspect ratio (default 64x64)")
     p.add_argument("--min-motion", type=float, default=1.0, help="drop clips with a lower motion score (0-255)")
-    p.add_argument("--scene-threshold", type=float, default=40.0, help="frame difference that marks a cut")
+    p.add_argument("--scene-threshold", type=float, default=27.0, help="PySceneDetect ContentDetector threshold "
+                   "for a shot change (lower: more cuts)")
     p.add_argument("--no-scene-cuts", action="store_true")
     p.add_argument("--max-clips", type=int, default=8, help="clips per video at most")
     p.add_argument("--shard-size", type=int, default=256)
