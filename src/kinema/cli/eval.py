@@ -66,14 +66,28 @@ def cmd_eval_report(args: argparse.Namespace) -> None:
 def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="prompt adherence, Fréchet distance, reports").add_subparsers(
         dest="eval_cmd", required=True)
-    p = ev.add_parser("adherence", help="generate a fixed prompt set and judge it with the probe")
-    add_model_flag(p)
-    p.add_argument("--n", type=int, default=25, help="prompts per category")
+    def model_eval(name: str, help: str, n: int, n_help: str, func, steps: int | None = None):
+        """A subcommand that generates with a model and judges what it made."""
+        p = ev.add_parser(name, help=help)
+        add_model_flag(p)
+        p.add_argument("--n", type=int, default=n, help=n_help)
+        p.add_argument("--steps", type=int, default=steps, help="sampling steps (default: the model's)"
+                       if steps is None else None)
+        p.set_defaults(func=func)
+        return p
+
+    p = model_eval("adherence", "generate a fixed prompt set and judge it with the probe", 25, "prompts per category",
+                   cmd_eval_adherence)
     p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--steps", type=int)
     p.add_argument("--guidance", type=float)
     p.add_argument("--out", default="out/adherence")
-    p.set_defaults(func=cmd_eval_adherence)
+    model_eval("conditioning", "frame-conditioning fidelity per mode (image, extend, extend backward, connect): "
+               "given frames kept, seams against real motion", 8, "rendered clips per mode", cmd_eval_conditioning, 20)
+    p = model_eval("world", "world-simulator metrics: straight-line motion, speed, object count, size and shape "
+                   "kept, permanence through occlusion, extension consistency (real clips: the floor)", 16,
+                   "scenes per test", cmd_eval_world)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the report as JSON here")
     p = ev.add_parser("probe", help="the probe's accuracy per attribute on held-out clean and degraded clips")
     p.add_argument("--n", type=int, default=300)
     p.set_defaults(func=cmd_eval_probe)
@@ -81,20 +95,6 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clips", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=15)
     p.set_defaults(func=cmd_eval_train_probe)
-    p = ev.add_parser("conditioning", help="frame-conditioning fidelity per mode (image, extend, extend backward, "
-                      "connect): given frames kept, seams against real motion")
-    add_model_flag(p)
-    p.add_argument("--n", type=int, default=8, help="rendered clips per mode")
-    p.add_argument("--steps", type=int, default=20)
-    p.set_defaults(func=cmd_eval_conditioning)
-    p = ev.add_parser("world", help="world-simulator metrics: straight-line motion, speed, object count, size "
-                      "and shape kept, permanence through occlusion, extension consistency (real clips: the floor)")
-    add_model_flag(p)
-    p.add_argument("--n", type=int, default=16, help="scenes per test")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="write the report as JSON here")
-    p.set_defaults(func=cmd_eval_world)
     p = ev.add_parser("report", help="a self-contained HTML report: loss curves, adherence, sample grids")
     p.add_argument("--runs", nargs="*", default=[], help="training run folders (metrics.jsonl, samples/)")
     p.add_argument("--adherence", nargs="*", default=[], help="folders with adherence.json")
