@@ -117,7 +117,8 @@ def mask_crop(mask: torch.Tensor) -> torch.Tensor:
 
 def label_map(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     """(F, H, W, 3) uint8 -> (F, H, W) index of the nearest palette color (objects first, then backgrounds)."""
-    x = torch.as_tensor(np.asarray(frames)).float()
+    a = np.asarray(frames)
+    x = torch.as_tensor(a if a.flags.writeable else a.copy()).float()  # a decoded frame buffer can be read-only
     d = ((x[..., None, :] - PALETTE) ** 2).sum(-1)  # (F, H, W, 11)
     return d.argmin(-1)
 
@@ -193,7 +194,8 @@ def probe_clip(frames: np.ndarray | torch.Tensor) -> ProbeResult:
 def probe_features(frames: np.ndarray | torch.Tensor) -> np.ndarray:
     """A fixed-length description of a clip: per palette color its share of pixels, centroid at the first
     and last frame and velocity; plus the background one-hot and pixel statistics. (8*6 + 3 + 7,) float."""
-    x = torch.as_tensor(np.asarray(frames)).float() / 255.0  # (F, H, W, 3)
+    a = np.asarray(frames)
+    x = torch.as_tensor(a if a.flags.writeable else a.copy()).float()  # a decoded frame buffer can be read-only / 255.0  # (F, H, W, 3)
     labels = label_map(frames)
     F_, H, W = labels.shape
     ys, xs = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, 1, W), indexing="ij")
