@@ -120,3 +120,12 @@ def test_small_samples_come_with_warnings(tmp_path):
     text = "\n".join(report.lines())
     assert "nan%" not in text
     assert "warning: few prompts" in text and "warning: the Fréchet distances rest on" in text
+
+
+def test_probe_features_are_the_same_for_read_only_frames_and_pixel_stats_are_in_0_1():
+    frames = make_clip(WorldConfig(), 3)[0].numpy()
+    locked = frames.copy()
+    locked.flags.writeable = False
+    a, b = probe_features(frames), probe_features(locked)
+    assert np.array_equal(a, b)
+    assert np.all((a[-7:] >= -1e-6) & (a[-7:] <= 1 + 1e-6))  # pixel statistics of [0, 1] images

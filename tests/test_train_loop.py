@@ -99,12 +99,12 @@ def test_per_sample_draws_are_distinct_for_every_step_and_clip():
 
     # 2000 clips x 30 steps: the old seed * 1_000_003 + step * 997 + clip mix repeated (step 1, clip 0) as
     # (step 0, clip 997)
-    draws = {sample_rng(0, step, 0, 0, clip).random() for step in range(30) for clip in range(2000)}
+    draws = {sample_rng(0, step, clip).random() for step in range(30) for clip in range(2000)}
     assert len(draws) == 30 * 2000
-    assert sample_rng(0, 1, 0, 0, 0).random() != sample_rng(0, 0, 0, 0, 997).random()
-    assert sample_rng(0, 3, 0, 0, 5).random() == sample_rng(0, 3, 0, 0, 5).random()  # reproducible for resume
-    assert sample_rng(0, 3, 0, 0, 5).random() != sample_rng(0, 3, 1, 0, 5).random()  # micro-batches differ
-    assert sample_rng(0, 3, 0, 0, 5).random() != sample_rng(0, 3, 0, 1, 5).random()  # ranks differ
+    assert sample_rng(0, 1, 0).random() != sample_rng(0, 0, 997).random()
+    assert sample_rng(0, 3, 5).random() == sample_rng(0, 3, 5).random()  # reproducible for resume
+    assert sample_rng(0, 3, 5).random() != sample_rng(0, 4, 5).random()  # every micro-batch (of any rank) differs
+    assert sample_rng(0, 3, 5).random() != sample_rng(1, 3, 5).random()  # and every seed
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_good_checkpoint(tiny_latents, tmp_path):

@@ -195,7 +195,7 @@ def probe_features(frames: np.ndarray | torch.Tensor) -> np.ndarray:
     """A fixed-length description of a clip: per palette color its share of pixels, centroid at the first
     and last frame and velocity; plus the background one-hot and pixel statistics. (8*6 + 3 + 7,) float."""
     a = np.asarray(frames)
-    x = torch.as_tensor(a if a.flags.writeable else a.copy()).float()  # a decoded frame buffer can be read-only / 255.0  # (F, H, W, 3)
+    x = torch.as_tensor(a if a.flags.writeable else a.copy()).float() / 255.0  # (F, H, W, 3); a copy if read-only
     labels = label_map(frames)
     F_, H, W = labels.shape
     ys, xs = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, 1, W), indexing="ij")

@@ -46,11 +46,13 @@ def frame_mask(kind: str, frames: int, rng: random.Random) -> torch.Tensor:
     return mask
 
 
-def sample_rng(seed: int, step: int, micro: int, rank: int, index: int) -> random.Random:
+def sample_rng(seed: int, micro_batch: int, index: int) -> random.Random:
     """The generator of one sample's draws (caption level, dropout, frame mask): a distinct stream for every
-    (seed, step, micro-batch, rank, clip), since a string seed is hashed whole (an arithmetic mix such as
-    seed * 1_000_003 + step * 997 + index repeats draws across steps once a dataset has over 997 clips)."""
-    return random.Random(f"{seed}/{step}/{micro}/{rank}/{index}")
+    (seed, global micro-batch, clip), since a string seed is hashed whole (an arithmetic mix such as
+    seed * 1_000_003 + step * 997 + index repeats draws across steps once a dataset has over 997 clips).
+    `micro_batch` is the global micro-batch number (step * grad_accum + micro) * world_size + rank, as for the
+    noise (train.loop.step_generator): 1 process with gradient accumulation N and N processes draw the same."""
+    return random.Random(f"{seed}/{micro_batch}/{index}")
 
 
 @torch.no_grad()
@@ -146,7 +148,8 @@ class DiTTask:
 
     def batch(self, step: int, micro: int, info: DistInfo) -> dict:
         idx = self._indices(step, micro, info)
-        rngs = [sample_rng(self.seed, step, micro, info.rank, i) for i in idx]
+        number = (step * self.grad_accum + micro) * info.world_size + info.rank
+        rngs = [sample_rng(self.seed, number, i) for i in idx]
         levels = self._levels(idx, rngs)
         b = self.data.gather(idx, levels)
         keep = torch.tensor([rng.random() >= self.caption_dropout for rng in rngs])
