@@ -117,6 +117,13 @@ def _key(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def vae_key(vae_dir: str | Path) -> str:
+    """A VAE's identity for the cache: its weights' content hash (moving or linking the folder keeps it)."""
+    from kinema.io.weights import content_hash, load_weights
+
+    return _key(content_hash(load_weights(vae_dir, "vae")[0]))
+
+
 def world_config(rung: Rung, frames: int, size: int) -> WorldConfig:
     return WorldConfig(**{"frames": frames, "height": size, "width": size, **rung.world})
 
@@ -128,7 +135,7 @@ def prepare_latents(rung: Rung, cache: Path, frames: int, size: int, seed: int =
 
     world = world_config(rung, frames, size)
     data = cache / f"world-{_key([dataclasses.asdict(world), rung.clips, seed])}"
-    latents = cache / f"latents-{data.name[6:]}-{_key(str(Path(rung.vae).resolve()))}"
+    latents = cache / f"latents-{data.name[6:]}-{vae_key(rung.vae)}"
     if not (data / "captions.jsonl").exists():
         synth_dataset(data, rung.clips, world, seed=seed, progress=False)
     if not (latents / "index.jsonl").exists():
