@@ -33,7 +33,6 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
 
 # The whole bundled stack from scratch: data, VAE, latents, DiT, export, adherence. The recipe measured in session 15
 # (docs/experiments/learning-efficiency.md, "The bundled recipe on the full world"): the x8 VAE (42 min) and the ladder's
