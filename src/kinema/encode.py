@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from kinema.data.latents import LATENT_FORMAT, bucket_name, pad_to
 from kinema.data.shards import CAPTION_LEVELS, ShardDataset, load_index
 from kinema.io.video import atomic_write_bytes
-from kinema.io.weights import content_hash, load_weights
+from kinema.io.weights import weights_sha256
 
 # the meta.json fields a resumed run must agree on
 _RESUME_FIELDS = ("source", "vae_sha256", "text_encoder", "text_dim")
@@ -105,7 +105,7 @@ def encode_dataset(vae_dir: str | Path, data_dir: str | Path, out: str | Path, b
     ds = ShardDataset(data_dir)
     meta = {"format": LATENT_FORMAT, "source": str(Path(data_dir).resolve()), "vae": str(Path(vae_dir).resolve()),
             "vae_config": json.loads((Path(vae_dir) / "vae.json").read_text()),
-            "vae_sha256": content_hash(load_weights(vae_dir, "vae")[0]),
+            "vae_sha256": weights_sha256(vae_dir, "vae"),
             "text_encoder": text_encoder_name if text else None, "text_dim": encoder.dim if encoder else None}
     _check_resume(out, meta)
     atomic_write_bytes(out / "meta.json", json.dumps(meta, indent=2).encode())

@@ -119,9 +119,9 @@ def _key(obj) -> str:
 
 def vae_key(vae_dir: str | Path) -> str:
     """A VAE's identity for the cache: its weights' content hash (moving or linking the folder keeps it)."""
-    from kinema.io.weights import content_hash, load_weights
+    from kinema.io.weights import weights_sha256
 
-    return _key(content_hash(load_weights(vae_dir, "vae")[0]))
+    return _key(weights_sha256(vae_dir, "vae"))
 
 
 def world_config(rung: Rung, frames: int, size: int) -> WorldConfig:

@@ -53,26 +53,50 @@ def save_weights(folder: str | Path, name: str, state_dict: dict[str, torch.Tens
     return folder / f"{name}.safetensors"
 
 
-def load_weights(folder: str | Path, name: str) -> tuple[dict[str, torch.Tensor], dict]:
+def _paths(folder: str | Path, name: str) -> tuple[Path, Path]:
     folder = Path(folder)
     weights, config = folder / f"{name}.safetensors", folder / f"{name}.json"
     for p in (weights, config):
         if not p.exists():
             raise WeightsError(f"{p}: not found; expected {name}.safetensors and {name}.json in {folder}")
+    return weights, config
+
+
+def _stored_digest(weights: Path) -> str | None:
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return (f.metadata() or {}).get("sha256")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{weights}: not a readable safetensors file (truncated or corrupt?): {e}") from e
+
+
+def load_config(folder: str | Path, name: str) -> dict:
+    """`{name}.json` alone (the tensors are not read)."""
+    _, config = _paths(folder, name)
+    try:
+        return json.loads(config.read_text())
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{config}:{e.lineno}: invalid JSON ({e.msg})") from e
+
+
+def load_weights(folder: str | Path, name: str) -> tuple[dict[str, torch.Tensor], dict]:
+    weights, _ = _paths(folder, name)
+    digest = _stored_digest(weights)
     try:
         state = load_file(str(weights))
-        with safe_open(str(weights), framework="pt") as f:
-            digest = (f.metadata() or {}).get("sha256")
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError(f"{weights}: not a readable safetensors file (truncated or corrupt?): {e}") from e
     if digest is not None and content_hash(state) != digest:
         raise WeightsError(f"{weights}: content hash mismatch: the tensor data changed after it was written "
                            f"(corrupt file)")
-    try:
-        cfg = json.loads(config.read_text())
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{config}:{e.lineno}: invalid JSON ({e.msg})") from e
-    return state, cfg
+    return state, load_config(folder, name)
+
+
+def weights_sha256(folder: str | Path, name: str) -> str:
+    """The identity of `{name}.safetensors`: the content hash stored in it (checked whenever it is loaded), or,
+    for a file written before hashes were stored, the hash of its tensors."""
+    weights, _ = _paths(folder, name)
+    return _stored_digest(weights) or content_hash(load_weights(folder, name)[0])
 
 
 def load_model(folder: str | Path, name: str, model_cls: type[M], config_cls: type) -> M:

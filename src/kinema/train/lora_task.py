@@ -13,7 +13,7 @@ new model folder.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,15 +21,14 @@ from torch import nn
 
 from kinema.config import from_dict
 from kinema.dit.model import DiTConfig
-from kinema.io.weights import WeightsError, content_hash, load_weights, save_weights
+from kinema.io.weights import WeightsError, load_config, load_weights, save_weights, weights_sha256
 from kinema.layers.lora import DEFAULT_TARGETS, add_lora, lora_state_dict, merge_lora, set_scale
 from kinema.model_index import read_model_index, write_model_index
 from kinema.train.dit_task import DiTTask
 
 
 def base_model_config(folder: str | Path) -> DiTConfig:
-    _, cfg = load_weights(folder, "dit")
-    return from_dict(DiTConfig, cfg, where=f"{folder}/dit.json")
+    return from_dict(DiTConfig, load_config(folder, "dit"), where=f"{folder}/dit.json")
 
 
 @dataclass
@@ -39,14 +38,11 @@ class LoRATask(DiTTask):
     alpha: float | None = None
     targets: tuple[str, ...] = DEFAULT_TARGETS
     name: str = "lora"
-    _base_hash: str = field(default="", repr=False)
 
     def build_model(self) -> nn.Module:
         from kinema.pipeline import load_backbone
 
         model = load_backbone(self.base_model)
-        if not self._base_hash:
-            self._base_hash = content_hash(load_weights(self.base_model, "dit")[0])
         add_lora(model, self.rank, self.alpha, self.targets)
         return model.train()
 
@@ -57,7 +53,7 @@ class LoRATask(DiTTask):
     def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> Path:
         meta = {"rank": self.rank, "alpha": float(self.alpha if self.alpha is not None else self.rank),
                 "targets": list(self.targets), "base_model": str(Path(self.base_model).resolve()),
-                "base_dit_sha256": self._base_hash or content_hash(load_weights(self.base_model, "dit")[0])}
+                "base_dit_sha256": weights_sha256(self.base_model, "dit")}
         return save_weights(out_dir, "adapter", lora_state_dict(state_dict), meta)
 
 
@@ -77,7 +73,7 @@ def load_adapter(model: nn.Module, folder: str | Path, scale: float = 1.0) -> di
 
 def check_base(folder: str | Path, meta: dict, model_dir: str | Path) -> None:
     want = meta.get("base_dit_sha256")
-    if want and content_hash(load_weights(model_dir, "dit")[0]) != want:
+    if want and weights_sha256(model_dir, "dit") != want:
         raise ValueError(f"{folder}/adapter.json: trained on {meta.get('base_model')}, whose DiT weights differ from "
                          f"{model_dir}'s; an adapter only fits the weights it was trained on")
 
@@ -93,9 +89,8 @@ def merge_into_folder(model_dir: str | Path, adapter: str | Path, out: str | Pat
     meta = load_adapter(model, adapter, scale)
     check_base(adapter, meta, model_dir)
     merge_lora(model)
-    _, cfg = load_weights(model_dir, "dit")
     out.mkdir(parents=True, exist_ok=True)
-    save_weights(out, "dit", model.state_dict(), cfg)
+    save_weights(out, "dit", model.state_dict(), load_config(model_dir, "dit"))
     for name in ("vae.safetensors", "vae.json"):
         shutil.copyfile(model_dir / name, out / name)
     index = read_model_index(model_dir)
