@@ -113,7 +113,7 @@ def test_expansion_takes_what_the_user_did_not_say_from_the_given_frames():
         prompt = f"{'a ' if noun != 'it' else ''}{noun}" + (
             {"still": " staying still"}.get(said.get("motion"), f" moving {said['motion']}") if "motion" in said
             else " keeps going") + (f" on a {said['background']} background" if "background" in said else "")
-        known = frame_facts(FrameCondition(frame, [0]), 17)
+        known = frame_facts(FrameCondition(frame, [0]))
         parsed = parse_caption(expand_prompt(prompt, seed=prompt_seed, known=known))
         assert len(parsed.objects) == 1, (prompt, known)
         got = parsed.objects[0]
@@ -134,6 +134,6 @@ def test_extension_frames_give_the_motion_too():
 
     scene = sample_scene(WorldConfig(max_objects=1, motions=("left",), speeds=("quickly",)), 3)
     clip = render(scene).numpy()
-    known = frame_facts(FrameCondition(clip[-5:], list(range(5))), 17)
+    known = frame_facts(FrameCondition(clip[-5:], list(range(5))))
     parsed = parse_caption(expand_prompt("it keeps moving", known=known))
     assert parsed.objects[0].motion == "left" and parsed.objects[0].color == scene.objects[0].color

@@ -125,8 +125,10 @@ class GenerateResult:
     trajectory_every: int
 
 
-def frame_condition(opts: GenerateOptions, frames: int, context: int) -> FrameCondition | None:
-    """The conditioning flags as one FrameCondition; `context` is how many source frames extension uses."""
+def frame_condition(opts: GenerateOptions, frames: int, context: int,
+                    source: np.ndarray | None = None) -> FrameCondition | None:
+    """The conditioning flags as one FrameCondition; `context` is how many source frames extension uses, and
+    `source` the --extend / --extend-backward video when it is already read."""
     if opts.image:
         from PIL import Image, UnidentifiedImageError
 
@@ -136,10 +138,10 @@ def frame_condition(opts: GenerateOptions, frames: int, context: int) -> FrameCo
             raise ValueError(f"{opts.image}: not an image file PIL can read (png, jpg, ...)") from None
         return FrameCondition(image[None], [0])
     if opts.extend:  # the last frames of the input start the new clip
-        clip = read_video(opts.extend)[-context:]
+        clip = (read_video(opts.extend) if source is None else source)[-context:]
         return FrameCondition(clip, list(range(len(clip))))
     if opts.extend_backward:  # the first frames of the input end the new clip
-        clip = read_video(opts.extend_backward)[:context]
+        clip = (read_video(opts.extend_backward) if source is None else source)[:context]
         return FrameCondition(clip, list(range(frames - len(clip), frames)))
     if opts.connect:
         a, b = read_video(opts.connect[0])[-1:], read_video(opts.connect[1])[:1]
@@ -149,11 +151,12 @@ def frame_condition(opts: GenerateOptions, frames: int, context: int) -> FrameCo
     return None
 
 
-def frame_facts(condition: FrameCondition, frames: int):
+def frame_facts(condition: FrameCondition):
     """What the given frames show, as parsed caption facts for prompt expansion: background, and per object its
     color, shape, size, start cell (when the frames start the clip) and motion (when they show some), read by
     the shapes-world probe."""
     from kinema.data.captions import ParsedCaption, ParsedObject
+    from kinema.data.world import position_name
     from kinema.eval.probe import probe_clip
 
     starts = bool(condition.at) and condition.at[0] == 0
@@ -161,9 +164,7 @@ def frame_facts(condition: FrameCondition, frames: int):
     height, width = condition.video.shape[1:3]
     objects = []
     for obj in shown.objects:
-        x, y = obj.track[0]
-        row, col = (("top", "middle", "bottom")[min(2, int(3 * y / height))],
-                    ("left", "center", "right")[min(2, int(3 * x / width))]) if starts else (None, None)
+        row, col = position_name(*obj.track[0], width, height) if starts else (None, None)
         moving = len(obj.track) > 1  # one frame shows no motion
         objects.append(ParsedObject(shape=obj.shape, color=obj.color, size=obj.size, row=row, col=col,
                                     motion=obj.motion if moving else None, speed=obj.speed if moving else None))
@@ -189,8 +190,10 @@ def generate(pipe: TextToVideoPipeline, opts: GenerateOptions, progress: Callabl
     height, width = opts.size or (index.height, index.width)
     steps = opts.steps or index.steps
     context = pipe.vae.cfg.pixel_frames(2)  # extension keeps two latent frames of the source (5 at x4 time)
-    condition = frame_condition(opts, frames, context)
-    known = frame_facts(condition, frames) if condition is not None and condition.strength is None else None
+    extended = opts.extend or opts.extend_backward
+    source = read_video(extended) if extended else None  # read once: conditioning and the written clip
+    condition = frame_condition(opts, frames, context, source)
+    known = frame_facts(condition) if condition is not None and condition.strength is None else None
     prompt = expand_prompt(opts.prompt, opts.seed, known=known) if opts.expand else opts.prompt
     trajectory: list[np.ndarray] = []
     every = max(1, steps // trajectory_frames) if trajectory_frames else 1
@@ -198,8 +201,8 @@ def generate(pipe: TextToVideoPipeline, opts: GenerateOptions, progress: Callabl
                  steps=steps, guidance=opts.guidance, seed=opts.seed, sampler=opts.sampler, condition=condition,
                  callback=(lambda i, x: trajectory.append(x)) if trajectory_frames else None,
                  progress=progress, callback_every=every)
-    if not opts.only_new and (opts.extend or opts.extend_backward):  # the source with its new frames, as Sora
-        source = _fit_clip_size(read_video(opts.extend or opts.extend_backward), height, width)
+    if source is not None and not opts.only_new:  # the source with its new frames, as Sora extends
+        source = _fit_clip_size(source, height, width)
         video = (np.concatenate([source, video[context:]]) if opts.extend
                  else np.concatenate([video[:frames - context], source]))
     return GenerateResult(video, prompt, index.fps, trajectory, every)
