@@ -170,13 +170,12 @@ def make_plan(preset: str, frames: int = 17, size: tuple[int, int] = (64, 64), b
     from kinema.dit.model import DiT
     from kinema.eval.scaling import training_flops_per_sample
     from kinema.presets import dit_preset
+    from kinema.vae.model import VAEConfig
 
     if dtype not in ("bf16", "fp32"):
         raise ValueError(f"dtype must be bf16 or fp32, got {dtype!r}")
-    if frames < 1 or (frames - 1) % vae_temporal or size[0] % vae_spatial or size[1] % vae_spatial:
-        raise ValueError(f"frames must be 1 + {vae_temporal}k and sizes multiples of {vae_spatial}; got {frames}, "
-                         f"{size[0]}x{size[1]}")
-    latent = (in_channels, 1 + (frames - 1) // vae_temporal, size[0] // vae_spatial, size[1] // vae_spatial)
+    vae = VAEConfig(latent_channels=in_channels, spatial_compression=vae_spatial, temporal_compression=vae_temporal)
+    latent = vae.latent_shape(frames, *size)  # its errors for frames and sizes this VAE cannot take
     cfg = dit_preset(preset, in_channels, patch)
     torch.manual_seed(0)
     model = DiT(cfg).to(device)

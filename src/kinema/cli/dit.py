@@ -105,26 +105,24 @@ def add_plan_command(sub: argparse._SubParsersAction) -> None:
 def _plan_or_refuse(args: argparse.Namespace, cfg, data) -> None:
     """The plan's one line before training (saved tensors counted: a lower bound, fast); a run that cannot fit
     even that is refused unless --force."""
-    from kinema.plan import check_fits, make_plan
-    from kinema.precision import use_bf16
-
-    c, f, h, w = data.latent_shape
-    vae = data.meta.get("vae_config", {})
-    s, t = vae.get("spatial_compression", 8), vae.get("temporal_compression", 4)
-    device = "cuda" if torch_cuda() else "cpu"
-    dtype = "bf16" if use_bf16(cfg.bf16, device) else "fp32"
-    plan = make_plan(args.preset, frames=1 + (f - 1) * t, size=(h * s, w * s), batch=cfg.batch_size,
-                     gpus=int(os.environ.get("WORLD_SIZE", "1")), dtype=dtype,
-                     activation_checkpointing=cfg.activation_checkpointing, in_channels=c, vae_spatial=s,
-                     vae_temporal=t, calibrate=False, device=device, patch=args.patch)
-    print(plan.summary() + " (activations: saved tensors, a lower bound; `kinema plan` measures)")
-    check_fits(plan, force=args.force)
-
-
-def torch_cuda() -> bool:
     import torch
 
-    return torch.cuda.is_available()
+    from kinema.config import from_dict
+    from kinema.plan import check_fits, make_plan
+    from kinema.precision import use_bf16
+    from kinema.vae.model import VAEConfig
+
+    vae = from_dict(VAEConfig, data.meta["vae_config"], where=f"{args.latents}/meta.json vae_config")
+    frames, height, width = vae.pixel_shape(*data.latent_shape[1:])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = "bf16" if use_bf16(cfg.bf16, device) else "fp32"
+    plan = make_plan(args.preset, frames=frames, size=(height, width), batch=cfg.batch_size,
+                     gpus=int(os.environ.get("WORLD_SIZE", "1")), dtype=dtype,
+                     activation_checkpointing=cfg.activation_checkpointing, in_channels=data.latent_shape[0],
+                     vae_spatial=vae.spatial_compression, vae_temporal=vae.temporal_compression, calibrate=False,
+                     device=device, patch=args.patch)
+    print(plan.summary() + " (activations: saved tensors, a lower bound; `kinema plan` measures)")
+    check_fits(plan, force=args.force)
 
 
 def cmd_dit_export(args: argparse.Namespace) -> None:

@@ -83,7 +83,7 @@ def _unhidden(track: Track) -> np.ndarray:
     return track.present & (track.area >= 0.7 * np.median(track.area[track.present]))
 
 
-def object_metrics(track: Track, height: int) -> dict[str, float]:
+def object_metrics(track: Track) -> dict[str, float]:
     frames = np.flatnonzero(_unhidden(track))
     out = {"size_drift": float(np.std(track.area[frames]) / max(np.mean(track.area[frames]), 1e-6))}
     shapes = [s for s in track.shape if s is not None]
@@ -103,7 +103,7 @@ def clip_metrics(frames: np.ndarray, scene: Scene | None = None) -> dict[str, fl
     the scene the clip was prompted with, the relative speed error of moving objects."""
     found = tracks(frames)
     height = frames.shape[1]
-    per = [object_metrics(t, height) for t in found]
+    per = [object_metrics(t) for t in found]
     out = {k: float(np.mean([p[k] for p in per if k in p])) for k in
            ("velocity_residual", "max_jump", "size_drift", "shape_kept") if any(k in p for p in per)}
     count = len(scene.objects) if scene is not None else len(found)
@@ -112,10 +112,11 @@ def clip_metrics(frames: np.ndarray, scene: Scene | None = None) -> dict[str, fl
     if scene is not None:
         errors = []
         for obj in scene.objects:
-            track = next((t for t, p in zip(found, per, strict=True) if t.color == obj.color and "speed" in p), None)
-            if obj.speed and track is not None:
+            measured = next((p["speed"] for t, p in zip(found, per, strict=True) if t.color == obj.color
+                             and "speed" in p), None)
+            if obj.speed and measured is not None:
                 want = SPEED_PX[obj.speed] * height
-                errors.append(abs(object_metrics(track, height)["speed"] - want) / want)
+                errors.append(abs(measured - want) / want)
         if errors:
             out["speed_error"] = float(np.mean(errors))
     return out

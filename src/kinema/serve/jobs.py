@@ -79,7 +79,7 @@ class JobStore:
         with self._lock:
             queued = self._count("queued")
             if queued >= self.max_queued:
-                raise QueueFull(queued, self._retry_after(queued))
+                raise QueueFull(queued, self._retry_after())
             job_id = uuid.uuid4().hex[:12]
             self._db.execute("INSERT INTO jobs (id, status, request, created) VALUES (?, 'queued', ?, ?)",
                              (job_id, json.dumps(request), time.time()))
@@ -164,7 +164,7 @@ class JobStore:
     def _count(self, status: str) -> int:
         return self._db.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (status,)).fetchone()[0]
 
-    def _retry_after(self, queued: int) -> int:
+    def _retry_after(self) -> int:
         """Seconds until a slot is likely free: the mean of recent job durations (1 s when none are known)."""
         rows = self._db.execute("SELECT finished - started FROM jobs WHERE status='done' AND started IS NOT NULL "
                                 "ORDER BY finished DESC LIMIT 20").fetchall()
