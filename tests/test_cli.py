@@ -26,6 +26,17 @@ def test_bad_world_name_is_a_clear_cli_error(tmp_path, capsys):
     assert "holdout" in capsys.readouterr().err
 
 
+def test_synth_features_a_new_color_with_replay(tmp_path, capsys):
+    import json
+
+    assert main(["data", "synth", "--n", "40", "--out", str(tmp_path / "d"), "--frames", "5", "--size", "32",
+                 "--featured", "pink", "--featured-share", "0.5"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "d" / "captions.jsonl").read_text().splitlines()]
+    assert 8 < sum("pink" in r["captions"]["medium"] for r in rows) < 32
+    assert main(["data", "synth", "--n", "1", "--out", str(tmp_path / "e"), "--colors", "magenta"]) == 2
+    assert "colors" in capsys.readouterr().err
+
+
 def test_demo_writes_a_playable_mp4_and_sheet(tmp_path):
     assert main(["demo", "--out", str(tmp_path)]) == 0  # with the bundled model when it is there
     frames = read_video(tmp_path / "shapes.mp4")

@@ -129,3 +129,27 @@ def test_probe_features_are_the_same_for_read_only_frames_and_pixel_stats_are_in
     a, b = probe_features(frames), probe_features(locked)
     assert np.array_equal(a, b)
     assert np.all((a[-7:] >= -1e-6) & (a[-7:] <= 1 + 1e-6))  # pixel statistics of [0, 1] images
+
+
+def test_the_probe_reads_a_new_color_only_when_asked():
+    from kinema.eval.probe import WORLD_COLORS
+
+    cfg = WorldConfig(max_objects=1, colors=("pink",))
+    frames, scene = make_clip(cfg, 3)
+    obj = scene.objects[0]
+    got = probe_clip(frames.numpy(), (*WORLD_COLORS, "pink")).by_color()["pink"]
+    assert (got.shape, got.size, got.motion) == (obj.shape, obj.size, obj.motion)
+    assert "pink" not in probe_clip(frames.numpy()).by_color()  # the default world's palette has no pink
+
+
+def test_concept_prompts_judge_the_new_color(tmp_path):
+    from kinema.eval.adherence import concept_prompts
+    from kinema.eval.probe import WORLD_COLORS
+
+    prompts = concept_prompts("pink", 6)
+    assert [p.prompt for p in prompts] == [p.prompt for p in concept_prompts("pink", 6)]
+    assert all("pink" in p.prompt and p.scene["objects"][0]["color"] == "pink" for p in prompts)
+    report = run_adherence(_oracle(prompts), prompts, tmp_path, progress=False, colors=(*WORLD_COLORS, "pink"))
+    assert report.by_category["new"]["color"] == 1.0 and report.by_category["new"]["all_correct"] >= 0.8
+    blind = run_adherence(_oracle(prompts), prompts, None, progress=False)  # a judge without pink
+    assert blind.by_category["new"]["color"] == 0.0

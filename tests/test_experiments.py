@@ -105,3 +105,24 @@ def test_a_pixel_captioner_recaptions_the_clips_the_cache_was_encoded_from(tiny_
     where = {r["key"]: i for i, r in enumerate(clips.rows)}
     assert captions[3] == caption_clips(model, vocab, clips, [where[data.rows[3]["key"]]])[0]
     assert data.gather([3], ["recaption"]).captions == [captions[3]]
+
+
+def test_lora_experiment_teaches_and_judges_a_new_color_end_to_end(tiny_model_dir, tmp_path):
+    import json
+
+    from kinema.cli import main
+
+    doc = tmp_path / "lora.md"
+    assert main(["experiment", "lora", "--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--clips", "8",
+                 "--steps", "2", "--batch-size", "4", "--rank", "2", "--eval-n", "2", "--doc", str(doc)]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    for arm in ("base", "lora"):
+        assert set(results[arm]) == {"new", "single"} and results[arm]["new"]["n"] == 2
+    size = results["size"]
+    assert 0 < size["adapter_params"] < size["model_params"]
+    data = [json.loads(line) for line in (tmp_path / "run" / "data" / "captions.jsonl").read_text().splitlines()]
+    assert len(data) == 8 and any("pink" in r["captions"]["detailed"] for r in data)
+    assert "pink" in doc.read_text() and doc.with_name("lora-concept.png").exists()
+    # a second run reads every finished stage back
+    assert main(["experiment", "lora", "--model", str(tiny_model_dir), "--out", str(tmp_path / "run"), "--clips", "8",
+                 "--steps", "2", "--batch-size", "4", "--rank", "2", "--eval-n", "2"]) == 0

@@ -119,3 +119,30 @@ def test_scene_json_round_trip():
     from kinema.data.world import Scene
     again = Scene.from_dict(scene.to_dict())
     assert torch.equal(render(again), render(scene))
+
+
+def test_a_featured_new_color_leads_its_share_of_clips_and_appears_nowhere_else():
+    from kinema.data.captions import caption_scene
+    from kinema.data.world import NEW_COLORS, RGB
+
+    assert "pink" in NEW_COLORS and "pink" not in COLORS and "pink" not in CFG.colors  # not in the default world
+    cfg = WorldConfig(colors=(*COLORS, "pink"), featured=("pink",), featured_share=0.5)
+    scenes = [sample_scene(cfg, s) for s in range(400)]
+    led = [s.objects[0].color == "pink" for s in scenes]
+    assert 0.42 < sum(led) / len(led) < 0.58
+    assert all(o.color != "pink" for s in scenes for o in s.objects[1:])
+    scene = next(s for s in scenes if s.objects[0].color == "pink")
+    assert tuple(render(scene)[0].reshape(-1, 3).tolist()).count(list(RGB["pink"])) > 20  # painted in its RGB
+    assert "pink" in caption_scene(scene, __import__("random").Random(0))["detailed"]
+    # the default world's scenes do not change: the featured path draws nothing when no color is featured
+    assert sample_scene(CFG, 5).to_dict() == sample_scene(WorldConfig(featured=(), featured_share=0.0), 5).to_dict()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"featured": ("pink",), "featured_share": 0.5}, "featured"),  # pink is not among the colors
+    ({"colors": (*COLORS, "pink"), "featured_share": 0.5}, "featured_share"),  # a share without a color
+    ({"colors": (*COLORS, "pink"), "featured": ("pink",), "featured_share": 1.5}, "featured_share"),
+])
+def test_featured_colors_are_validated(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        WorldConfig(**kwargs)

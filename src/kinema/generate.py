@@ -257,11 +257,7 @@ def generate_to_files(args: argparse.Namespace) -> list[Path]:
     from tqdm import tqdm
 
     model = args.model or default_model()
-    pipe = TextToVideoPipeline.from_pretrained(model)
-    if getattr(args, "lora", None):
-        from kinema.train.lora_task import check_base, load_adapter
-
-        check_base(args.lora, load_adapter(pipe.dit, args.lora, args.lora_scale), model)
+    pipe = TextToVideoPipeline.from_pretrained(model, getattr(args, "lora", None), getattr(args, "lora_scale", 1.0))
     bar = None
 
     def progress(i: int, total: int) -> None:  # the bar starts with the first step, after every check passed

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from kinema.diffusion.objectives import Objective, keep_given, objective_from_dict
 from kinema.diffusion.samplers import classifier_free_guidance, noise_to, sample, samplers_for
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.video import to_frames, to_tensor
-from kinema.io.weights import load_model
+from kinema.io.weights import WeightsError, load_model, load_weights, weights_sha256
+from kinema.layers.lora import add_lora, lora_state_dict, set_scale
 from kinema.model_index import ModelIndex, model_index_for, read_model_index
 from kinema.precision import autocast, use_bf16
 from kinema.text.encoder import TextEncoder, load_text_encoder
@@ -75,9 +77,13 @@ class TextToVideoPipeline:
     # -----------------------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> TextToVideoPipeline:
+    def from_pretrained(cls, folder: str | Path, lora: str | Path | None = None,
+                        lora_scale: float = 1.0) -> TextToVideoPipeline:
+        """A model folder; with `lora`, a LoRA adapter folder (`kinema dit finetune`) added at `lora_scale`."""
         index = read_model_index(folder)
         dit = load_backbone(folder)
+        if lora is not None:
+            load_adapter(dit, lora, lora_scale, folder)
         vae = load_model(folder, "vae", VideoVAE, VAEConfig)
         return cls(dit, vae, load_text_encoder(index.text_encoder), objective_from_dict(index.objective), index)
 
@@ -251,3 +257,22 @@ def _fit_clip(video: np.ndarray, frames: int, height: int, width: int) -> np.nda
     """Resize a clip's frames and take/pad (repeat last) to `frames` frames."""
     idx = [min(i, len(video) - 1) for i in range(frames)]
     return np.stack([fit_frame(video[i], height, width) for i in idx])
+
+
+def load_adapter(model: nn.Module, folder: str | Path, scale: float = 1.0, base: str | Path | None = None) -> dict:
+    """Add the LoRA adapter in `folder` (adapter.safetensors + adapter.json) to `model`; returns its meta. With
+    `base` (the model folder `model` came from), an adapter trained on other weights is refused: their content
+    hashes differ."""
+    state, meta = load_weights(folder, "adapter")
+    want = meta.get("base_dit_sha256")
+    if base is not None and want and weights_sha256(base, "dit") != want:
+        raise ValueError(f"{folder}/adapter.json: trained on {meta.get('base_model')}, whose DiT weights differ from "
+                         f"{base}'s; an adapter only fits the weights it was trained on")
+    add_lora(model, meta["rank"], meta["alpha"], tuple(meta["targets"]))
+    expected = set(lora_state_dict(model.state_dict()))
+    if expected != set(state):
+        raise WeightsError(f"{folder}/adapter.safetensors does not fit this model: missing "
+                           f"{sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]}")
+    model.load_state_dict(state, strict=False)
+    set_scale(model, scale)
+    return meta

@@ -13,8 +13,11 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     from kinema.data.world import WorldConfig
 
     (h, w), (lo, hi) = args.size, args.objects
+    colors = tuple(args.colors or WorldConfig.colors)
+    featured = tuple(args.featured or ())
     cfg = WorldConfig(frames=args.frames, height=h, width=w, min_objects=lo, max_objects=hi,
-                      holdout=tuple(args.holdout or ()))
+                      holdout=tuple(args.holdout or ()), colors=tuple(dict.fromkeys(colors + featured)),
+                      featured=featured, featured_share=args.featured_share if featured else 0.0)
     out = synth_dataset(args.out, args.n, cfg, seed=args.seed, shard_size=args.shard_size,
                         overwrite=args.overwrite, sizes=args.sizes)
     print(f"wrote {args.n} clips to {out}")
@@ -65,6 +68,11 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--objects", type=parse_range, default=(1, 3), help="objects per clip: N or LO-HI (default 1-3)")
     p.add_argument("--holdout", nargs="*", help="'color shape' pairs never generated, e.g. 'yellow triangle'")
+    p.add_argument("--colors", nargs="+", metavar="COLOR", help="object colors (default: the world's 8; `pink` is "
+                   "a color outside it, for teaching a new concept)")
+    p.add_argument("--featured", nargs="+", metavar="COLOR", help="a new concept with replay: --featured-share of "
+                   "the clips has one of these colors, the others none (e.g. --featured pink)")
+    p.add_argument("--featured-share", type=float, default=0.5, help="share of clips with a featured color")
     p.add_argument("--sizes", nargs="+", type=parse_fhw, metavar="FxHxW",
                    help="mixed durations/sizes: each clip gets one of these, e.g. 17x64x64 17x64x96 33x64x64")
     p.add_argument("--shard-size", type=int, default=256)

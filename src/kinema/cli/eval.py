@@ -9,12 +9,20 @@ from kinema.cli.common import add_model_flag, eval_pipeline
 
 
 def cmd_eval_adherence(args: argparse.Namespace) -> None:
-    from kinema.eval.adherence import pipeline_generator, prompt_set, run_adherence
+    from kinema.data.world import NEW_COLORS
+    from kinema.eval.adherence import concept_prompts, pipeline_generator, prompt_set, run_adherence
+    from kinema.eval.probe import WORLD_COLORS
     from kinema.generate import default_model
 
     model = args.model or default_model()
-    report = run_adherence(pipeline_generator(model, args.steps, args.guidance), prompt_set(args.n, args.seed),
-                           args.out)
+    prompts, colors = prompt_set(args.n, args.seed), WORLD_COLORS
+    if args.concept:
+        if args.concept not in NEW_COLORS:
+            raise ValueError(f"--concept: {args.concept!r} is not a color outside the default world; expected one of "
+                             f"{list(NEW_COLORS)}")
+        prompts, colors = prompts + concept_prompts(args.concept, args.n, args.seed), (*WORLD_COLORS, args.concept)
+    generator = pipeline_generator(model, args.steps, args.guidance, args.lora, args.lora_scale)
+    report = run_adherence(generator, prompts, args.out, colors=colors)
     for line in report.lines():
         print(line)
     print(f"wrote {Path(args.out) / 'adherence.json'}")
@@ -80,6 +88,10 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
                    cmd_eval_adherence)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--guidance", type=float)
+    p.add_argument("--lora", help="a LoRA adapter folder (`kinema dit finetune`) added to the model")
+    p.add_argument("--lora-scale", type=float, default=1.0)
+    p.add_argument("--concept", help="also judge prompts with this new color (a category 'new'; the probe reads it "
+                   "too), e.g. pink")
     p.add_argument("--out", default="out/adherence")
     model_eval("conditioning", "frame-conditioning fidelity per mode (image, extend, extend backward, connect): "
                "given frames kept, seams against real motion", 8, "rendered clips per mode", cmd_eval_conditioning, 20)

@@ -54,6 +54,20 @@ def cmd_experiment_ladder(args: argparse.Namespace) -> None:
               f"{r['word_swap']:+.1%}  ({r['train_minutes']:.1f} min)")
 
 
+def cmd_experiment_lora(args: argparse.Namespace) -> None:
+    import torch
+
+    from kinema.experiments.lora import LoRAConceptExperiment, run_lora_experiment, summary_lines
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    exp = LoRAConceptExperiment(Path(args.out), Path(args.model) if args.model else None, args.color, args.clips,
+                                args.share, args.rank, args.steps, args.batch_size, args.lr, args.eval_n, args.seed)
+    for line in summary_lines(run_lora_experiment(exp, Path(args.doc) if args.doc else None)):
+        print(line)
+    print(f"results: {exp.out / 'results.json'}" + (f"; report: {args.doc}" if args.doc else ""))
+
+
 def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     ex = sub.add_parser("experiment", help="the recipe's claims, measured: recaptioning ablation, scaling study")
     ex = ex.add_subparsers(dest="experiment_cmd", required=True)
@@ -99,3 +113,19 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch threads (1 to run two rungs side by side)")
     p.add_argument("--doc", help="write the table of every rung run so far here (markdown)")
     p.set_defaults(func=cmd_experiment_ladder)
+    p = ex.add_parser("lora", help="teach the bundled model a new color with a LoRA adapter; adherence on the new "
+                                   "concept and on the old prompts, base vs adapter (docs/experiments/lora.md)")
+    p.add_argument("--out", required=True, help="runs folder (every stage resumes)")
+    p.add_argument("--model", help="base model folder (default: the bundled model)")
+    p.add_argument("--color", default="pink", help="the new color (kinema.data.world.NEW_COLORS)")
+    p.add_argument("--clips", type=int, default=256)
+    p.add_argument("--share", type=float, default=0.5, help="share of clips with the new color (the rest: replay)")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-n", type=int, default=50, help="prompts per category (new color; old single-object)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch threads")
+    p.add_argument("--doc", help="write the markdown report (and its contact sheet) here")
+    p.set_defaults(func=cmd_experiment_lora)

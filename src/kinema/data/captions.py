@@ -12,7 +12,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from kinema.data.world import COLORS, Scene, position_name
+from kinema.data.world import RGB, Scene, position_name
 
 # ---------------------------------------------------------------------------------------------------
 # Synonyms: canonical name -> phrasings. The first phrasing is the canonical one.
@@ -135,7 +135,7 @@ def _canonical(words: dict[str, list[str]], phrase: str | None) -> str | None:
     return next(name for name, ps in words.items() if phrase in ps)
 
 
-_COLOR_WORDS = {c: [c] for c in COLORS}
+_COLOR_WORDS = {c: [c] for c in RGB}
 _BACKGROUND_RE = re.compile(rf"\b({_alternation(BACKGROUND_WORDS)}|dark)\s+(?:background|backdrop|scene)\b")
 _OBJECT_RE = re.compile(
     rf"\b(?:({_alternation(SIZE_WORDS)})\s+)?(?:({_alternation(_COLOR_WORDS)})\s+)?"

@@ -32,6 +32,12 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "purple": (160, 60, 220),
     "white": (240, 240, 240),
 }
+# colors outside the default world: concepts the bundled model has never seen, for teaching one to it (LoRA,
+# docs/experiments/lora.md); chosen where the bundled VAE reproduces them (a pure magenta comes back purple)
+NEW_COLORS: dict[str, tuple[int, int, int]] = {
+    "pink": (250, 110, 180),
+}
+RGB = {**COLORS, **NEW_COLORS}  # every color a world can render
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "black": (0, 0, 0),
     "dark gray": (64, 64, 64),
@@ -70,19 +76,30 @@ class WorldConfig:
     motions: tuple[str, ...] = MOTIONS
     speeds: tuple[str, ...] = SPEEDS
     holdout: tuple[str, ...] = ()  # "color shape" pairs never generated, e.g. ("yellow triangle",)
+    # teaching a new concept with replay of the rest: this share of clips has a first object of one of the
+    # `featured` colors, the other clips none of them
+    featured: tuple[str, ...] = ()
+    featured_share: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("shapes", "colors", "backgrounds", "sizes", "motions", "speeds", "holdout"):
+        for name in ("shapes", "colors", "backgrounds", "sizes", "motions", "speeds", "holdout", "featured"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         _check_names("shapes", self.shapes, SHAPES)
-        _check_names("colors", self.colors, list(COLORS))
+        _check_names("colors", self.colors, list(RGB))
+        _check_names("featured", self.featured, self.colors)
+        if not 0.0 <= self.featured_share <= 1.0 or (self.featured_share > 0) != bool(self.featured):
+            raise ValueError(f"WorldConfig.featured_share: need a share in [0, 1], above 0 exactly when featured "
+                             f"colors are given, got {self.featured_share} with featured={list(self.featured)}")
+        if self.featured and len(self.colors) - len(self.featured) < self.max_objects:
+            raise ValueError(f"WorldConfig.featured: clips without a featured color need max_objects "
+                             f"({self.max_objects}) other colors, got {len(self.colors) - len(self.featured)}")
         _check_names("backgrounds", self.backgrounds, list(BACKGROUNDS))
         _check_names("sizes", self.sizes, SIZES)
         _check_names("motions", self.motions, MOTIONS)
         _check_names("speeds", self.speeds, SPEEDS)
         for pair in self.holdout:
             color, _, shape = pair.partition(" ")
-            if color not in COLORS or shape not in SHAPES:
+            if color not in RGB or shape not in SHAPES:
                 raise ValueError(f"WorldConfig.holdout: {pair!r} is not a 'color shape' pair like 'red circle'")
         if self.frames < 1 or self.height < 16 or self.width < 16:
             raise ValueError(f"WorldConfig: need frames >= 1 and height, width >= 16, got "
@@ -202,7 +219,12 @@ def sample_scene(cfg: WorldConfig, seed: int) -> Scene:
     rng = random.Random(seed)
     n = rng.randint(cfg.min_objects, cfg.max_objects)
     background = rng.choice(cfg.backgrounds)
-    colors = rng.sample(list(cfg.colors), n)
+    if not cfg.featured:
+        colors = rng.sample(list(cfg.colors), n)
+    else:  # a featured color first in featured_share of the clips, none in the others
+        others = [c for c in cfg.colors if c not in cfg.featured]
+        lead = [rng.choice(cfg.featured)] if rng.random() < cfg.featured_share else []
+        colors = lead + rng.sample(others, n - len(lead))
     objects: list[ObjectSpec] = []
     for color in colors:
         for _ in range(20):
@@ -254,6 +276,6 @@ def render(scene: Scene) -> torch.Tensor:
     img = torch.tensor(BACKGROUNDS[scene.background], dtype=torch.float32).expand(F, H, W, 3).clone()
     for obj in scene.objects:
         alpha = object_coverage(obj, F, H, W)[..., None]  # (F, H, W, 1)
-        color = torch.tensor(COLORS[obj.color], dtype=torch.float32)
+        color = torch.tensor(RGB[obj.color], dtype=torch.float32)
         img = img * (1 - alpha) + color * alpha
     return img.round().to(torch.uint8)

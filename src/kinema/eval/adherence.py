@@ -6,6 +6,8 @@ prompt, by category:
     two         two objects, detailed caption (both must be right)
     unseen      one object whose color-shape pair was held out of training (HOLDOUT)
     paraphrase  one object, phrased unlike any training template
+    new         (with a concept color, e.g. `--concept pink`) one object of a color outside the default world:
+                what a LoRA adapter taught (docs/experiments/lora.md); the probe then reads that color too
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from kinema.data.captions import article, detailed_caption
 from kinema.data.world import Scene, WorldConfig, render, sample_scene
 from kinema.eval.frechet import frechet_distance
-from kinema.eval.probe import ProbeResult, probe_clip, probe_features
+from kinema.eval.probe import WORLD_COLORS, ProbeResult, probe_clip, probe_features
 
 HOLDOUT = ("yellow triangle", "cyan square", "purple diamond", "white circle")
 CATEGORIES = ("single", "two", "unseen", "paraphrase")
@@ -71,6 +73,14 @@ def prompt_set(per_category: int = 25, seed: int = 123) -> list[AdherencePrompt]
             text = _paraphrase(scene, rng) if category == "paraphrase" else detailed_caption(scene, rng)
             out.append(AdherencePrompt(category, text, scene.to_dict(), s))
     return out
+
+
+def concept_prompts(color: str, n: int = 25, seed: int = 123) -> list[AdherencePrompt]:
+    """n single-object prompts (detailed captions) whose object has the new `color`, from far-off seeds."""
+    world = WorldConfig(max_objects=1, colors=(color,))
+    base = 7_500_000 + seed * 10_000
+    return [AdherencePrompt("new", detailed_caption(scene := sample_scene(world, base + k), random.Random(base + k)),
+                            scene.to_dict(), base + k) for k in range(n)]
 
 
 def score(result: ProbeResult, scene: dict) -> dict[str, list[bool]]:
@@ -129,15 +139,16 @@ FRECHET_MIN_HALF = 50  # clips per half for a real-vs-real Fréchet floor worth 
 
 
 def run_adherence(generate: Generator, prompts: list[AdherencePrompt], out_dir: str | Path | None = None,
-                  progress: bool = True) -> AdherenceReport:
-    """Generate one clip per prompt, judge it, aggregate; writes report.json and failures.png to out_dir."""
+                  progress: bool = True, colors: tuple[str, ...] = WORLD_COLORS) -> AdherenceReport:
+    """Generate one clip per prompt, judge it (the probe looking for `colors`), aggregate; writes report.json and
+    failures.png to out_dir."""
     from tqdm import tqdm
 
     per_cat: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     failures, generated, real = [], [], []
     for p in tqdm(prompts, desc="adherence", disable=not progress):
         clip = generate(p.prompt, p.seed)
-        probed = probe_clip(clip)
+        probed = probe_clip(clip, colors)
         hits = score(probed, p.scene)
         per_cat[p.category]["temporal_consistency"].append(probed.temporal_consistency())
         for attr, verdicts in hits.items():
@@ -175,8 +186,9 @@ def _write(report: AdherenceReport, out_dir: Path) -> None:
         save_image(out_dir / "failures.png", sheet)
 
 
-def pipeline_generator(model_dir: str | Path, steps: int | None = None, guidance: float | None = None) -> Generator:
+def pipeline_generator(model_dir: str | Path, steps: int | None = None, guidance: float | None = None,
+                       lora: str | Path | None = None, lora_scale: float = 1.0) -> Generator:
     from kinema.pipeline import TextToVideoPipeline
 
-    pipe = TextToVideoPipeline.from_pretrained(model_dir)
+    pipe = TextToVideoPipeline.from_pretrained(model_dir, lora, lora_scale)
     return lambda prompt, seed: pipe(prompt, steps=steps, guidance=guidance, seed=seed)

@@ -18,11 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kinema.data.world import BACKGROUNDS, COLORS, SHAPES
+from kinema.data.world import BACKGROUNDS, COLORS, RGB, SHAPES
 
-PALETTE_NAMES = [*COLORS, *(f"bg:{b}" for b in BACKGROUNDS)]
-PALETTE = torch.tensor([*COLORS.values(), *BACKGROUNDS.values()], dtype=torch.float32)  # (11, 3)
+# the object colors the probe reads by default: the default world's; a world with a new color (data.world.NEW_COLORS)
+# is read with `colors=` naming it, so a model that never saw it is not judged against a palette it cannot know
+WORLD_COLORS = tuple(COLORS)
 N_COLORS = len(COLORS)
+
+
+def palette(colors: tuple[str, ...] = WORLD_COLORS) -> torch.Tensor:
+    """(len(colors) + 3, 3) RGB: the object colors, then the backgrounds (label k < len(colors) is colors[k])."""
+    return torch.tensor([*(RGB[c] for c in colors), *BACKGROUNDS.values()], dtype=torch.float32)
 CROP = 24  # shape classifier input: the object's mask resized to CROP x CROP
 CROP_VIEWS = 4  # frames per object whose shape votes are averaged
 SHAPE_WEIGHTS = Path(__file__).with_name("shape_probe.safetensors")
@@ -115,11 +121,11 @@ def mask_crop(mask: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------
 
 
-def label_map(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+def label_map(frames: np.ndarray | torch.Tensor, colors: tuple[str, ...] = WORLD_COLORS) -> torch.Tensor:
     """(F, H, W, 3) uint8 -> (F, H, W) index of the nearest palette color (objects first, then backgrounds)."""
     a = np.asarray(frames)
     x = torch.as_tensor(a if a.flags.writeable else a.copy()).float()  # a decoded frame buffer can be read-only
-    d = ((x[..., None, :] - PALETTE) ** 2).sum(-1)  # (F, H, W, 11)
+    d = ((x[..., None, :] - palette(colors)) ** 2).sum(-1)  # (F, H, W, colors + 3)
     return d.argmin(-1)
 
 
@@ -148,17 +154,19 @@ def _size(area: float, height: int) -> str:
     return "large" if area > 118 * (height / 64) ** 2 else "small"
 
 
-def find_objects(frames: np.ndarray | torch.Tensor) -> tuple[ProbeResult, list[torch.Tensor]]:
+def find_objects(frames: np.ndarray | torch.Tensor,
+                 colors: tuple[str, ...] = WORLD_COLORS) -> tuple[ProbeResult, list[torch.Tensor]]:
     """Geometry only: background and objects (shape left None), with each object's mask crops
     (V, 1, CROP, CROP) from the V <= CROP_VIEWS frames where it covers most pixels."""
-    labels = label_map(frames)  # (F, H, W)
+    labels = label_map(frames, colors)  # (F, H, W)
     F_, H, W = labels.shape
-    counts = torch.stack([(labels == k).sum((1, 2)) for k in range(len(PALETTE_NAMES))], 1)  # (F, 11)
-    background = PALETTE_NAMES[N_COLORS + int(counts[:, N_COLORS:].sum(0).argmax())][3:]
+    n_colors = len(colors)
+    counts = torch.stack([(labels == n_colors + b).sum((1, 2)) for b in range(len(BACKGROUNDS))], 1)  # (F, 3)
+    background = list(BACKGROUNDS)[int(counts.sum(0).argmax())]
     min_pixels = max(2, round(3 * (H / 64) ** 2))  # a small triangle keeps ~6 px after erosion
     objects, crops = [], []
     ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
-    for k, color in enumerate(COLORS):
+    for k, color in enumerate(colors):
         mask = labels == k  # (F, H, W)
         core = _erode(mask).sum((1, 2))
         present = core >= min_pixels
@@ -177,9 +185,10 @@ def find_objects(frames: np.ndarray | torch.Tensor) -> tuple[ProbeResult, list[t
     return ProbeResult(background, objects), crops
 
 
-def probe_clip(frames: np.ndarray | torch.Tensor) -> ProbeResult:
-    """Read a (F, H, W, 3) uint8 clip: geometry, then the shape classifier on each object's mask."""
-    result, crops = find_objects(frames)
+def probe_clip(frames: np.ndarray | torch.Tensor, colors: tuple[str, ...] = WORLD_COLORS) -> ProbeResult:
+    """Read a (F, H, W, 3) uint8 clip: geometry, then the shape classifier on each object's mask. `colors`: the
+    object colors to look for (the default world's unless a new color is being judged)."""
+    result, crops = find_objects(frames, colors)
     with torch.no_grad():
         for obj, views in zip(result.objects, crops, strict=True):
             obj.shape = SHAPES[int(shape_net()(views).log_softmax(-1).mean(0).argmax())]

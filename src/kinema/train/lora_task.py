@@ -21,8 +21,8 @@ from torch import nn
 
 from kinema.config import from_dict
 from kinema.dit.model import DiTConfig
-from kinema.io.weights import WeightsError, load_config, load_weights, save_weights, weights_sha256
-from kinema.layers.lora import DEFAULT_TARGETS, add_lora, lora_state_dict, merge_lora, set_scale
+from kinema.io.weights import load_config, load_weights, save_weights, weights_sha256
+from kinema.layers.lora import DEFAULT_TARGETS, add_lora, lora_state_dict, merge_lora
 from kinema.model_index import read_model_index, write_model_index
 from kinema.train.dit_task import DiTTask
 
@@ -57,37 +57,15 @@ class LoRATask(DiTTask):
         return save_weights(out_dir, "adapter", lora_state_dict(state_dict), meta)
 
 
-def load_adapter(model: nn.Module, folder: str | Path, scale: float = 1.0) -> dict:
-    """Add the adapter in `folder` (adapter.safetensors + adapter.json) to `model`; returns its meta. An adapter
-    trained on other base weights is refused (their content hashes differ)."""
-    state, meta = load_weights(folder, "adapter")
-    add_lora(model, meta["rank"], meta["alpha"], tuple(meta["targets"]))
-    expected = set(lora_state_dict(model.state_dict()))
-    if expected != set(state):
-        raise WeightsError(f"{folder}/adapter.safetensors does not fit this model: missing "
-                           f"{sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]}")
-    model.load_state_dict(state, strict=False)
-    set_scale(model, scale)
-    return meta
-
-
-def check_base(folder: str | Path, meta: dict, model_dir: str | Path) -> None:
-    want = meta.get("base_dit_sha256")
-    if want and weights_sha256(model_dir, "dit") != want:
-        raise ValueError(f"{folder}/adapter.json: trained on {meta.get('base_model')}, whose DiT weights differ from "
-                         f"{model_dir}'s; an adapter only fits the weights it was trained on")
-
-
 def merge_into_folder(model_dir: str | Path, adapter: str | Path, out: str | Path, scale: float = 1.0) -> Path:
     """A new model folder: `model_dir` with the adapter folded into its DiT weights."""
-    from kinema.pipeline import load_backbone
+    from kinema.pipeline import load_adapter, load_backbone
 
     model_dir, out = Path(model_dir), Path(out)
     if out.resolve() == model_dir.resolve():
         raise ValueError(f"{out}: write the merged model to a new folder, not over its base")
     model = load_backbone(model_dir)
-    meta = load_adapter(model, adapter, scale)
-    check_base(adapter, meta, model_dir)
+    load_adapter(model, adapter, scale, model_dir)
     merge_lora(model)
     out.mkdir(parents=True, exist_ok=True)
     save_weights(out, "dit", model.state_dict(), load_config(model_dir, "dit"))
