@@ -20,7 +20,7 @@ LAYERS = [
     ["encode", "pipeline", "presets"],  # latent-cache writer; prompt -> video; named configs
     ["train", "eval"],  # trainers and tasks; evaluation (the probe reads the shapes world)
     ["generate", "plan"],  # one generate call for every front end; the memory/time planner (uses eval's FLOPs)
-    ["experiments", "serve", "demo"],  # studies; HTTP API; the demo job
+    ["experiments", "serve", "demo", "interop"],  # studies; HTTP API; the demo job; diffusers interop
     ["cli"],  # the command line over all of it
 ]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}

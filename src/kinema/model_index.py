@@ -58,19 +58,44 @@ def model_index_for(objective, text_encoder: str | None, vae_cfg, latent_grid: t
                       frames=frames, height=height, width=width, steps=steps, guidance=guidance, **provenance)
 
 
+# the keys diffusers reads in the same file (`kinema export diffusers`, kinema.interop.diffusers): its pipeline
+# class and one [library, class] per component; kinema's reader skips them and its writer keeps them
+DIFFUSERS_KEYS = ("_class_name", "_diffusers_version", "_name_or_path", "transformer", "vae", "text_model",
+                  "scheduler")
+
+
 def read_model_index(folder: str | Path) -> ModelIndex:
     path = Path(folder) / "model_index.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found; a model folder needs model_index.json, "
                                 f"dit.safetensors/.json and vae.safetensors/.json")
-    return from_dict(ModelIndex, load_json(path), where=str(path))
+    d = load_json(path)
+    return from_dict(ModelIndex, {k: v for k, v in d.items() if k not in DIFFUSERS_KEYS}, where=str(path))
+
+
+def _diffusers_keys(path: Path) -> dict:
+    return {k: v for k, v in load_json(path).items() if k in DIFFUSERS_KEYS} if path.exists() else {}
+
+
+def _write_json(path: Path, d: dict) -> Path:
+    """Atomic: a reader sees the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(d, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_diffusers_keys(folder: str | Path, entries: dict) -> Path:
+    """Set diffusers' keys in the folder's model_index.json, kinema's left as they are."""
+    path = Path(folder) / "model_index.json"
+    unknown = set(entries) - set(DIFFUSERS_KEYS)
+    if unknown:
+        raise ValueError(f"write_diffusers_keys: {sorted(unknown)} are not diffusers keys {list(DIFFUSERS_KEYS)}")
+    return _write_json(path, {**entries, **{k: v for k, v in load_json(path).items() if k not in DIFFUSERS_KEYS}})
 
 
 def write_model_index(folder: str | Path, index: ModelIndex) -> Path:
-    """Atomic: a reader sees the old file or the new one, never a part."""
+    """Atomic; diffusers' keys already in the file are kept."""
     path = Path(folder) / "model_index.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({k: v for k, v in to_dict(index).items() if v is not None}, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return _write_json(path, {**_diffusers_keys(path), **{k: v for k, v in to_dict(index).items() if v is not None}})

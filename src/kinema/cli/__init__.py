@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     from kinema.cli.dit import add_dit_commands, add_lora_command, add_plan_command
     from kinema.cli.eval import add_eval_commands
     from kinema.cli.experiment import add_experiment_commands
+    from kinema.cli.export import add_export_command
     from kinema.cli.generate import add_generate_command
     from kinema.cli.serve import add_demo_command, add_serve_command
     from kinema.cli.vae import add_vae_commands
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_data_commands, add_vae_commands, add_dit_commands, add_generate_command, add_eval_commands,
                 add_caption_commands, add_experiment_commands, add_lora_command, add_plan_command, add_serve_command,
-                add_demo_command):
+                add_demo_command, add_export_command):
         add(sub)
     show_defaults(parser)
     return parser
