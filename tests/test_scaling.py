@@ -97,5 +97,9 @@ def test_scaling_experiment_end_to_end(tiny_latents, tmp_path):
     unet = results["runs"]["unet"]
     assert abs(np.log(unet["flops_per_clip"] / big["flops_per_clip"])) < np.log(2)  # matched compute
     assert results["fit_final"]["points"] == 2
+    # the adherence prompts come from the data's own world (tiny_latents: a 5x32x32 shapes world), with the
+    # direction-word sensitivity beside them
+    assert {"all_correct", "color", "motion", "word_swap", "temporal"} <= set(small["adherence"])
+    assert small["train_minutes"] >= 0
     assert TextToVideoPipeline.from_pretrained(tmp_path / "exp" / "unet" / "model").dit.__class__ is UNet3D
     assert "Power-law fits" in doc.read_text() and doc.with_suffix(".png").exists()

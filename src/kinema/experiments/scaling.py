@@ -8,7 +8,9 @@
 3. every run keeps `evals` checkpoints; each is scored on the same held-out clips at the same fixed noise
    draws -> (compute, loss) points; power law loss = a * C^b fitted on the compute-efficient frontier and on
    the final points
-4. adherence (probe-judged, detailed single-object prompts) per size
+4. adherence per size, probe-judged: on fresh scenes of the data's own world (read from the shapes-world dataset
+   the latents were encoded from), captioned at `eval_level`, with the direction-word swap sensitivity; for
+   other data, the detailed single-object prompts of `kinema eval adherence`
 5. a 3D U-Net baseline whose FLOPs per clip match one of the DiT sizes, trained identically: DiT vs U-Net
    at equal compute
 6. results.json, plots and a markdown report
@@ -40,6 +42,10 @@ class ScalingExperiment:
     eval_n: int = 16
     eval_steps: int = 20
     seed: int = 0
+    ema_decay: float | None = None  # the training recipe beyond lr (default: TrainConfig's)
+    grad_clip: float | None = None
+    eval_level: str = "medium"  # caption level of the prompts, when the data's world is known
+    guidance: float = 4.0
 
     def __post_init__(self) -> None:
         self.latents, self.out = Path(self.latents), Path(self.out)
@@ -62,11 +68,24 @@ def parse_size(text: str) -> tuple[int, int]:
     return dim, depth
 
 
-def dit_config(size: str, in_channels: int):
+def dit_config(size: str, in_channels: int, text_dim: int = 384):
+    import dataclasses
+
     from kinema.presets import dit
 
     dim, depth = parse_size(size)
-    return dit(dim, depth, dim // 32, in_channels=in_channels)
+    return dataclasses.replace(dit(dim, depth, dim // 32, in_channels=in_channels), text_dim=text_dim)
+
+
+def data_world(data):
+    """The WorldConfig of the shapes-world dataset a latent cache was encoded from, or None (other data)."""
+    from kinema.data.world import WorldConfig
+
+    meta = Path(data.meta.get("source", "")) / "meta.json"
+    if not data.meta.get("source") or not meta.exists():
+        return None
+    world = json.loads(meta.read_text()).get("world")
+    return WorldConfig.from_dict(world) if world else None
 
 
 def matched_unet(target_flops: float, latent_shape: tuple[int, ...]):
@@ -107,9 +126,10 @@ def _run(exp: ScalingExperiment, data, name: str, model_cfg, train_idx: list[int
     if done.exists():
         return json.loads(done.read_text())
     objective = FlowObjective()
+    recipe = {k: v for k, v in (("ema_decay", exp.ema_decay), ("grad_clip", exp.grad_clip)) if v is not None}
     cfg = TrainConfig(steps=exp.steps, batch_size=exp.batch_size, lr=exp.lr, warmup_steps=min(100, exp.steps // 10),
                       seed=exp.seed, log_every=25, ckpt_every=exp.steps // exp.evals, keep_checkpoints=exp.evals,
-                      sample_every=0)
+                      sample_every=0, **recipe)
     task = DiTTask(data, model_cfg, objective, cfg.batch_size, seed=exp.seed, train_indices=train_idx,
                    vae_dir=Path(data.meta["vae"]), sample_steps=exp.eval_steps)
     model = task.build_model()
@@ -122,11 +142,20 @@ def _run(exp: ScalingExperiment, data, name: str, model_cfg, train_idx: list[int
         step = int(state["step"])
         points.append({"step": step, "compute": step * cfg.batch_size * flops,
                        "val_loss": validation_loss(model, objective, data, val_idx)})
-    prompts = [p for p in prompt_set(exp.eval_n) if p.category == "single"]
-    report = run_adherence(pipeline_generator(run / "model", steps=exp.eval_steps), prompts, run / "adherence")
+    world = data_world(data)
+    if world is not None:  # fresh scenes of the world the model was trained on
+        from kinema.experiments.ladder import evaluate
+
+        adherence = evaluate(run / "model", world, exp.eval_level, exp.eval_n, exp.eval_steps, exp.guidance, run)
+    else:
+        prompts = [p for p in prompt_set(exp.eval_n) if p.category == "single"]
+        adherence = run_adherence(pipeline_generator(run / "model", steps=exp.eval_steps, guidance=exp.guidance),
+                                  prompts, run / "adherence").by_category["single"]
+    from kinema.experiments.ladder import training_minutes
+
     result = {"name": name, "config": dataclasses.asdict(model_cfg),
               "params": sum(p.numel() for p in model.parameters()), "flops_per_clip": flops, "points": points,
-              "adherence": report.by_category["single"]}
+              "train_minutes": training_minutes(run / "metrics.jsonl", cfg.batch_size), "adherence": adherence}
     done.write_text(json.dumps(result, indent=2))
     return result
 
@@ -139,8 +168,9 @@ def run_scaling_experiment(exp: ScalingExperiment, doc: Path | None = None) -> d
     if exp.val_clips >= len(data):
         raise ValueError(f"val_clips ({exp.val_clips}) must be fewer than the {len(data)} clips of {exp.latents}")
     train_idx, val_idx = list(range(len(data) - exp.val_clips)), list(range(len(data) - exp.val_clips, len(data)))
-    c = data.latent_shape[0]
-    runs = {f"dit-{s}": _run(exp, data, f"dit-{s}", dit_config(s, c), train_idx, val_idx) for s in exp.sizes}
+    c, text_dim = data.latent_shape[0], data.meta.get("text_dim", 384)
+    runs = {f"dit-{s}": _run(exp, data, f"dit-{s}", dit_config(s, c, text_dim), train_idx, val_idx)
+            for s in exp.sizes}
     if exp.unet_match is not None:
         unet_cfg, _ = matched_unet(runs[f"dit-{exp.unet_match}"]["flops_per_clip"], data.latent_shape)
         runs["unet"] = _run(exp, data, "unet", unet_cfg, train_idx, val_idx)
@@ -202,6 +232,10 @@ def plot(results: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def _signed(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:+.0f}%"
+
+
 def write_report(results: dict, doc: Path) -> Path:
     image = plot(results, doc.with_suffix(".png"))
     doc.with_suffix(".json").write_text(json.dumps(results, indent=2))
@@ -214,7 +248,8 @@ def write_report(results: dict, doc: Path) -> Path:
         rows.append(f"| {name} | {r['params'] / 1e6:.2f} M | {r['flops_per_clip'] / 1e9:.2f} | "
                     f"{last['compute']:.3g} | {last['val_loss']:.4f} | {100 * adh['all_correct']:.0f}% | "
                     f"{100 * adh.get('color', 0):.0f}% | "
-                    f"{100 * adh.get('shape', 0):.0f}% | {100 * adh.get('motion', 0):.0f}% |")
+                    f"{100 * adh.get('shape', 0):.0f}% | {100 * adh.get('motion', 0):.0f}% | "
+                    f"{_signed(adh.get('word_swap'))} | {r.get('train_minutes', float('nan')):.1f} |")
     ff, fl = results["fit_frontier"], results["fit_final"]
     unet = results["runs"].get("unet")
     match = results["runs"].get(f"dit-{e['unet_match']}") if e["unet_match"] else None
@@ -228,6 +263,25 @@ def write_report(results: dict, doc: Path) -> Path:
                   f"{unet['points'][-1]['val_loss']:.4f}; all-attribute adherence: DiT "
                   f"{100 * match['adherence']['all_correct']:.0f}% vs U-Net "
                   f"{100 * unet['adherence']['all_correct']:.0f}%.\n")
+    dits = [(n, r) for n, r in results["runs"].items() if n.startswith("dit-")]
+    scores = [100 * r["adherence"]["all_correct"] for _, r in dits]
+    rising = all(b >= a for a, b in zip(scores, scores[1:], strict=False))
+    adherence_reading = (
+        f"All-attribute adherence from the smallest to the largest DiT: {' -> '.join(f'{v:.0f}%' for v in scores)}"
+        + (": it rises with compute at equal data." if rising and scores[-1] > scores[0] else
+           ": not monotonic in compute at this budget.")
+        + (" Where every size is near zero, the models have learned the data's statistics (loss) before they "
+           "follow the prompt; that takes more steps." if max(scores) < 10 else ""))
+    level = e.get("eval_level", "medium")
+    adherence_setup = (f"{e['eval_n']} fresh scenes of the data's own world, {level} captions as prompts, "
+                       f"{e['eval_steps']} Euler steps, guidance {e.get('guidance', 4.0):g}, probe-judged; 'word "
+                       f"swap' is the rise of the flow loss on real clips when the caption's direction words are "
+                       f"reversed"
+                       if "word_swap" in dits[0][1]["adherence"] else
+                       f"{e['eval_n']} detailed single-object prompts, {e['eval_steps']} Euler steps, guidance "
+                       f"{e.get('guidance', 4.0):g}, probe-judged")
+    flags = "".join(f" --{k.replace('_', '-')} {e[k]}" for k in ("ema_decay", "grad_clip") if e.get(k) is not None)
+    recipe = "".join(f", {k.replace('_', ' ')} {e[k]}" for k in ("ema_decay", "grad_clip") if e.get(k) is not None)
     frontier = (f"- compute-efficient frontier ({ff['points']} points): **L = {ff['a']:.3g} · "
                 f"C^{ff['exponent']:.4f}**, R² = {ff['r2']:.3f}\n" if ff else "")
     text = f"""# Scaling study
@@ -239,19 +293,20 @@ data with the same recipe; validation loss measured against training compute.
 
 - Data: `{e['latents']}` (shapes world, 17x64x64 clips, VAE latents 16x5x8x8, 80 tokens per clip with patch
   1x2x2); the last {e['val_clips']} clips are held out.
-- Models: DiT width x depth {', '.join(e['sizes'])} (heads = width/32), flow matching; each trained {e['steps']}
-  steps at batch {e['batch_size']}, lr {e['lr']}, seed {e['seed']}, identical data order and noise.
+- Models: DiT width x depth {', '.join(e['sizes'])} (heads = width/32, absolute + RoPE positions), flow matching,
+  30% frame-conditioning samples; each trained {e['steps']} steps at batch {e['batch_size']}, lr {e['lr']}{recipe},
+  seed {e['seed']}, identical data order and noise.
 - Compute: training FLOPs per clip counted by `torch.utils.flop_counter` (forward x 3), times clips seen.
 - Validation loss: the same held-out clips and the same {VALIDATION_DRAWS} fixed (noise level, noise) draws per
   clip for every model, at {e['evals']} checkpoints per run.
-- Adherence: {e['eval_n']} detailed single-object prompts, {e['eval_steps']} Euler steps, guidance 4, probe-judged.
+- Adherence: {adherence_setup}
 
 ## Result
 
 ![loss vs compute, adherence per size]({image.name})
 
-| model | params | GFLOP / clip | compute (FLOPs) | val loss | all correct | color | shape | motion |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| model | params | GFLOP/clip | FLOPs | val loss | all correct | color | shape | motion | word swap | train min |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
 
 Power-law fits of validation loss against training compute C (FLOPs):
@@ -262,16 +317,14 @@ R² = {fl['r2']:.3f}
 
 - Loss falls as a power law in compute across a {spread:.0f}x range of FLOPs, and each larger DiT sits on the
   frontier once it has had enough steps: at this scale, more compute buys a better model, as the recipe claims.
-- Adherence at these budgets is near zero for every size: the models have learned the data's statistics
-  (loss) before they learn to follow the prompt; following prompts takes far more steps (the bundled
-  `shapes-64` model: width 256, depth 8, 3500 steps at batch 32).
+- {adherence_reading}
 - Numbers: `{e['out']}/results.json` (copied to `{doc.with_suffix('.json').name}` beside this page).
 
 ## Reproduce
 
 ```
 kinema experiment scaling --latents {e['latents']} --out {e['out']} --sizes {' '.join(e['sizes'])} \\
-    --steps {e['steps']} --batch-size {e['batch_size']} --eval-n {e['eval_n']} --doc {doc}
+    --steps {e['steps']} --batch-size {e['batch_size']} --lr {e['lr']}{flags} --eval-n {e['eval_n']} --doc {doc}
 ```
 """
     doc.write_text(text)
