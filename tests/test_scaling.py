@@ -86,7 +86,7 @@ def test_scaling_experiment_end_to_end(tiny_latents, tmp_path):
     doc = tmp_path / "docs" / "scaling.md"
     argv = ["experiment", "scaling", "--latents", str(tiny_latents), "--out", str(tmp_path / "exp"), "--sizes",
             "32x1", "128x1", "--steps", "4", "--batch-size", "4", "--evals", "2", "--val-clips", "4",
-            "--unet-match", "128x1", "--eval-n", "2", "--eval-steps", "2", "--doc", str(doc)]
+            "--unet-match", "128x1", "--eval-n", "2", "--eval-steps", "2", "--world-n", "1", "--doc", str(doc)]
     assert main(argv) == 0
     results = json.loads((tmp_path / "exp" / "results.json").read_text())
     assert set(results["runs"]) == {"dit-32x1", "dit-128x1", "unet"}
@@ -100,6 +100,7 @@ def test_scaling_experiment_end_to_end(tiny_latents, tmp_path):
     # the adherence prompts come from the data's own world (tiny_latents: a 5x32x32 shapes world), with the
     # direction-word sensitivity beside them
     assert {"all_correct", "color", "motion", "word_swap", "temporal"} <= set(small["adherence"])
-    assert small["train_minutes"] >= 0
+    assert small["train_minutes"] >= 0 and "velocity_residual" in small["adherence"]["world"]["motion"]["real"]
+    assert "World-simulator metrics along the sizes" in doc.read_text()
     assert TextToVideoPipeline.from_pretrained(tmp_path / "exp" / "unet" / "model").dit.__class__ is UNet3D
     assert "Power-law fits" in doc.read_text() and doc.with_suffix(".png").exists()

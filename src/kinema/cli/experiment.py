@@ -29,7 +29,7 @@ def cmd_experiment_scaling(args: argparse.Namespace) -> None:
     exp = ScalingExperiment(Path(args.latents), Path(args.out), tuple(args.sizes), args.steps, args.batch_size,
                             args.lr, args.val_clips, args.evals, None if args.no_unet else args.unet_match,
                             args.eval_n, args.eval_steps, args.seed, args.ema_decay, args.grad_clip, args.eval_level,
-                            args.guidance)
+                            args.guidance, args.world_n)
     results = run_scaling_experiment(exp, Path(args.doc) if args.doc else None)
     for name, r in results["runs"].items():
         last = r["points"][-1]
@@ -101,6 +101,7 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-level", default="medium", choices=["short", "medium", "detailed"],
                    help="caption level of the adherence prompts (when the data's world is known)")
     p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--world-n", type=int, default=0, help="scenes per world-simulator test per size (0: skip)")
     p.add_argument("--unet-match", default="128x4", help="DiT size whose FLOPs the U-Net baseline matches")
     p.add_argument("--no-unet", action="store_true")
     p.add_argument("--eval-n", type=int, default=16)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kinema.data.captions import detailed_caption
+from kinema.data.captions import caption_scene, detailed_caption
 from kinema.data.world import COLORS, SIZE_RADIUS, SPEED_PX, ObjectSpec, Scene, WorldConfig, render, sample_scene
 from kinema.eval.probe import SHAPES, _erode, label_map, mask_crop, shape_net
 
@@ -127,11 +127,13 @@ def clip_metrics(frames: np.ndarray, scene: Scene | None = None) -> dict[str, fl
 # ---------------------------------------------------------------------------------------------------
 
 
-def crossing_scene(seed: int, frames: int = 17, size: int = 64) -> Scene:
-    """Two large objects on one row (or column) moving quickly toward each other: their paths cross mid-clip."""
+def crossing_scene(seed: int, frames: int = 17, size: int = 64, world: WorldConfig | None = None) -> Scene:
+    """Two large objects on one row (or column) moving quickly toward each other: their paths cross mid-clip.
+    Colors, shapes and backgrounds come from `world` (default: the full world)."""
+    world = world or WorldConfig()
     rng = random.Random(seed)
-    colors = rng.sample(list(COLORS), 2)
-    shapes = [rng.choice(["circle", "square", "triangle", "diamond"]) for _ in range(2)]
+    colors = rng.sample(list(world.colors), 2)
+    shapes = [rng.choice(list(world.shapes)) for _ in range(2)]
     radius = SIZE_RADIUS["large"] * size
     travel = SPEED_PX["quickly"] * size * (frames - 1)
     lo, lane = (size - travel) / 2, rng.uniform(0.35, 0.65) * size
@@ -139,10 +141,16 @@ def crossing_scene(seed: int, frames: int = 17, size: int = 64) -> Scene:
     motions = ("right", "left") if horizontal else ("down", "up")
     starts = [(lo, lane), (lo + travel, lane)] if horizontal else [(lane, lo), (lane, lo + travel)]
     objects = [ObjectSpec(shapes[i], colors[i], "large", motions[i], "quickly", starts[i], radius) for i in range(2)]
-    background = rng.choice(["black", "dark gray", "navy"])
+    background = rng.choice(list(world.backgrounds))
     scene = Scene(background, objects, frames, size, size, 8, seed)
-    scene.captions = {"detailed": detailed_caption(scene, rng)}
+    detailed = detailed_caption(scene, rng)  # drawn first: the prompts docs/experiments/world-simulation.md used
+    scene.captions = {**caption_scene(scene, random.Random(seed + 1)), "detailed": detailed}
     return scene
+
+
+def _caption(scene: Scene, rng: random.Random, level: str) -> str:
+    """The caption of `level`; the detailed one drawn first from rng (the prompts the published report used)."""
+    return detailed_caption(scene, rng) if level == "detailed" else caption_scene(scene, rng)[level]
 
 
 def permanence(frames: np.ndarray, scene: Scene, tolerance: float = 4.0) -> dict[str, float]:
@@ -218,35 +226,40 @@ def extension_consistency(source: np.ndarray, extended: np.ndarray, context: int
 METRICS = ("velocity_residual", "max_jump", "speed_error", "count_kept", "size_drift", "shape_kept")
 
 
-def world_report(pipe, n: int = 16, steps: int | None = None, seed: int = 0, progress: bool = True) -> dict:
-    """Generated vs real (the floor) on n single-object moving scenes, n crossing scenes and n extensions."""
+def world_report(pipe, n: int = 16, steps: int | None = None, seed: int = 0, progress: bool = True,
+                 world: WorldConfig | None = None, level: str = "detailed", guidance: float | None = None) -> dict:
+    """Generated vs real (the floor) on n single-object moving scenes, n crossing scenes and n extensions, drawn
+    from `world` (default: the full world) and prompted with captions of `level`."""
     from tqdm import tqdm
 
     from kinema.pipeline import FrameCondition
 
     index = pipe.index
-    world = dataclasses.replace(MOVING_WORLD, frames=index.frames, height=index.height, width=index.width)
+    base = world or MOVING_WORLD
+    moving = tuple(m for m in base.motions if m != "still") or MOVING_WORLD.motions
+    world = dataclasses.replace(base, min_objects=1, max_objects=1, motions=moving, frames=index.frames,
+                                height=index.height, width=index.width)
     context = pipe.vae.cfg.pixel_frames(2)
     rows: dict[str, list[dict]] = {"generated": [], "real": []}
     cross: dict[str, list[dict]] = {"generated": [], "real": []}
     ext: dict[str, list[dict]] = {"generated": [], "real": []}
     for i in tqdm(range(n), desc="world", unit="scene", disable=not progress):
         scene = sample_scene(world, 5_000_000 + seed + i)
-        prompt = detailed_caption(scene, random.Random(i))
-        clip = pipe(prompt, steps=steps, seed=seed + i)
+        prompt = _caption(scene, random.Random(i), level)
+        clip = pipe(prompt, steps=steps, guidance=guidance, seed=seed + i)
         rows["generated"].append(clip_metrics(clip, scene))
         real = render(scene).numpy()
         rows["real"].append(clip_metrics(real, scene))
         # extension: the model continues its own clip; the floor continues the real one
-        new = pipe(prompt, steps=steps, seed=seed + i + 1, condition=FrameCondition(clip[-context:],
-                                                                                 list(range(context))))
+        new = pipe(prompt, steps=steps, guidance=guidance, seed=seed + i + 1,
+                   condition=FrameCondition(clip[-context:], list(range(context))))
         ext["generated"].append(extension_consistency(clip, new, context))
         longer = dataclasses.replace(scene, frames=2 * index.frames - context)
         full = render(longer).numpy()
         ext["real"].append(extension_consistency(full[:index.frames], full[index.frames - context:], context))
-        crossing = crossing_scene(6_000_000 + seed + i, index.frames, index.height)
-        cross["generated"].append(permanence(pipe(crossing.captions["detailed"], steps=steps, seed=seed + i),
-                                             crossing))
+        crossing = crossing_scene(6_000_000 + seed + i, index.frames, index.height, world)
+        cross["generated"].append(permanence(pipe(crossing.captions[level], steps=steps, guidance=guidance,
+                                                  seed=seed + i), crossing))
         cross["real"].append(permanence(render(crossing).numpy(), crossing))
 
     def mean(items: list[dict]) -> dict:

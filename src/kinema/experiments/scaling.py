@@ -46,6 +46,7 @@ class ScalingExperiment:
     grad_clip: float | None = None
     eval_level: str = "medium"  # caption level of the prompts, when the data's world is known
     guidance: float = 4.0
+    world_n: int = 0  # scenes per world-simulator test (kinema eval world) per size; 0: skip
 
     def __post_init__(self) -> None:
         self.latents, self.out = Path(self.latents), Path(self.out)
@@ -147,6 +148,13 @@ def _run(exp: ScalingExperiment, data, name: str, model_cfg, train_idx: list[int
         from kinema.experiments.ladder import evaluate
 
         adherence = evaluate(run / "model", world, exp.eval_level, exp.eval_n, exp.eval_steps, exp.guidance, run)
+        if exp.world_n:
+            from kinema.eval.world import world_report
+            from kinema.pipeline import TextToVideoPipeline
+
+            pipe = TextToVideoPipeline.from_pretrained(run / "model")
+            adherence["world"] = world_report(pipe, exp.world_n, exp.eval_steps, progress=False, world=world,
+                                              level=exp.eval_level, guidance=exp.guidance)
     else:
         prompts = [p for p in prompt_set(exp.eval_n) if p.category == "single"]
         adherence = run_adherence(pipeline_generator(run / "model", steps=exp.eval_steps, guidance=exp.guidance),
@@ -280,8 +288,23 @@ def write_report(results: dict, doc: Path) -> Path:
                        if "word_swap" in dits[0][1]["adherence"] else
                        f"{e['eval_n']} detailed single-object prompts, {e['eval_steps']} Euler steps, guidance "
                        f"{e.get('guidance', 4.0):g}, probe-judged")
+    world_flag = f" --world-n {e['world_n']}" if e.get("world_n") else ""
     flags = "".join(f" --{k.replace('_', '-')} {e[k]}" for k in ("ema_decay", "grad_clip") if e.get(k) is not None)
     recipe = "".join(f", {k.replace('_', ' ')} {e[k]}" for k in ("ema_decay", "grad_clip") if e.get(k) is not None)
+    world_rows = []
+    for n, r in results["runs"].items():
+        if w := r["adherence"].get("world"):
+            nan = float("nan")  # a metric no generated clip had an object for
+            m, p, x = (w[k]["generated"] for k in ("motion", "permanence", "extension"))
+            world_rows.append(f"| {n} | {m.get('velocity_residual', nan):.2f} | "
+                              f"{100 * m.get('speed_error', nan):.0f}% | "
+                              f"{100 * m.get('count_kept', nan):.0f}% | {100 * m.get('shape_kept', nan):.0f}% | "
+                              f"{100 * p.get('permanence', nan):.0f}% | {100 * x.get('same_direction', nan):.0f}% |")
+    world_table = ("\n## World-simulator metrics along the sizes\n\n`kinema eval world`'s tests on scenes of the "
+                   "data's world (real clips score 0 px, 0%, 100%, 100%, 100%, 100%; permanence needs two objects, "
+                   "which single-object data never shows):\n\n| model | straight-line residual (px) | speed error | "
+                   "count kept | shape kept | permanence | extension keeps direction |\n| --- | --- | --- | --- | "
+                   "--- | --- | --- |\n" + "\n".join(world_rows) + "\n") if world_rows else ""
     frontier = (f"- compute-efficient frontier ({ff['points']} points): **L = {ff['a']:.3g} · "
                 f"C^{ff['exponent']:.4f}**, R² = {ff['r2']:.3f}\n" if ff else "")
     text = f"""# Scaling study
@@ -312,7 +335,7 @@ data with the same recipe; validation loss measured against training compute.
 Power-law fits of validation loss against training compute C (FLOPs):
 {frontier}- final points of the {len(e['sizes'])} DiT sizes: L = {fl['a']:.3g} · C^{fl['exponent']:.4f}, \
 R² = {fl['r2']:.3f}
-{versus}
+{versus}{world_table}
 ## Reading it
 
 - Loss falls as a power law in compute across a {spread:.0f}x range of FLOPs, and each larger DiT sits on the
@@ -324,7 +347,8 @@ R² = {fl['r2']:.3f}
 
 ```
 kinema experiment scaling --latents {e['latents']} --out {e['out']} --sizes {' '.join(e['sizes'])} \\
-    --steps {e['steps']} --batch-size {e['batch_size']} --lr {e['lr']}{flags} --eval-n {e['eval_n']} --doc {doc}
+    --steps {e['steps']} --batch-size {e['batch_size']} --lr {e['lr']}{flags} --eval-n {e['eval_n']}{world_flag} \\
+    --doc {doc}
 ```
 """
     doc.write_text(text)
