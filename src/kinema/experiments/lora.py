@@ -184,11 +184,16 @@ def write_report(results: dict, doc: Path) -> Path:
 
     rows = "\n".join(row(c, attr) for c in ("new", "single") for attr in ATTRIBUTES)
     new_color, old_all = lora["new"]["color"], lora["single"]["all_correct"] - base["single"]["all_correct"]
+    model = "the bundled model (`models/shapes-64`)" if e["model"] is None else f"`{e['model']}`"
+    per_prompt = 100 / base["single"]["n"]
+    others = ", ".join(f"{a} {100 * lora['new'][a]:.0f}%" for a in ("shape", "size", "motion"))
+    others_base = ", ".join(f"{a} {100 * base['single'][a]:.0f}%" for a in ("shape", "size", "motion"))
     text = f"""# LoRA: teaching the bundled model a new color
 
 A new concept, `{e['color']}` (an exact RGB outside the default world's 8 colors: `kinema.data.world.NEW_COLORS`),
-taught to `{results['base_model']}` with a rank-{e['rank']} LoRA adapter on its attention, cross-attention and MLP
-linears. The base model has never seen the word or the color: asked for "{e['color']}" it draws another color.
+taught to {model} with a rank-{e['rank']} LoRA adapter on its attention, cross-attention and MLP linears. The base
+model has never seen the word or the color: asked for it, it draws a recognisable object in
+{100 * base['new']['count']:.0f}% of the clips and a {e['color']} one in {100 * base['new']['color']:.0f}%.
 
 ## Setup
 
@@ -210,7 +215,9 @@ linears. The base model has never seen the word or the color: asked for "{e['col
 {rows}
 
 The new color is drawn in {100 * new_color:.0f}% of the new-concept prompts (the target: >= 80%), and
-all-correct on the old prompts moves by {100 * old_all:+.0f} points (the target: within 3).
+all-correct on the old prompts moves by {100 * old_all:+.0f} points (the target: within 3; with
+{base['single']['n']:.0f} prompts one prompt is {per_prompt:.0f} points, so read it as "no change", not as a gain).
+On the new prompts the other attributes score {others}; the base model on old prompts: {others_base}.
 
 ![the same prompts and seeds, base model (top) and with the adapter (bottom)]({sheet.name})
 
