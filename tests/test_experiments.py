@@ -37,14 +37,16 @@ def test_recaption_experiment_trains_both_arms_on_their_captions_and_reports(tin
     assert results["clips"] == 24 and results["with_detailed"] == 6
     keys = set((tmp_path / "exp" / "detailed_keys.txt").read_text().split())
     assert keys == detailed_subset([f"{i:08d}" for i in range(24)], 0.25, 0)
-    assert set(results["arms"]) == {"a", "b"}
-    for arm in ("a", "b"):
+    assert set(results["arms"]) == {"a", "b", "c"}
+    for arm in ("a", "b", "c"):
         assert results["arms"][arm]["adherence"]["single"]["n"] == 2
         assert (tmp_path / "exp" / arm / "model" / "dit.safetensors").exists()
         assert json.loads((tmp_path / "exp" / arm / "model" / "dit.json").read_text())["patch"] == [1, 1, 1]
     assert 0 <= results["captioner_agreement"]["all"] <= 1
     text = doc.read_text()
-    assert "(a) original" in text and "recaptioned" in text and doc.with_suffix(".png").stat().st_size > 1000
+    assert "(a) original" in text and "recaptioned" in text and "(c) ground truth" in text
+    assert doc.with_suffix(".png").stat().st_size > 1000
+    assert "word_swap" in results["arms"]["a"]["adherence"]["single"]  # judged on the data's own world
     # a second run resumes: nothing is retrained or re-evaluated
     mtime = (tmp_path / "exp" / "a" / "model" / "dit.safetensors").stat().st_mtime_ns
     assert main(argv) == 0

@@ -13,7 +13,7 @@ def cmd_experiment_recaption(args: argparse.Namespace) -> None:
 
     exp = RecaptionExperiment(Path(args.latents), Path(args.captioner), Path(args.out), args.share, args.preset,
                               args.steps, args.batch_size, args.eval_n, args.eval_steps, seed=args.seed,
-                              patch=args.patch)
+                              patch=args.patch, guidance=args.guidance)
     results = run_recaption_experiment(exp, Path(args.doc) if args.doc else None)
     for arm, r in results["arms"].items():
         m = r["adherence"][exp.categories[0]]
@@ -72,7 +72,8 @@ def cmd_experiment_lora(args: argparse.Namespace) -> None:
 def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     ex = sub.add_parser("experiment", help="the recipe's claims, measured: recaptioning ablation, scaling study")
     ex = ex.add_subparsers(dest="experiment_cmd", required=True)
-    p = ex.add_parser("recaption", help="DiT on original vs captioner-written captions (5%% detailed)")
+    p = ex.add_parser("recaption", help="DiT on original vs captioner-written vs true detailed captions (5%% of "
+                                        "clips keep theirs)")
     p.add_argument("--latents", required=True, help="latent cache of the dataset (shapes world: ground truth known)")
     p.add_argument("--captioner", required=True, help="a `kinema caption train` output folder")
     p.add_argument("--out", required=True)
@@ -85,6 +86,7 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-n", type=int, default=50, help="detailed prompts for the adherence eval")
     p.add_argument("--eval-steps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--doc", help="write the markdown report (and a .png plot beside it) here")
     p.set_defaults(func=cmd_experiment_recaption)
     p = ex.add_parser("scaling", help="DiT sizes at fixed data: loss vs compute power law, adherence, vs a 3D U-Net")

@@ -6,10 +6,12 @@
    `short` alt-text (the shapes world's ground-truth detailed captions are hidden for them)
 2. the trained captioner writes a caption for every clip (from its VAE latents); its attribute agreement with
    the hidden ground truth is measured on the clips it recaptions
-3. two DiTs, same preset, steps, batch, seed and data order:
+3. three DiTs, same preset, steps, batch, seed and data order:
       (a) original: detailed where present, else short
       (b) recaptioned: detailed where present, else the captioner's caption
-4. adherence on detailed single-object prompts (the eval issue's prompt set), per attribute, for both
+      (c) ground truth: every clip's true detailed caption (the upper bound: what a perfect captioner gives)
+4. adherence on detailed prompts, per attribute, for all three: fresh scenes of the data's own world when the
+   latents come from a shapes-world dataset (else the single-object prompts of `kinema eval adherence`)
 5. results.json, a bar plot and a markdown report
 
 Every stage resumes: recaptions and their text embeddings are cached in OUT, training resumes from its
@@ -23,7 +25,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ARMS = {"a": "original captions", "b": "recaptioned"}
+ARMS = {"a": "original captions", "b": "recaptioned", "c": "ground-truth detailed"}
 
 
 @dataclass
@@ -40,6 +42,7 @@ class RecaptionExperiment:
     categories: tuple[str, ...] = ("single",)
     seed: int = 0
     patch: tuple[int, int, int] | None = None  # DiT latent patch for both arms (default: the preset's)
+    guidance: float = 4.0
 
     def __post_init__(self) -> None:
         self.latents, self.captioner, self.out = Path(self.latents), Path(self.captioner), Path(self.out)
@@ -132,15 +135,25 @@ def _trained_steps(run: Path) -> int:
     return int(ckpt.stem.split("-")[-1]) if ckpt else 0
 
 
-def _evaluate(exp: RecaptionExperiment, model_dir: Path, arm: str) -> dict:
+def _evaluate(exp: RecaptionExperiment, data, model_dir: Path, arm: str) -> dict:
+    """{category: attribute accuracies} on detailed prompts: of the data's own world when it is known."""
     from kinema.eval.adherence import pipeline_generator, prompt_set, run_adherence
+    from kinema.experiments.ladder import evaluate
+    from kinema.experiments.scaling import data_world
 
     out = exp.out / arm / "adherence"
     if (out / "adherence.json").exists():
-        return json.loads((out / "adherence.json").read_text())
+        return json.loads((out / "adherence.json").read_text())["by_category"]
+    world = data_world(data)
+    if world is not None:
+        scores = evaluate(model_dir, world, "detailed", exp.eval_n, exp.eval_steps, exp.guidance, out)
+        by_category = {exp.categories[0]: scores}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "adherence.json").write_text(json.dumps({"by_category": by_category, "world": True}, indent=2))
+        return by_category
     prompts = [p for p in prompt_set(exp.eval_n) if p.category in exp.categories]
-    run_adherence(pipeline_generator(model_dir, steps=exp.eval_steps), prompts, out)
-    return json.loads((out / "adherence.json").read_text())
+    run_adherence(pipeline_generator(model_dir, steps=exp.eval_steps, guidance=exp.guidance), prompts, out)
+    return json.loads((out / "adherence.json").read_text())["by_category"]
 
 
 def run_recaption_experiment(exp: RecaptionExperiment, doc: Path | None = None) -> dict:
@@ -159,13 +172,14 @@ def run_recaption_experiment(exp: RecaptionExperiment, doc: Path | None = None) 
     agreement = caption_agreement([data.rows[i]["captions"]["recaption"] for i in others],
                                   [data.rows[i]["captions"]["detailed"] for i in others])
     levels = {"a": ["detailed" if k in subset else "short" for k in keys],
-              "b": ["detailed" if k in subset else "recaption" for k in keys]}
+              "b": ["detailed" if k in subset else "recaption" for k in keys],
+              "c": ["detailed"] * len(keys)}
     results = {"experiment": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(exp).items()},
                "clips": len(keys), "with_detailed": len(subset), "captioner_agreement": agreement,
                "captioner_agreement_all_clips": agreement_all, "arms": {}}
     for arm, name in ARMS.items():
         model_dir = _train_arm(exp, data, levels[arm], arm)
-        results["arms"][arm] = {"name": name, "adherence": _evaluate(exp, model_dir, arm)["by_category"],
+        results["arms"][arm] = {"name": name, "adherence": _evaluate(exp, data, model_dir, arm),
                                 "final_loss": _final_loss(exp.out / arm)}
     (exp.out / "results.json").write_text(json.dumps(results, indent=2))
     if doc is not None:
@@ -194,10 +208,11 @@ def plot(results: dict, path: Path) -> Path:
 
     cat = results["experiment"]["categories"][0]
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=120)
-    width = 0.38
-    for k, (arm, r) in enumerate(results["arms"].items()):
+    arms = results["arms"]
+    width = 0.8 / len(arms)
+    for k, (arm, r) in enumerate(arms.items()):
         values = [100 * r["adherence"][cat].get(a, float("nan")) for a in SHOWN]
-        bars = ax.bar([i + (k - 0.5) * width for i in range(len(SHOWN))], values, width,
+        bars = ax.bar([i + (k - (len(arms) - 1) / 2) * width for i in range(len(SHOWN))], values, width,
                       label=f"({arm}) {r['name']}")
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
     ax.set_xticks(range(len(SHOWN)), [a.replace("_", " ") for a in SHOWN])
@@ -212,17 +227,31 @@ def write_report(results: dict, doc: Path) -> Path:
     image = plot(results, doc.with_suffix(".png"))
     doc.with_suffix(".json").write_text(json.dumps(results, indent=2))
     e, cat = results["experiment"], results["experiment"]["categories"][0]
-    a, b = (results["arms"][k]["adherence"][cat] for k in ("a", "b"))
+    arms = results["arms"]
+    a, b = (arms[k]["adherence"][cat] for k in ("a", "b"))
+    c = arms["c"]["adherence"][cat] if "c" in arms else None
     ag = results["captioner_agreement"]
     gains = [b.get(k, 0) - a.get(k, 0) for k in SHOWN[1:]]
     wins, mean_gain = sum(g > 0 for g in gains), 100 * sum(gains) / len(gains)
     agreement = ", ".join(f"{k.replace('all', 'all attributes')} {100 * ag.get(k, float('nan')):.1f}%"
                           for k in ("all", "color", "shape", "size", "motion", "speed", "background"))
-    rows = "\n".join(f"| {attr.replace('_', ' ')} | {100 * a.get(attr, float('nan')):.1f}% | "
-                     f"{100 * b.get(attr, float('nan')):.1f}% | {100 * (b.get(attr, 0) - a.get(attr, 0)):+.1f} |"
+
+    def pct(m: dict, attr: str) -> str:
+        return f"{100 * m.get(attr, float('nan')):.1f}%"
+
+    header = "| attribute | (a) original | (b) recaptioned | (b) - (a) |" + (" (c) ground truth |" if c else "")
+    rows = "\n".join(f"| {attr.replace('_', ' ')} | {pct(a, attr)} | {pct(b, attr)} | "
+                     f"{100 * (b.get(attr, 0) - a.get(attr, 0)):+.1f} |" + (f" {pct(c, attr)} |" if c else "")
                      for attr in SHOWN)
     extra = "".join(f" --{flag} {value}" for flag, value in
-                    (("batch-size", e["batch_size"]), ("patch", "x".join(map(str, e.get("patch") or ())))) if value)
+                    (("batch-size", e["batch_size"]), ("patch", "x".join(map(str, e.get("patch") or ()))),
+                     ("guidance", e.get("guidance", 4.0))) if value)
+    losses = ", ".join(f"({k}) {r['final_loss']:.4f}" for k, r in arms.items() if r.get("final_loss") is not None)
+    gap = (f"\n- The ground-truth arm (c), what a perfect captioner would give, reaches {100 * c['all_correct']:.1f}%: "
+           f"the captioner closes {_share(a, b, c):.0f}% of the gap between the original captions and perfect ones."
+           if c else "")
+    world = ("fresh scenes of the data's own world, their detailed captions as prompts"
+             if "word_swap" in a else f"`kinema eval adherence`'s detailed {cat}-object prompts")
     text = f"""# Recaptioning ablation
 
 Do captions written by our video captioner make a better text-to-video model than the captions the data came
@@ -231,45 +260,40 @@ everything, train the generator on the new captions.)
 
 ## Setup
 
-- Data: `{e['latents']}`: {results['clips']} single-object shapes-world clips (17x64x64). Only
-  {results['with_detailed']} ({100 * results['with_detailed'] / results['clips']:.0f}%) keep their detailed
-  captions; every other clip has only its weak `short` alt-text ("a circle", "a red shape", "simple shapes
-  animation").
+- Data: `{e['latents']}`: {results['clips']} shapes-world clips. Only {results['with_detailed']}
+  ({100 * results['with_detailed'] / results['clips']:.0f}%) keep their detailed captions; every other clip has
+  only its weak `short` alt-text ("a circle", "a red shape", "simple shapes animation").
 - Captioner: `{e['captioner']}` (trained by `kinema caption train` on a separate captioned set; it never saw
   these clips). On the {results['clips'] - results['with_detailed']} clips it recaptions, its captions agree
   with the hidden ground truth on: {agreement}.
-- Two DiTs, identical except for the captions: preset `{e['preset']}`, {e['steps'] or 'preset'} steps, batch
-  {e['batch_size'] or "the preset's"}, seed {e['seed']}, the same data order and noise, flow matching.
-  (a) detailed where present, else short; (b) detailed where present, else the captioner's caption.
-  Final training loss: (a) {results['arms']['a']['final_loss']:.4f}, (b) {results['arms']['b']['final_loss']:.4f}.
-- Evaluation: `kinema eval adherence`'s detailed {cat}-object prompts (n={a['n']:.0f}), {e['eval_steps']} Euler
-  steps, guidance 4, each generated clip judged by the probe.
+- {len(arms)} DiTs, identical except for the captions: preset `{e['preset']}`, {e['steps'] or 'preset'} steps,
+  batch {e['batch_size'] or "the preset's"}, seed {e['seed']}, the same data order and noise, flow matching.
+  (a) detailed where present, else short; (b) detailed where present, else the captioner's caption{
+  "; (c) every clip's true detailed caption" if c else ""}. Final training loss: {losses}.
+- Evaluation: {world} (n={a['n']:.0f}), {e['eval_steps']} Euler steps, guidance {e.get('guidance', 4.0):g}, each
+  generated clip judged by the probe.
 
 ## Result
 
 ![adherence per attribute]({image.name})
 
-| attribute | (a) original | (b) recaptioned | (b) - (a) |
-| --- | --- | --- | --- |
+{header}
+| --- | --- | --- | --- |{" --- |" if c else ""}
 {rows}
 
 ## Reading it
 
+- All-attribute adherence: (b) recaptioned {100 * b['all_correct']:.1f}% vs (a) original
+  {100 * a['all_correct']:.1f}% ({100 * (b['all_correct'] - a['all_correct']):+.1f} points).
 - Per attribute, (b) beats (a) on {wins} of {len(SHOWN) - 1} attributes, by {mean_gain:+.1f} points on average:
-  what the weak captions never say (background, size, speed, and for most clips color and shape) the recaptioned model
-  learned from the captioner's words, and the original-caption model could only guess.
-- All-attribute adherence is {100 * b['all_correct']:.1f}% vs {100 * a['all_correct']:.1f}%: at this compute neither
-  model has learned motion direction well ({100 * b.get('motion', 0):.0f}% vs {100 * a.get('motion', 0):.0f}%),
-  and one wrong attribute fails a clip; the gap in all-attribute adherence needs models trained long enough
-  to get motion right.
-- The captioner's shape agreement ({100 * ag.get('shape', float('nan')):.0f}%) caps what (b) can learn about shape.
+  what the weak captions never say the recaptioned model learned from the captioner's words, and the
+  original-caption model could only guess.{gap}
+- The captioner's agreement with the truth (all attributes {100 * ag.get('all', float('nan')):.0f}%) caps what (b)
+  can learn.
 
 ## Reproduce
 
 ```
-kinema data synth --n 4096 --objects 1 --seed 3 --out data/shapes-ablation
-kinema vae encode --vae runs/vae-shapes --data data/shapes-ablation --out {e['latents']}
-kinema caption train --latents data/latents-dit --out {e['captioner']}  # see its config.json for steps and patch
 kinema experiment recaption --latents {e['latents']} --captioner {e['captioner']} --out {e['out']} \\
     --share {e['detailed_share']} --preset {e['preset']} --steps {e['steps']}{extra} \\
     --eval-n {e['eval_n']} --doc {doc}
@@ -277,3 +301,9 @@ kinema experiment recaption --latents {e['latents']} --captioner {e['captioner']
 """
     doc.write_text(text)
     return doc
+
+
+def _share(a: dict, b: dict, c: dict) -> float:
+    """How much of the (c) - (a) all-correct gap (b) closes, in percent."""
+    gap = c["all_correct"] - a["all_correct"]
+    return 100 * (b["all_correct"] - a["all_correct"]) / gap if gap > 0 else float("nan")
