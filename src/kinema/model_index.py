@@ -35,6 +35,9 @@ class ModelIndex:
     weights: str | None = None  # "model" or "ema"
     init_from: str | None = None  # this run started from that model's weights
     distilled: dict | None = None  # set on a few-step student (train/reflow.py)
+    # how frame-conditioning samples were trained: given latent frames clean in the model's input and left out of
+    # the loss (Wan / Open-Sora I2V), or noised like the rest (models trained before that fix)
+    given_frames: str = "clean"
 
     def __post_init__(self) -> None:
         if "kind" not in self.objective:
@@ -42,6 +45,8 @@ class ModelIndex:
         for name in ("frames", "height", "width", "fps", "steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelIndex.{name} must be >= 1, got {getattr(self, name)}")
+        if self.given_frames not in ("clean", "noised"):
+            raise ValueError(f"ModelIndex.given_frames must be 'clean' or 'noised', got {self.given_frames!r}")
         if not 0 <= self.guidance < float("inf"):
             raise ValueError(f"ModelIndex.guidance must be a finite number >= 0, got {self.guidance}")
 

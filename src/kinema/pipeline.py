@@ -68,6 +68,10 @@ class TextToVideoPipeline:
         # approximately: it is causal, and the frames before them are generated)
         self.partial_frames = "any"
         self.paste_given = True
+        # whether the given latent frames enter every sampling step clean, as models trained with clean given
+        # frames saw them (the default since issue 23's fix); a model trained with them noised (the index says
+        # given_frames "noised") is sampled the way it learned
+        self.given_clean = index.given_frames == "clean"
 
     def _autocast(self):
         return autocast(self.device, use_bf16(self.bf16, self.device))
@@ -215,7 +219,7 @@ class TextToVideoPipeline:
             # 3. denoise with classifier-free guidance
             fn = classifier_free_guidance(self.dit, {"text": text, "text_mask": mask, **kwargs},
                                           {"text": null_text, "text_mask": null_mask, **kwargs}, guidance)
-            if "cond" in kwargs:  # the given frames enter every step clean, as in training (objectives.py)
+            if "cond" in kwargs and self.given_clean:  # the given frames enter every step clean, as in training
                 guided = fn
                 fn = lambda x, t: guided(keep_given(x, kwargs["cond"], kwargs["cond_mask"]), t)  # noqa: E731
             def trace(i: int, z: torch.Tensor) -> None:
