@@ -42,3 +42,8 @@ def test_a_wheel_install_generates_with_the_bundled_model_and_reads_with_the_pro
                             "from kinema.eval.probe import probe_clip; r = probe_clip(read_video(sys.argv[1])); "
                             "print(r.background)", str(out)], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert probe.returncode == 0, probe.stderr[-2000:]
+    # diffusers' loader finds the bundled model's component files in the installed package
+    bundled = Path(where[1])
+    for name in ("scheduler/scheduler_config.json", "transformer/config.json", "vae/config.json",
+                 "text_model/config.json"):
+        assert (bundled / name).exists(), name
