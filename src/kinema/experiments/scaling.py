@@ -69,13 +69,11 @@ def parse_size(text: str) -> tuple[int, int]:
     return dim, depth
 
 
-def dit_config(size: str, in_channels: int, text_dim: int = 384):
-    import dataclasses
-
+def dit_config(size: str, in_channels: int):
     from kinema.presets import dit
 
     dim, depth = parse_size(size)
-    return dataclasses.replace(dit(dim, depth, dim // 32, in_channels=in_channels), text_dim=text_dim)
+    return dit(dim, depth, dim // 32, in_channels=in_channels)
 
 
 def data_world(data):
@@ -161,7 +159,7 @@ def _run(exp: ScalingExperiment, data, name: str, model_cfg, train_idx: list[int
                                   prompts, run / "adherence").by_category["single"]
     from kinema.experiments.ladder import training_minutes
 
-    result = {"name": name, "config": dataclasses.asdict(model_cfg),
+    result = {"name": name, "config": dataclasses.asdict(task.model_cfg),  # text width set from the data
               "params": sum(p.numel() for p in model.parameters()), "flops_per_clip": flops, "points": points,
               "train_minutes": training_minutes(run / "metrics.jsonl", cfg.batch_size), "adherence": adherence}
     done.write_text(json.dumps(result, indent=2))
@@ -176,9 +174,8 @@ def run_scaling_experiment(exp: ScalingExperiment, doc: Path | None = None) -> d
     if exp.val_clips >= len(data):
         raise ValueError(f"val_clips ({exp.val_clips}) must be fewer than the {len(data)} clips of {exp.latents}")
     train_idx, val_idx = list(range(len(data) - exp.val_clips)), list(range(len(data) - exp.val_clips, len(data)))
-    c, text_dim = data.latent_shape[0], data.meta.get("text_dim", 384)
-    runs = {f"dit-{s}": _run(exp, data, f"dit-{s}", dit_config(s, c, text_dim), train_idx, val_idx)
-            for s in exp.sizes}
+    c = data.latent_shape[0]
+    runs = {f"dit-{s}": _run(exp, data, f"dit-{s}", dit_config(s, c), train_idx, val_idx) for s in exp.sizes}
     if exp.unet_match is not None:
         unet_cfg, _ = matched_unet(runs[f"dit-{exp.unet_match}"]["flops_per_clip"], data.latent_shape)
         runs["unet"] = _run(exp, data, "unet", unet_cfg, train_idx, val_idx)
