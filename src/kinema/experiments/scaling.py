@@ -188,6 +188,9 @@ def run_scaling_experiment(exp: ScalingExperiment, doc: Path | None = None) -> d
                "fit_frontier": asdict(fit_power_law(*zip(*front, strict=True))) if len(front) >= 2 else None,
                "fit_final": asdict(fit_power_law(*zip(*finals, strict=True))),
                "frontier": front}
+    world = data_world(data)
+    if world is not None:
+        results["world"] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(world).items()}
     (exp.out / "results.json").write_text(json.dumps(results, indent=2))
     if doc is not None:
         write_report(results, Path(doc))
@@ -223,18 +226,39 @@ def plot(results: dict, path: Path) -> Path:
     ax.set_ylabel("validation loss (flow matching)")
     ax.legend(fontsize=7)
     ax.set_title("Validation loss vs training compute")
-    names = list(results["runs"])
-    bx.bar(range(len(names)), [100 * results["runs"][n]["adherence"]["all_correct"] for n in names],
-           label="all attributes")
-    for k, attr in enumerate(("color", "shape", "motion")):
-        bx.plot(range(len(names)), [100 * results["runs"][n]["adherence"].get(attr, float("nan")) for n in names],
-                marker="o", label=attr, color=f"C{k + 1}")
-    bx.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    # adherence against the compute each model was trained with: DiTs as a line, the U-Net as a lone square
+    dits = [(n, r) for n, r in results["runs"].items() if n.startswith("dit-")]
+    compute = [r["points"][-1]["compute"] for _, r in dits]
+    for k, attr in enumerate(("all_correct", "shape", "motion", "color")):
+        bx.plot(compute, [100 * r["adherence"].get(attr, float("nan")) for _, r in dits], marker="o",
+                color=f"C{k}", linewidth=3 if attr == "all_correct" else 1,
+                label=attr.replace("_", " ") + (" (DiT)" if k == 0 else ""))
+    for (name, _), c, r in zip(dits, compute, (r for _, r in dits), strict=True):
+        bx.annotate(name[4:], (c, 100 * r["adherence"]["all_correct"]), fontsize=7, xytext=(4, -10),
+                    textcoords="offset points")
+    if "unet" in results["runs"]:
+        u = results["runs"]["unet"]
+        bx.plot([u["points"][-1]["compute"]], [100 * u["adherence"]["all_correct"]], marker="s", color="black",
+                linestyle="none", label="all correct (U-Net)")
+    bx.set_xscale("log")
+    bx.set_xlabel("training compute (FLOPs)")
     bx.set_ylabel("correct (%)")
     bx.set_ylim(0, 105)
     bx.legend(fontsize=7)
-    bx.set_title("Adherence, detailed single-object prompts")
+    level = results["experiment"].get("eval_level", "detailed") if results.get("world") else "detailed"
+    bx.set_title(f"Adherence vs compute ({level} prompts)")
     return save_figure(fig, path)
+
+
+def _versus_reading(dit: dict, unet: dict) -> str:
+    """One sentence on which backbone wins what, from the numbers."""
+    loss = "DiT" if dit["points"][-1]["val_loss"] < unet["points"][-1]["val_loss"] else "U-Net"
+    adh = "DiT" if dit["adherence"]["all_correct"] > unet["adherence"]["all_correct"] else "U-Net"
+    if loss == adh:
+        return f"The {loss} wins on both at this budget."
+    return (f"The {loss} fits the data better (lower loss) while the {adh} follows prompts better at this budget: "
+            f"validation loss and adherence rank the two backbones differently, so neither alone settles the "
+            f"comparison.")
 
 
 def _signed(v: float | None) -> str:
@@ -267,14 +291,26 @@ def write_report(results: dict, doc: Path) -> Path:
                   f"trained identically. Final validation loss: DiT {match['points'][-1]['val_loss']:.4f} vs U-Net "
                   f"{unet['points'][-1]['val_loss']:.4f}; all-attribute adherence: DiT "
                   f"{100 * match['adherence']['all_correct']:.0f}% vs U-Net "
-                  f"{100 * unet['adherence']['all_correct']:.0f}%.\n")
+                  f"{100 * unet['adherence']['all_correct']:.0f}% ("
+                  + ", ".join(f"{a} {100 * match['adherence'].get(a, 0):.0f}% vs "
+                              f"{100 * unet['adherence'].get(a, 0):.0f}%" for a in ("shape", "motion")) + ")"
+                  f". {_versus_reading(match, unet)}\n")
+    w = results.get("world")
+    world_line = (f" The world: {w['min_objects']}-{w['max_objects']} object(s), shapes {', '.join(w['shapes'])}; "
+                  f"{len(w['colors'])} colors; sizes {', '.join(w['sizes'])}; motions {', '.join(w['motions'])}; "
+                  f"speeds {', '.join(w['speeds'])}; backgrounds {', '.join(w['backgrounds'])}." if w else "")
     dits = [(n, r) for n, r in results["runs"].items() if n.startswith("dit-")]
     scores = [100 * r["adherence"]["all_correct"] for _, r in dits]
     rising = all(b >= a for a, b in zip(scores, scores[1:], strict=False))
+    n = dits[0][1]["adherence"]["n"] if "n" in dits[0][1]["adherence"] else e["eval_n"]
+    noise = max(100 * (p / 100 * (1 - p / 100) / n) ** 0.5 for p in scores)  # one standard error, worst case
+    best_last = scores[-1] == max(scores) and scores[-1] - scores[0] > 2 * noise
     adherence_reading = (
         f"All-attribute adherence from the smallest to the largest DiT: {' -> '.join(f'{v:.0f}%' for v in scores)}"
         + (": it rises with compute at equal data." if rising and scores[-1] > scores[0] else
-           ": not monotonic in compute at this budget.")
+           f": it rises with compute overall (the largest model is best, {scores[-1] - scores[0]:.0f} points above "
+           f"the smallest); steps down between sizes are within the noise of {n:.0f} prompts (one standard error "
+           f"up to {noise:.0f} points)." if best_last else ": not monotonic in compute at this budget.")
         + (" Where every size is near zero, the models have learned the data's statistics (loss) before they "
            "follow the prompt; that takes more steps." if max(scores) < 10 else ""))
     level = e.get("eval_level", "medium")
@@ -312,7 +348,7 @@ data with the same recipe; validation loss measured against training compute.
 ## Setup
 
 - Data: `{e['latents']}` (shapes world, 17x64x64 clips, VAE latents 16x5x8x8, 80 tokens per clip with patch
-  1x2x2); the last {e['val_clips']} clips are held out.
+  1x2x2); the last {e['val_clips']} clips are held out.{world_line}
 - Models: DiT width x depth {', '.join(e['sizes'])} (heads = width/32, absolute + RoPE positions), flow matching,
   30% frame-conditioning samples; each trained {e['steps']} steps at batch {e['batch_size']}, lr {e['lr']}{recipe},
   seed {e['seed']}, identical data order and noise.
@@ -341,6 +377,9 @@ R² = {fl['r2']:.3f}
 - Numbers: `{e['out']}/results.json` (copied to `{doc.with_suffix('.json').name}` beside this page).
 
 ## Reproduce
+
+The latent cache: `kinema data synth` + `kinema vae encode`, or the ladder's (`kinema experiment ladder --rungs base`
+writes the simple world's to `OUT/cache`).
 
 ```
 kinema experiment scaling --latents {e['latents']} --out {e['out']} --sizes {' '.join(e['sizes'])} \\
