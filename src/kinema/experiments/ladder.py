@@ -93,6 +93,10 @@ def default_rungs() -> dict[str, Rung]:
     # reached 18% against w-bg's 44% at 3000): more objects, the caption mix, frame-conditioning samples
     bg = next(r for r in rungs if r.name == "w-bg")
     rungs.append(bg.then("w-objects", "w-bg with 1-3 objects per clip", world={"max_objects": 3}))
+    # session 16: w-objects is where adherence breaks (2%); from it, one factor: depth 4 -> 6 (the scaling study's
+    # best size in the simple world, 192x6: 88%)
+    objects = rungs[-1]
+    rungs.append(objects.then("w-objects-d6", "w-objects at depth 6", dit={"depth": 6}))
     rungs.append(bg.then("w-bg-mix", "w-bg trained on the default caption mix (detailed .5, medium .4, short .1)",
                          caption_mix={"detailed": 0.5, "medium": 0.4, "short": 0.1}))
     rungs.append(bg.then("w-bg-cond", "w-bg with 30% frame-conditioning samples", cond_prob=0.3,
