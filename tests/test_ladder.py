@@ -3,14 +3,13 @@
 import json
 
 from kinema.data.world import WorldConfig, sample_scene
+from kinema.eval.fresh import swapped, varied_attributes
 from kinema.experiments.ladder import (
     LadderExperiment,
     Rung,
     default_rungs,
     report_table,
     run_rung,
-    swapped,
-    varied_attributes,
 )
 
 

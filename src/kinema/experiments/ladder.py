@@ -8,10 +8,11 @@ mix and the frame-conditioning share. For each rung:
 
 1. its world is synthesised (cached per world and seed) and encoded with its VAE (cached per VAE);
 2. a DiT is trained for `steps` (resumes from its checkpoints);
-3. it is scored on `eval_n` fresh scenes of the same world, captioned at the rung's eval level: generated
-   clips judged by the probe against the scene (count, color, shape, motion; size, speed and background where
-   the world varies them), all-correct per prompt, temporal consistency, and the word-swap sensitivity: how
-   much the flow loss on real held-out clips rises when their caption's direction word is swapped;
+3. it is scored on `eval_n` fresh scenes of the same world, captioned at the rung's eval level
+   (`kinema.eval.fresh`): generated clips judged by the probe against the scene (count, color, shape, motion;
+   size, speed and background where the world varies them), all-correct per prompt, temporal consistency, and the
+   word-swap sensitivity: how much the flow loss on real held-out clips rises when their caption's direction word
+   is swapped;
 4. results.json and a markdown table of every rung run so far.
 """
 
@@ -20,14 +21,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from kinema.data.world import BACKGROUNDS, COLORS, WorldConfig
+from kinema.eval.fresh import evaluate
 
 # ---------------------------------------------------------------------------------------------------
 # Rungs
@@ -36,7 +36,6 @@ from kinema.data.world import BACKGROUNDS, COLORS, WorldConfig
 SIMPLE_WORLD = {"min_objects": 1, "max_objects": 1, "shapes": ["circle", "square", "triangle"],
                 "colors": ["red", "orange", "yellow", "green", "cyan", "blue"], "backgrounds": ["black"],
                 "sizes": ["large"], "motions": ["left", "right", "up", "down"], "speeds": ["quickly"]}
-SWAP = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
 @dataclass(frozen=True)
@@ -145,100 +144,6 @@ def prepare_latents(rung: Rung, cache: Path, frames: int, size: int, seed: int =
     if not (latents / "index.jsonl").exists():
         encode_dataset(rung.vae, data, latents, batch_size=32, progress=False)
     return latents
-
-
-# ---------------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------------
-
-
-def eval_scenes(world: WorldConfig, n: int, seed: int = 9_000_000) -> list:
-    """n fresh scenes (seeds far from any training seed)."""
-    from kinema.data.world import sample_scene
-
-    return [sample_scene(world, seed + i) for i in range(n)]
-
-
-def caption(scene, level: str, seed: int) -> str:
-    from kinema.data.captions import caption_scene
-
-    return caption_scene(scene, random.Random(seed))[level]
-
-
-def swapped(scene):
-    """The scene with every moving object's direction reversed (left <-> right, up <-> down)."""
-    from kinema.data.world import Scene
-
-    d = scene.to_dict()
-    for o in d["objects"]:
-        o["motion"] = SWAP.get(o["motion"], o["motion"])
-    return Scene.from_dict(d)
-
-
-def varied_attributes(world: WorldConfig) -> list[str]:
-    """The attributes a prompt of this world decides (a fixed attribute is right by construction)."""
-    out = ["count", "color", "shape", "motion"]
-    out += [a for a, names in (("size", world.sizes), ("speed", world.speeds), ("background", world.backgrounds))
-            if len(names) > 1]
-    return out
-
-
-@torch.no_grad()
-def word_swap_sensitivity(pipe, scenes: list, level: str, draws: int = 4) -> float:
-    """Relative rise of the flow loss on real clips when the caption's direction words are reversed (same noise,
-    same noise levels): 0 means the model ignores the direction words."""
-    from kinema.data.world import render
-    from kinema.io.video import to_tensor
-
-    moving = [(i, s) for i, s in enumerate(scenes) if any(o.motion in SWAP for o in s.objects)]
-    video = torch.stack([to_tensor(render(s).numpy()) for _, s in moving])  # (B, 3, F, H, W)
-    with pipe._autocast():
-        x0 = torch.cat([pipe.vae.encode(v[None]).float() for v in video])  # (B, C, f, h, w)
-    losses = []
-    for scene_list in ([s for _, s in moving], [swapped(s) for _, s in moving]):
-        text, mask = pipe.encode_prompt([caption(s, level, i) for (i, _), s in zip(moving, scene_list, strict=True)])
-        g = torch.Generator().manual_seed(0)
-        total = 0.0
-        for _ in range(draws):
-            sigma = torch.sigmoid(torch.randn(len(moving), generator=g))
-            noise = torch.randn(x0.shape, generator=g)
-            s = sigma.view(-1, 1, 1, 1, 1)
-            with pipe._autocast():
-                pred = pipe.dit((1 - s) * x0 + s * noise, sigma, text=text, text_mask=mask).float()
-            total += (pred - (noise - x0)).pow(2).mean().item() / draws
-        losses.append(total)
-    return losses[1] / losses[0] - 1
-
-
-def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int, guidance: float,
-             out: Path) -> dict:
-    """Generate one clip per fresh scene's caption, judge it; per-attribute accuracy, all-correct, temporal
-    consistency, the word-swap sensitivity, and a contact sheet of the first 8."""
-    from kinema.eval.adherence import score
-    from kinema.eval.probe import probe_clip
-    from kinema.io.video import contact_sheet, save_image
-    from kinema.pipeline import TextToVideoPipeline
-
-    pipe = TextToVideoPipeline.from_pretrained(model_dir)
-    scenes = eval_scenes(world, n)
-    attributes = varied_attributes(world)
-    hits: dict[str, list[bool]] = {a: [] for a in attributes}
-    correct, temporal, shown = [], [], []
-    for i, scene in enumerate(scenes):
-        prompt = caption(scene, level, i)
-        clip = pipe(prompt, frames=world.frames, height=world.height, width=world.width, steps=steps,
-                    guidance=guidance, seed=i)
-        probed = probe_clip(clip)
-        verdicts = score(probed, scene.to_dict())
-        for a in attributes:
-            hits[a] += verdicts[a]
-        correct.append(all(all(verdicts[a]) for a in attributes))
-        temporal.append(probed.temporal_consistency())
-        if len(shown) < 8:
-            shown.append((clip, prompt))
-    save_image(out / "eval.png", contact_sheet([c for c, _ in shown], [p for _, p in shown], scale=2))
-    return {"all_correct": float(np.mean(correct)), **{a: float(np.mean(v)) for a, v in hits.items()},
-            "temporal": float(np.mean(temporal)), "word_swap": word_swap_sensitivity(pipe, scenes, level), "n": n}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ def _trained_steps(run: Path) -> int:
 def _evaluate(exp: RecaptionExperiment, data, model_dir: Path, arm: str) -> dict:
     """{category: attribute accuracies} on detailed prompts: of the data's own world when it is known."""
     from kinema.eval.adherence import pipeline_generator, prompt_set, run_adherence
-    from kinema.experiments.ladder import evaluate
+    from kinema.eval.fresh import evaluate
     from kinema.experiments.scaling import data_world
 
     out = exp.out / arm / "adherence"

@@ -143,7 +143,7 @@ def _run(exp: ScalingExperiment, data, name: str, model_cfg, train_idx: list[int
                        "val_loss": validation_loss(model, objective, data, val_idx)})
     world = data_world(data)
     if world is not None:  # fresh scenes of the world the model was trained on
-        from kinema.experiments.ladder import evaluate
+        from kinema.eval.fresh import evaluate
 
         adherence = evaluate(run / "model", world, exp.eval_level, exp.eval_n, exp.eval_steps, exp.guidance, run)
         if exp.world_n:
