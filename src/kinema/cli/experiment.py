@@ -17,9 +17,9 @@ def cmd_experiment_recaption(args: argparse.Namespace) -> None:
     results = run_recaption_experiment(exp, Path(args.doc) if args.doc else None)
     for arm, r in results["arms"].items():
         m = r["adherence"][exp.categories[0]]
-        attrs = ("shape", "size", "motion", "speed", "background")
+        attrs = [k for k in ("color", "shape", "size", "motion", "speed", "background") if k in m]  # what it varies
         print(f"({arm}) {r['name']:<18} all-correct {m['all_correct']:.1%}  "
-              + "  ".join(f"{k} {m.get(k, float('nan')):.0%}" for k in attrs))
+              + "  ".join(f"{k} {m[k]:.0%}" for k in attrs))
     print(f"results: {exp.out / 'results.json'}" + (f"; report: {args.doc}" if args.doc else ""))
 
 
