@@ -141,6 +141,14 @@ class TextToVideoPipeline:
         text, mask = self.text_encoder(prompts)
         return text.float().to(self.device), mask.to(self.device)
 
+    def guidance_pair(self, prompt: str, negative_prompt: str | None = None):
+        """((text, mask), (null text, null mask)): the prompt, and what guidance pushes away from: the negative
+        prompt, or the empty caption (one zero token, masked) that training's caption dropout taught."""
+        text, mask = self.encode_prompt([prompt])
+        if negative_prompt:
+            return (text, mask), self.encode_prompt([negative_prompt])
+        return (text, mask), (torch.zeros_like(text[:, :1]), torch.zeros_like(mask[:, :1]))
+
     def _frame_condition(self, cond: FrameCondition, frames: int, height: int, width: int):
         """Pixel frames -> (latent cond, latent mask) on the output's latent grid."""
         video = np.zeros((frames, height, width, 3), dtype=np.uint8)
@@ -195,11 +203,7 @@ class TextToVideoPipeline:
         self.check(prompt, frames, height, width, steps, guidance, sampler)
 
         # 1. encode the prompt (and the negative prompt, or the empty caption, for guidance)
-        text, mask = self.encode_prompt([prompt])
-        if negative_prompt:
-            null_text, null_mask = self.encode_prompt([negative_prompt])
-        else:
-            null_text, null_mask = torch.zeros_like(text[:, :1]), torch.zeros_like(mask[:, :1])
+        (text, mask), (null_text, null_mask) = self.guidance_pair(prompt, negative_prompt)
 
         with self._autocast():  # steps 2-5 in bf16 where it is faster (see __init__)
             # 2. prepare latents: seeded noise on the latent grid, and any given frames

@@ -24,14 +24,14 @@ from kinema.data.world import BACKGROUNDS, COLORS, RGB, SHAPES
 # is read with `colors=` naming it, so a model that never saw it is not judged against a palette it cannot know
 WORLD_COLORS = tuple(COLORS)
 N_COLORS = len(COLORS)
+CROP = 24  # shape classifier input: the object's mask resized to CROP x CROP
+CROP_VIEWS = 4  # frames per object whose shape votes are averaged
+SHAPE_WEIGHTS = Path(__file__).with_name("shape_probe.safetensors")
 
 
 def palette(colors: tuple[str, ...] = WORLD_COLORS) -> torch.Tensor:
     """(len(colors) + 3, 3) RGB: the object colors, then the backgrounds (label k < len(colors) is colors[k])."""
     return torch.tensor([*(RGB[c] for c in colors), *BACKGROUNDS.values()], dtype=torch.float32)
-CROP = 24  # shape classifier input: the object's mask resized to CROP x CROP
-CROP_VIEWS = 4  # frames per object whose shape votes are averaged
-SHAPE_WEIGHTS = Path(__file__).with_name("shape_probe.safetensors")
 
 
 @dataclass

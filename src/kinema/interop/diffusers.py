@@ -37,6 +37,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 
 from kinema.diffusion.objectives import objective_from_dict
+from kinema.diffusion.samplers import classifier_free_guidance
 from kinema.diffusion.schedules import flow_sigmas
 from kinema.io.video import to_frames
 from kinema.model_index import read_model_index
@@ -152,22 +153,18 @@ class KinemaPipeline(DiffusionPipeline):
         guidance = d.guidance if guidance_scale is None else guidance_scale
         kinema.check(prompt, frames, height, width, steps, guidance, None)
 
-        text, mask = kinema.encode_prompt([prompt])
-        if negative_prompt:
-            null_text, null_mask = kinema.encode_prompt([negative_prompt])
-        else:  # the empty caption, as in training's caption dropout
-            null_text, null_mask = torch.zeros_like(text[:, :1]), torch.zeros_like(mask[:, :1])
+        (text, mask), (null_text, null_mask) = kinema.guidance_pair(prompt, negative_prompt)
+        guided = classifier_free_guidance(self.transformer, {"encoder_hidden_states": text,
+                                                             "encoder_attention_mask": mask},
+                                          {"encoder_hidden_states": null_text, "encoder_attention_mask": null_mask},
+                                          guidance)
         shape = (1, *self.vae.model.cfg.latent_shape(frames, height, width))
         x = torch.randn(shape, generator=generator)
         # kinema's schedule: n equal steps from 1 to 0 (the scheduler applies the shift, as kinema's flow_sigmas do)
         self.scheduler.set_timesteps(sigmas=flow_sigmas(steps).tolist()[:-1])
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             sigma = self.scheduler.sigmas[i].expand(1)  # the model's time input: the noise level in [0, 1]
-            v = self.transformer(x, sigma, text, mask)
-            if guidance != 1.0:
-                v_null = self.transformer(x, sigma, null_text, null_mask)
-                v = v_null + guidance * (v - v_null)
-            x = self.scheduler.step(v.float(), t, x).prev_sample
+            x = self.scheduler.step(guided(x, sigma).float(), t, x).prev_sample
         video = self.vae.decode(x)
         return KinemaPipelineOutput(frames=to_frames(video[0].float()) if output_type == "np" else video)
 
