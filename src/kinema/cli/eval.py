@@ -9,7 +9,7 @@ from kinema.cli.common import add_model_flag, eval_pipeline
 
 
 def cmd_eval_adherence(args: argparse.Namespace) -> None:
-    from kinema.data.world import NEW_COLORS
+    from kinema.data.world import check_new_color
     from kinema.eval.adherence import concept_prompts, pipeline_generator, prompt_set, run_adherence
     from kinema.eval.probe import WORLD_COLORS
     from kinema.generate import default_model
@@ -17,9 +17,7 @@ def cmd_eval_adherence(args: argparse.Namespace) -> None:
     model = args.model or default_model()
     prompts, colors = prompt_set(args.n, args.seed), WORLD_COLORS
     if args.concept:
-        if args.concept not in NEW_COLORS:
-            raise ValueError(f"--concept: {args.concept!r} is not a color outside the default world; expected one of "
-                             f"{list(NEW_COLORS)}")
+        check_new_color(args.concept, "--concept")
         prompts, colors = prompts + concept_prompts(args.concept, args.n, args.seed), (*WORLD_COLORS, args.concept)
     generator = pipeline_generator(model, args.steps, args.guidance, args.lora, args.lora_scale)
     report = run_adherence(generator, prompts, args.out, colors=colors)

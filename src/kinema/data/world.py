@@ -38,6 +38,14 @@ NEW_COLORS: dict[str, tuple[int, int, int]] = {
     "pink": (250, 110, 180),
 }
 RGB = {**COLORS, **NEW_COLORS}  # every color a world can render
+
+
+def check_new_color(name: str, what: str) -> str:
+    """`name` if it is a color outside the default world (NEW_COLORS); else an error naming `what` gave it."""
+    if name not in NEW_COLORS:
+        raise ValueError(f"{what}: {name!r} is not a color outside the default world; expected one of "
+                         f"{list(NEW_COLORS)} (kinema.data.world.NEW_COLORS)")
+    return name
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "black": (0, 0, 0),
     "dark gray": (64, 64, 64),

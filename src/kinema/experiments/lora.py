@@ -40,12 +40,10 @@ class LoRAConceptExperiment:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from kinema.data.world import NEW_COLORS
+        from kinema.data.world import check_new_color
 
         self.out = Path(self.out)
-        if self.color not in NEW_COLORS:
-            raise ValueError(f"color {self.color!r}: expected a color outside the default world, one of "
-                             f"{list(NEW_COLORS)} (kinema.data.world.NEW_COLORS)")
+        check_new_color(self.color, "LoRAConceptExperiment.color")
         if not 1 <= self.clips <= 256 * 64 or not 0 < self.share < 1:
             raise ValueError(f"need clips >= 1 and 0 < share < 1, got clips={self.clips}, share={self.share}")
 
