@@ -40,11 +40,20 @@ def test_a_rung_trains_scores_and_reports_then_reads_back(tiny_vae_dir, tmp_path
     for key in ("all_correct", "color", "shape", "motion", "count", "temporal"):
         assert 0.0 <= result[key] <= 1.0, key
     assert isinstance(result["word_swap"], float) and result["n"] == 3 and result["steps"] == 3
+    assert result["by_count"] == {"1": {"all_correct": result["all_correct"], "n": 3}}  # one object per scene here
     assert (tmp_path / "tiny" / "eval.png").exists()
     assert json.loads((tmp_path / "tiny" / "result.json").read_text()) == result
     assert run_rung(exp, rung) == result  # a finished rung is read back, not retrained
     assert "| tiny | a tiny DiT on a tiny VAE | 3 |" in report_table([result])
     assert "| - | - | - |" in report_table([result])  # size, speed, background: fixed in this world
+
+    # a curriculum rung starts from the finished rung's model and counts its steps and minutes too
+    cur = rung.then("tiny-cur", "tiny, continued", init_from="tiny")
+    second = run_rung(exp, cur, {"tiny": rung})
+    assert second["total_steps"] == 6 and second["train_minutes"] > result["train_minutes"]
+    index = json.loads((tmp_path / "tiny-cur" / "model" / "model_index.json").read_text())
+    assert index["init_from"] == str(tmp_path / "tiny" / "model")
+    assert "| tiny-cur | tiny, continued | 6 |" in report_table([result, second])
 
 
 def test_the_doc_table_is_replaced_between_its_markers_and_the_prose_kept(tmp_path):

@@ -108,7 +108,11 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
         if len(shown) < 8:
             shown.append((clip, prompt))
     save_image(out / "eval.png", contact_sheet([c for c, _ in shown], [p for _, p in shown], scale=2))
+    counts = [len(s.objects) for s in scenes]
+    by_count = {str(k): {"all_correct": float(np.mean([c for c, m in zip(correct, counts, strict=True) if m == k])),
+                         "n": counts.count(k)} for k in sorted(set(counts))}
     return {"all_correct": float(np.mean(correct)), **{a: float(np.mean(v)) for a, v in hits.items()},
-            "temporal": float(np.mean(temporal)), "word_swap": word_swap_sensitivity(pipe, scenes, level), "n": n}
+            "temporal": float(np.mean(temporal)), "word_swap": word_swap_sensitivity(pipe, scenes, level), "n": n,
+            "by_count": by_count}
 
 

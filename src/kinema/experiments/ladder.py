@@ -50,6 +50,7 @@ class Rung:
     cond_prob: float = 0.0
     eval_level: str = "medium"  # caption level of the evaluation prompts
     clips: int = 8192
+    init_from: str | None = None  # a rung whose trained DiT starts this one (a curriculum); run first if needed
 
     def then(self, name: str, change: str, **fields) -> Rung:
         """The next rung: this one with `fields` merged in (dicts are updated, not replaced)."""
@@ -96,6 +97,10 @@ def default_rungs() -> dict[str, Rung]:
     # best size in the simple world, 192x6: 88%)
     objects = rungs[-1]
     rungs.append(objects.then("w-objects-d6", "w-objects at depth 6", dit={"depth": 6}))
+    # session 17: a curriculum at equal total steps: w-bg's trained DiT (single objects) continued on 1-3 objects
+    rungs.append(objects.then("w-objects-cur", "w-objects started from w-bg's trained DiT (single objects first)",
+                              init_from="w-bg"))
+    rungs.append(objects.then("w-objects-w256", "w-objects at width 256, 8 heads", dit={"dim": 256, "heads": 8}))
     rungs.append(bg.then("w-bg-mix", "w-bg trained on the default caption mix (detailed .5, medium .4, short .1)",
                          caption_mix={"detailed": 0.5, "medium": 0.4, "short": 0.1}))
     rungs.append(bg.then("w-bg-cond", "w-bg with 30% frame-conditioning samples", cond_prob=0.3,
@@ -171,7 +176,8 @@ class LadderExperiment:
             raise ValueError(f"unknown ladder rungs {unknown}; expected some of {list(default_rungs())}")
 
 
-def run_rung(exp: LadderExperiment, rung: Rung) -> dict:
+def run_rung(exp: LadderExperiment, rung: Rung, rungs: dict[str, Rung] | None = None) -> dict:
+    """Train, score and record one rung (a finished one is read back); `rungs` resolves `init_from` by name."""
     from kinema.config import TrainConfig
     from kinema.data.latents import LatentDataset
     from kinema.diffusion.objectives import FlowObjective
@@ -183,17 +189,24 @@ def run_rung(exp: LadderExperiment, rung: Rung) -> dict:
     done = run / "result.json"
     if done.exists():
         return json.loads(done.read_text())
+    init_steps, init_minutes = 0, 0.0
+    if rung.init_from is not None:  # the curriculum's first stage, trained (or reused) under the same budget
+        rungs = default_rungs() if rungs is None else rungs
+        first = run_rung(exp, rungs[rung.init_from], rungs)
+        init_steps, init_minutes = first.get("total_steps", first["steps"]), first["train_minutes"]
     data = LatentDataset(prepare_latents(rung, exp.out / "cache", exp.frames, exp.size))
     dit_cfg = DiTConfig(**{"in_channels": data.latent_shape[0], "text_dim": data.meta["text_dim"], **rung.dit})
     train_cfg = TrainConfig(**{"steps": exp.steps, "batch_size": exp.batch_size, "warmup_steps": 100,
                                "log_every": 25, "ckpt_every": 250, "seed": exp.seed, **rung.train})
     task = DiTTask(data, dit_cfg, FlowObjective(), train_cfg.batch_size, seed=exp.seed, caption_mix=rung.caption_mix,
-                   cond_prob=rung.cond_prob, vae_dir=Path(rung.vae), sample_steps=exp.eval_steps)
+                   cond_prob=rung.cond_prob, vae_dir=Path(rung.vae), sample_steps=exp.eval_steps,
+                   init_from=None if rung.init_from is None else exp.out / rung.init_from / "model")
     train(task, train_cfg, run, progress=False)
-    minutes = training_minutes(run / "metrics.jsonl", train_cfg.batch_size)
+    minutes = init_minutes + training_minutes(run / "metrics.jsonl", train_cfg.batch_size)
     world = world_config(rung, exp.frames, exp.size)
     scores = evaluate(run / "model", world, rung.eval_level, exp.eval_n, exp.eval_steps, exp.guidance, run)
-    result = {"rung": dataclasses.asdict(rung), "steps": exp.steps, "train_minutes": minutes,
+    result = {"rung": dataclasses.asdict(rung), "steps": exp.steps, "total_steps": init_steps + exp.steps,
+              "train_minutes": minutes,
               "threads": torch.get_num_threads(), "params": sum(p.numel() for p in task.build_model().parameters()),
               **scores}
     done.write_text(json.dumps(result, indent=2))
@@ -213,7 +226,7 @@ def training_minutes(metrics: Path, batch_size: int) -> float:
 
 def run_ladder(exp: LadderExperiment, doc: Path | None = None) -> list[dict]:
     rungs = default_rungs()
-    results = [run_rung(exp, rungs[name]) for name in exp.rungs]
+    results = [run_rung(exp, rungs[name], rungs) for name in exp.rungs]
     everything = [json.loads(p.read_text()) for p in sorted(exp.out.glob("*/result.json"))]
     (exp.out / "results.json").write_text(json.dumps(everything, indent=2))
     if doc is not None:
@@ -248,7 +261,8 @@ def report_table(results: list[dict]) -> str:
     rows = []
     for r in results:
         cells = [f"{r[a]:.0%}" if a in r else "-" for a in attrs]
-        rows.append(f"| {r['rung']['name']} | {r['rung']['change']} | {r['steps']} | **{r['all_correct']:.0%}** | "
+        steps = r.get("total_steps", r["steps"])
+        rows.append(f"| {r['rung']['name']} | {r['rung']['change']} | {steps} | **{r['all_correct']:.0%}** | "
                     + " | ".join(cells) + f" | {r['temporal']:.3f} | {r['word_swap']:+.0%} | "
                     f"{r['train_minutes']:.1f} |")
     return head + "\n".join(rows) + "\n"
