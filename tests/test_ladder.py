@@ -19,6 +19,9 @@ def test_each_rung_changes_what_it_says_and_keeps_the_rest():
     assert abs_pos.dit == {**base.dit, "abs_pos": True}  # merged into the base's DiT, not replacing it
     assert (abs_pos.world, abs_pos.train, abs_pos.vae) == (base.world, base.train, base.vae)
     assert rungs["no-clip"].train == {**base.train, "grad_clip": 100.0}
+    cur, objects = rungs["w-objects-cur"], rungs["w-objects"]
+    assert cur.init_from in rungs and (cur.world, cur.dit) == (objects.world, objects.dit)
+    assert rungs[cur.init_from].world == {**objects.world, "max_objects": 1}  # the same world with single objects
 
 
 def test_swapped_reverses_directions_and_varied_attributes_follow_the_world():

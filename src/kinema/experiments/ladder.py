@@ -101,6 +101,10 @@ def default_rungs() -> dict[str, Rung]:
     rungs.append(objects.then("w-objects-cur", "w-objects started from w-bg's trained DiT (single objects first)",
                               init_from="w-bg"))
     rungs.append(objects.then("w-objects-w256", "w-objects at width 256, 8 heads", dit={"dim": 256, "heads": 8}))
+    # captions that say where each object starts (the detailed level), trained and judged on: can the words be bound
+    # to objects by place, as prompt expansion would write them?
+    rungs.append(objects.then("w-objects-detailed", "w-objects on detailed captions (each object's start stated)",
+                              caption_mix={"medium": 0.0, "detailed": 1.0}, eval_level="detailed"))
     rungs.append(bg.then("w-bg-mix", "w-bg trained on the default caption mix (detailed .5, medium .4, short .1)",
                          caption_mix={"detailed": 0.5, "medium": 0.4, "short": 0.1}))
     rungs.append(bg.then("w-bg-cond", "w-bg with 30% frame-conditioning samples", cond_prob=0.3,
