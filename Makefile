@@ -45,8 +45,12 @@ shapes-model: $(STAMP)
 	$(KINEMA) data synth --n 4096 --out data/shapes-train --seed 0
 	$(KINEMA) vae train --data data/shapes-train --preset shapes --out runs/vae-shapes --preload
 	$(KINEMA) data synth --n 8192 --out data/shapes-dit --seed 2 --holdout $(HOLDOUT)
+	$(KINEMA) data synth --n 8192 --out data/shapes-dit-single --seed 3 --objects 1 --holdout $(HOLDOUT)
 	$(KINEMA) vae encode --vae runs/vae-shapes --data data/shapes-dit --out data/latents-dit-x8
-	$(KINEMA) dit train --latents data/latents-dit-x8 --preset ref --out runs/dit-shapes-ref --steps 8000 --sample-every 2000
+	$(KINEMA) vae encode --vae runs/vae-shapes --data data/shapes-dit-single --out data/latents-dit-single-x8
+	# a curriculum (docs/experiments/learning-efficiency.md): single objects first, then the full world from those weights
+	$(KINEMA) dit train --latents data/latents-dit-single-x8 --preset ref --out runs/dit-shapes-single --steps 4000 --sample-every 2000
+	$(KINEMA) dit train --latents data/latents-dit-x8 --preset ref --init-from runs/dit-shapes-single/model --out runs/dit-shapes-ref --steps 4000 --sample-every 2000
 	$(KINEMA) dit export --run runs/dit-shapes-ref --out $(MODEL) --weights ema --fp16
 	$(KINEMA) eval adherence --model $(MODEL) --n 50 --out $(MODEL)-adherence
 
