@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     pipe = TextToVideoPipeline.from_pretrained(args.model or default_model())
-    steps, guidance = pipe.defaults["steps"], pipe.defaults["guidance"]
+    steps, guidance = pipe.index.steps, pipe.index.guidance
     peer = wan_pipeline(pipe)
     text, _ = pipe.encode_prompt([PROMPT])
     bf16 = use_bf16(pipe.bf16, pipe.device)
