@@ -4,7 +4,7 @@ project's configuration, one factor per rung, so the rung where prompt adherence
     kinema experiment ladder --out runs/ladder --rungs base abs-pos [--doc docs/experiments/learning-efficiency.md]
 
 A rung is a world (WorldConfig fields), a VAE folder, a DiT (DiTConfig fields), training settings, the caption
-mix and the frame-conditioning share. For each rung:
+mix, the frame-conditioning share and, for a curriculum, the rung whose trained DiT it starts from. For each rung:
 
 1. its world is synthesised (cached per world and seed) and encoded with its VAE (cached per VAE);
 2. a DiT is trained for `steps` (resumes from its checkpoints);
