@@ -38,14 +38,6 @@ NEW_COLORS: dict[str, tuple[int, int, int]] = {
     "pink": (250, 110, 180),
 }
 RGB = {**COLORS, **NEW_COLORS}  # every color a world can render
-
-
-def check_new_color(name: str, what: str) -> str:
-    """`name` if it is a color outside the default world (NEW_COLORS); else an error naming `what` gave it."""
-    if name not in NEW_COLORS:
-        raise ValueError(f"{what}: {name!r} is not a color outside the default world; expected one of "
-                         f"{list(NEW_COLORS)} (kinema.data.world.NEW_COLORS)")
-    return name
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "black": (0, 0, 0),
     "dark gray": (64, 64, 64),
@@ -59,6 +51,14 @@ SPEEDS = ("slowly", "quickly")
 SIZE_RADIUS = {"small": 1 / 12, "large": 1 / 6}  # circumradius as a fraction of H
 SPEED_PX = {"slowly": 1 / 64, "quickly": 1 / 32}  # pixels per frame as a fraction of H
 DIRECTION = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0), "still": (0.0, 0.0)}
+
+
+def check_new_color(name: str, what: str) -> str:
+    """`name` if it is a color outside the default world (NEW_COLORS); else an error naming `what` gave it."""
+    if name not in NEW_COLORS:
+        raise ValueError(f"{what}: {name!r} is not a color outside the default world; expected one of "
+                         f"{list(NEW_COLORS)} (kinema.data.world.NEW_COLORS)")
+    return name
 
 
 def _check_names(field_name: str, given: tuple[str, ...], allowed: tuple[str, ...] | list[str]) -> None:

@@ -114,5 +114,3 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
     return {"all_correct": float(np.mean(correct)), **{a: float(np.mean(v)) for a, v in hits.items()},
             "temporal": float(np.mean(temporal)), "word_swap": word_swap_sensitivity(pipe, scenes, level), "n": n,
             "by_count": by_count}
-
-
