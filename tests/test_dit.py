@@ -91,6 +91,25 @@ def test_masked_text_tokens_do_not_change_the_output():
     assert not torch.allclose(model(x, t, text2, mask)[0], out[0], atol=1e-4)
 
 
+def test_masked_text_tokens_do_not_change_the_refined_output():
+    model = _trained_like(DiTConfig(**{**TINY.__dict__, "text_refiner": 2}))
+    x, t, text, mask = _inputs()
+    out = model(x, t, text, mask)
+    text2 = text.clone()
+    text2[0, 3:] = 100.0  # the refiner's self-attention must mask padding too
+    assert torch.allclose(model(x, t, text2, mask), out, atol=1e-5)
+
+
+def test_a_new_text_refiner_is_the_identity():
+    """Zero-initialised output projections: adding a refiner to trained weights changes nothing until it trains."""
+    plain = _trained_like()
+    refined = DiT(DiTConfig(**{**TINY.__dict__, "text_refiner": 1})).eval()
+    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+    assert all(k.startswith("text_embedder.refiner.") for k in missing) and missing and not unexpected
+    x, t, text, mask = _inputs()
+    assert torch.allclose(refined(x, t, text, mask), plain(x, t, text, mask), atol=1e-6)
+
+
 @pytest.mark.parametrize("L, Lk, masked", [(20, 20, False), (20, 7, True)])
 def test_explicit_cpu_attention_matches_sdpa_in_bf16(L, Lk, masked):
     """The bf16 CPU path (matmul -> softmax -> matmul) computes what SDPA does, forward and gradients."""

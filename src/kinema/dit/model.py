@@ -41,6 +41,7 @@ class DiTConfig:
     frame_conditioning: bool = True  # extra input channels for known frames + their mask
     rope_theta: float = 10000.0
     abs_pos: bool = False  # also add fixed 3D sin/cos positions to the tokens (DiT's absolute embedding)
+    text_refiner: int = 0  # trainable transformer layers over the prompt tokens before the blocks read them
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch", tuple(self.patch))
@@ -50,8 +51,8 @@ class DiTConfig:
             raise ValueError(f"DiTConfig: head dim {self.dim // self.heads} must be even for RoPE")
         if len(self.patch) != 3 or min(self.patch) < 1:
             raise ValueError(f"DiTConfig: patch must be three sizes >= 1 (pt, ph, pw), got {self.patch}")
-        if min(self.depth, self.in_channels, self.text_dim) < 1:
-            raise ValueError("DiTConfig: depth, in_channels, text_dim must be >= 1")
+        if min(self.depth, self.in_channels, self.text_dim) < 1 or self.text_refiner < 0:
+            raise ValueError("DiTConfig: depth, in_channels, text_dim must be >= 1 and text_refiner >= 0")
 
     @property
     def input_channels(self) -> int:
@@ -125,7 +126,7 @@ class DiT(nn.Module):
         pt, ph, pw = cfg.patch
         self.x_embedder = nn.Linear(cfg.input_channels * pt * ph * pw, cfg.dim)
         self.t_embedder = TimestepEmbedder(cfg.dim)
-        self.text_embedder = TextEmbedder(cfg.text_dim, cfg.dim)
+        self.text_embedder = TextEmbedder(cfg.text_dim, cfg.dim, cfg.text_refiner, cfg.heads)
         self.blocks = nn.ModuleList(DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.final_layer = FinalLayer(cfg.dim, cfg.in_channels * pt * ph * pw)
         self.initialize_weights()
@@ -142,6 +143,8 @@ class DiT(nn.Module):
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
             nn.init.zeros_(block.cross_attn.proj.weight)
+        for layer in self.text_embedder.refiner:
+            layer.zero_branches()
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)

@@ -77,6 +77,15 @@ def default_rungs() -> dict[str, Rung]:
         ref.then("ref-w128", "ref at width 128, 4 heads", dit={"dim": 128, "heads": 4}),
         ref.then("ref-ema999", "ref with EMA 0.999", train={"ema_decay": 0.999}),
     ]
+    # session 18: binding in isolation. Every multi-object rung so far started from the full world; these add a
+    # second object to ref's simple world (86% on one object), so a break here is binding, not world size
+    rungs.append(ref.then("ref-two", "ref's simple world with exactly 2 objects per clip",
+                          world={"min_objects": 2, "max_objects": 2}))
+    two = rungs[-1]
+    rungs.append(two.then("ref-two-refiner", "ref-two with 2 trainable text-refiner layers (words gather their "
+                          "object's other words before the video reads them)", dit={"text_refiner": 2}))
+    rungs.append(two.then("ref-two-cond", "ref-two with 30% frame-conditioning samples", cond_prob=0.3,
+                          dit={"frame_conditioning": True}))
     # from ref toward the full shapes world, one world factor per rung (each keeps the one before)
     world = ref
     for name, change, fields in (

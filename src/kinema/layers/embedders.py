@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from kinema.layers.attention import CrossAttention
+
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x * (1 + scale) + shift per sample, as one fused multiply-add; x (B, L, D), shift/scale (B, D)."""
@@ -34,14 +36,40 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
 
 
-class TextEmbedder(nn.Module):
-    """Prompt tokens -> model width, with a learned null token in front that is never masked."""
+class TextRefinerLayer(nn.Module):
+    """One pre-norm transformer layer over the prompt tokens (padding masked out). Its output projections start at
+    zero, so a new refiner is the identity and training decides what it adds."""
 
-    def __init__(self, text_dim: int, dim: int):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn = CrossAttention(dim, heads)  # queries and keys from the same tokens: masked self-attention
+        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
+        self.zero_branches()
+
+    def zero_branches(self) -> None:
+        """Zero the residual branches' output projections (call again after a model-wide re-initialisation)."""
+        for linear in (self.attn.proj, self.mlp[-1]):
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:  # (B, Lt, D), (B, Lt)
+        h = self.norm1(x)
+        x = x + self.attn(h, h, key_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class TextEmbedder(nn.Module):
+    """Prompt tokens -> model width, with a learned null token in front that is never masked; optionally refined by
+    `refiner_depth` trainable transformer layers, so each word's token can gather the words it belongs with (which
+    color goes with which shape and direction) before the video tokens read it (HunyuanVideo's token refiner)."""
+
+    def __init__(self, text_dim: int, dim: int, refiner_depth: int = 0, heads: int = 1):
         super().__init__()
         self.proj = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.pool_proj = nn.Linear(text_dim, dim)
         self.null = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.refiner = nn.ModuleList(TextRefinerLayer(dim, heads) for _ in range(refiner_depth))
 
     def forward(self, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, L, Dt), (B, L) -> tokens (B, 1+L, D), key mask (B, 1+L), pooled (B, D)."""
@@ -49,6 +77,8 @@ class TextEmbedder(nn.Module):
         pooled = self.pool_proj((text * m).sum(1) / m.sum(1).clamp(min=1.0))
         tokens = torch.cat([self.null.expand(text.shape[0], -1, -1).to(text.dtype), self.proj(text)], dim=1)
         key_mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
+        for layer in self.refiner:
+            tokens = layer(tokens, key_mask)
         return tokens, key_mask, pooled
 
 
