@@ -100,6 +100,19 @@ def test_masked_text_tokens_do_not_change_the_refined_output():
     assert torch.allclose(model(x, t, text2, mask), out, atol=1e-5)
 
 
+def test_without_the_pooled_prompt_the_text_enters_through_cross_attention_only():
+    model = _trained_like(DiTConfig(**{**TINY.__dict__, "pooled_text": False}))
+    assert model.text_embedder.pool_proj is None
+    x, t, text, mask = _inputs()
+    out = model(x, t, text, mask)
+    for block in model.blocks:  # cut cross-attention: the prompt no longer reaches the output at all
+        block.cross_attn.proj.weight.data.zero_()
+        block.cross_attn.proj.bias.data.zero_()
+    cut = model(x, t, text, mask)
+    assert not torch.allclose(cut, out, atol=1e-4)
+    assert torch.allclose(model(x, t, text + 1.0, mask), cut, atol=1e-6)
+
+
 def test_a_new_text_refiner_is_the_identity():
     """Zero-initialised output projections: adding a refiner to trained weights changes nothing until it trains."""
     plain = _trained_like()

@@ -4,8 +4,8 @@
 
 Each block: self-attention over all spacetime tokens (QK-norm, 3D RoPE; `attention` picks the fastest
 kernel for the device), cross-attention to the prompt's tokens (padding masked out; a learned null token is
-always present, so a dropped caption is "attend to nothing"), and an MLP; timestep + pooled prompt condition
-every block through adaLN-Zero.
+always present, so a dropped caption is "attend to nothing"), and an MLP; timestep + pooled prompt (unless
+`pooled_text` is off) condition every block through adaLN-Zero.
 Optional frame conditioning (image-to-video, extension, editing) concatenates known latent frames and
 their mask to the input channels: one model, one sampler, many tasks.
 
@@ -42,6 +42,10 @@ class DiTConfig:
     rope_theta: float = 10000.0
     abs_pos: bool = False  # also add fixed 3D sin/cos positions to the tokens (DiT's absolute embedding)
     text_refiner: int = 0  # trainable transformer layers over the prompt tokens before the blocks read them
+    # the mean prompt vector in adaLN's condition, beside the timestep. It is a bag of words: every token gets the
+    # same one, so it can say "a triangle and a ball" but not which object is which; without it the prompt enters
+    # through cross-attention only (PixArt-alpha), where each video token reads the words of its own object
+    pooled_text: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch", tuple(self.patch))
@@ -126,7 +130,7 @@ class DiT(nn.Module):
         pt, ph, pw = cfg.patch
         self.x_embedder = nn.Linear(cfg.input_channels * pt * ph * pw, cfg.dim)
         self.t_embedder = TimestepEmbedder(cfg.dim)
-        self.text_embedder = TextEmbedder(cfg.text_dim, cfg.dim, cfg.text_refiner, cfg.heads)
+        self.text_embedder = TextEmbedder(cfg.text_dim, cfg.dim, cfg.text_refiner, cfg.heads, cfg.pooled_text)
         self.blocks = nn.ModuleList(DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.final_layer = FinalLayer(cfg.dim, cfg.in_channels * pt * ph * pw)
         self.initialize_weights()
@@ -170,7 +174,7 @@ class DiT(nn.Module):
         rope = rope_cos_sin(rope_angles(grid_positions(grid, x.device), self.cfg.dim // self.cfg.heads,
                                         self.cfg.rope_theta))  # (L, Dh) each, shared by every block
         text_tokens, key_mask, pooled = self.text_embedder(text, text_mask)  # (B, 1+Lt, D), (B, 1+Lt), (B, D)
-        c = self.t_embedder(t) + pooled  # (B, D)
+        c = self.t_embedder(t) if pooled is None else self.t_embedder(t) + pooled  # (B, D)
         for block in self.blocks:
             tokens = block(tokens, c, rope, text_tokens, key_mask)
         out = self.final_layer(tokens, c)  # (B, L, C*pt*ph*pw)

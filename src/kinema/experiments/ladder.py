@@ -84,6 +84,8 @@ def default_rungs() -> dict[str, Rung]:
     two = rungs[-1]
     rungs.append(two.then("ref-two-refiner", "ref-two with 2 trainable text-refiner layers (words gather their "
                           "object's other words before the video reads them)", dit={"text_refiner": 2}))
+    rungs.append(two.then("ref-two-nopool", "ref-two without the pooled prompt vector in adaLN (the prompt enters "
+                          "through cross-attention only)", dit={"pooled_text": False}))
     rungs.append(two.then("ref-two-cond", "ref-two with 30% frame-conditioning samples", cond_prob=0.3,
                           dit={"frame_conditioning": True}))
     # from ref toward the full shapes world, one world factor per rung (each keeps the one before)

@@ -64,17 +64,17 @@ class TextEmbedder(nn.Module):
     `refiner_depth` trainable transformer layers, so each word's token can gather the words it belongs with (which
     color goes with which shape and direction) before the video tokens read it (HunyuanVideo's token refiner)."""
 
-    def __init__(self, text_dim: int, dim: int, refiner_depth: int = 0, heads: int = 1):
+    def __init__(self, text_dim: int, dim: int, refiner_depth: int = 0, heads: int = 1, pool: bool = True):
         super().__init__()
         self.proj = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(), nn.Linear(dim, dim))
-        self.pool_proj = nn.Linear(text_dim, dim)
+        self.pool_proj = nn.Linear(text_dim, dim) if pool else None
         self.null = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.refiner = nn.ModuleList(TextRefinerLayer(dim, heads) for _ in range(refiner_depth))
 
-    def forward(self, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, L, Dt), (B, L) -> tokens (B, 1+L, D), key mask (B, 1+L), pooled (B, D)."""
+    def forward(self, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(B, L, Dt), (B, L) -> tokens (B, 1+L, D), key mask (B, 1+L), pooled (B, D) (None without `pool`)."""
         m = mask[..., None].to(text.dtype)
-        pooled = self.pool_proj((text * m).sum(1) / m.sum(1).clamp(min=1.0))
+        pooled = None if self.pool_proj is None else self.pool_proj((text * m).sum(1) / m.sum(1).clamp(min=1.0))
         tokens = torch.cat([self.null.expand(text.shape[0], -1, -1).to(text.dtype), self.proj(text)], dim=1)
         key_mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
         for layer in self.refiner:
