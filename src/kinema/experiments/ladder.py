@@ -86,6 +86,7 @@ def default_rungs() -> dict[str, Rung]:
                           "object's other words before the video reads them)", dit={"text_refiner": 2}))
     rungs.append(two.then("ref-two-nopool", "ref-two without the pooled prompt vector in adaLN (the prompt enters "
                           "through cross-attention only)", dit={"pooled_text": False}))
+    rungs.append(two.then("ref-two-cur", "ref-two started from ref's trained DiT (one object first)", init_from="ref"))
     rungs.append(two.then("ref-two-cond", "ref-two with 30% frame-conditioning samples", cond_prob=0.3,
                           dit={"frame_conditioning": True}))
     # from ref toward the full shapes world, one world factor per rung (each keeps the one before)
