@@ -37,6 +37,21 @@ def test_synth_features_a_new_color_with_replay(tmp_path, capsys):
     assert "colors" in capsys.readouterr().err
 
 
+def test_synth_narrows_the_world_to_the_factors_given(tmp_path, capsys):
+    import json
+
+    assert main(["data", "synth", "--n", "24", "--out", str(tmp_path / "d"), "--frames", "5", "--size", "32",
+                 "--objects", "1", "--shapes", "circle", "square", "--object-sizes", "large", "--motions", "left",
+                 "--speeds", "quickly", "--backgrounds", "black"]) == 0
+    world = json.loads((tmp_path / "d" / "meta.json").read_text())["world"]
+    assert world["shapes"] == ["circle", "square"] and world["backgrounds"] == ["black"]
+    assert (world["sizes"], world["motions"], world["speeds"]) == (["large"], ["left"], ["quickly"])
+    medium = [json.loads(line)["captions"]["medium"] for line in (tmp_path / "d" / "captions.jsonl").open()]
+    assert all("black" in c and "triangle" not in c and "diamond" not in c for c in medium)
+    assert main(["data", "synth", "--n", "1", "--out", str(tmp_path / "e"), "--shapes", "hexagon"]) == 2
+    assert "shapes" in capsys.readouterr().err
+
+
 def test_demo_writes_a_playable_mp4_and_sheet(tmp_path):
     assert main(["demo", "--out", str(tmp_path)]) == 0  # with the bundled model when it is there
     frames = read_video(tmp_path / "shapes.mp4")

@@ -15,9 +15,13 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     (h, w), (lo, hi) = args.size, args.objects
     colors = tuple(args.colors or WorldConfig.colors)
     featured = tuple(args.featured or ())
+    # a smaller world (e.g. the learning-efficiency ladder's simple one): only the factors given are narrowed
+    narrowed = {f: tuple(v) for f in ("shapes", "backgrounds", "motions", "speeds") if (v := getattr(args, f))}
+    if args.object_sizes:
+        narrowed["sizes"] = tuple(args.object_sizes)
     cfg = WorldConfig(frames=args.frames, height=h, width=w, min_objects=lo, max_objects=hi,
                       holdout=tuple(args.holdout or ()), colors=tuple(dict.fromkeys(colors + featured)),
-                      featured=featured, featured_share=args.featured_share if featured else 0.0)
+                      featured=featured, featured_share=args.featured_share if featured else 0.0, **narrowed)
     out = synth_dataset(args.out, args.n, cfg, seed=args.seed, shard_size=args.shard_size,
                         overwrite=args.overwrite, sizes=args.sizes)
     print(f"wrote {args.n} clips to {out}")
@@ -70,6 +74,11 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout", nargs="*", help="'color shape' pairs never generated, e.g. 'yellow triangle'")
     p.add_argument("--colors", nargs="+", metavar="COLOR", help="object colors (default: the world's 8; `pink` is "
                    "a color outside it, for teaching a new concept)")
+    p.add_argument("--shapes", nargs="+", metavar="SHAPE", help="object shapes (default: all 4)")
+    p.add_argument("--object-sizes", nargs="+", metavar="SIZE", help="object sizes: small, large (default both)")
+    p.add_argument("--motions", nargs="+", metavar="MOTION", help="left right up down still (default all)")
+    p.add_argument("--speeds", nargs="+", metavar="SPEED", help="slowly quickly (default both)")
+    p.add_argument("--backgrounds", nargs="+", metavar="BG", help="black, 'dark gray', navy (default all)")
     p.add_argument("--featured", nargs="+", metavar="COLOR", help="a new concept with replay: --featured-share of "
                    "the clips has one of these colors, the others none (e.g. --featured pink)")
     p.add_argument("--featured-share", type=float, default=0.5, help="share of clips with a featured color")
