@@ -104,3 +104,4 @@ def test_scaling_experiment_end_to_end(tiny_latents, tmp_path):
     assert "World-simulator metrics along the sizes" in doc.read_text()
     assert TextToVideoPipeline.from_pretrained(tmp_path / "exp" / "unet" / "model").dit.__class__ is UNet3D
     assert "Power-law fits" in doc.read_text() and doc.with_suffix(".png").exists()
+    assert doc.with_name(doc.stem + "-world.png").stat().st_size > 1000  # world metrics against compute

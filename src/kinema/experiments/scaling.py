@@ -250,6 +250,42 @@ def plot(results: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def _world(run: dict, test: str, metric: str) -> float:
+    """One world metric of a run's generated clips (NaN where a tiny run found no object to measure)."""
+    return run["adherence"]["world"][test]["generated"].get(metric, float("nan"))
+
+
+def plot_world(results: dict, path: Path) -> Path | None:
+    """World-simulator metrics (`kinema eval world`) of each DiT size against its training compute; None when the
+    run measured none (`--world-n 0`)."""
+    from kinema.eval.report import pyplot, save_figure
+
+    dits = [r for n, r in results["runs"].items() if n.startswith("dit-") and "world" in r["adherence"]]
+    if not dits:
+        return None
+    plt = pyplot()
+    compute = [r["points"][-1]["compute"] for r in dits]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    for k, (test, metric, label) in enumerate((("motion", "count_kept", "frames with the right count"),
+                                               ("motion", "shape_kept", "frames with the majority shape"),
+                                               ("extension", "same_direction", "extensions keeping the direction"))):
+        ax.plot(compute, [100 * _world(r, test, metric) for r in dits], marker="o",
+                color=f"C{k}", label=label)
+    ax.set_ylabel("% (real clips: 100)")
+    ax.set_ylim(0, 105)
+    bx.plot(compute, [_world(r, "motion", "velocity_residual") for r in dits], marker="o",
+            label="straight-line residual (px)")
+    bx.plot(compute, [_world(r, "motion", "max_jump") for r in dits], marker="o",
+            label="largest jump beyond the steady step (px)")
+    bx.set_ylabel("pixels (real clips: 0)")
+    for axis, title in ((ax, "Objects kept as themselves"), (bx, "Motion: distance from the world's physics")):
+        axis.set_xscale("log")
+        axis.set_xlabel("training compute (FLOPs)")
+        axis.legend(fontsize=7)
+        axis.set_title(title)
+    return save_figure(fig, path)
+
+
 def _versus_reading(dit: dict, unet: dict) -> str:
     """One sentence on which backbone wins what, from the numbers."""
     loss = "DiT" if dit["points"][-1]["val_loss"] < unet["points"][-1]["val_loss"] else "U-Net"
@@ -267,6 +303,7 @@ def _signed(v: float | None) -> str:
 
 def write_report(results: dict, doc: Path) -> Path:
     image = plot(results, doc.with_suffix(".png"))
+    plot_world(results, doc.with_name(doc.stem + "-world.png"))  # shown in world-simulation.md
     doc.with_suffix(".json").write_text(json.dumps(results, indent=2))
     e = results["experiment"]
     computes = [p["compute"] for r in results["runs"].values() for p in r["points"]]
