@@ -16,9 +16,10 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     colors = tuple(args.colors or WorldConfig.colors)
     featured = tuple(args.featured or ())
     # a smaller world (e.g. the learning-efficiency ladder's simple one): only the factors given are narrowed
-    narrowed = {f: tuple(v) for f in ("shapes", "backgrounds", "motions", "speeds") if (v := getattr(args, f))}
-    if args.object_sizes:
-        narrowed["sizes"] = tuple(args.object_sizes)
+    # (WorldConfig field <- flag; --sizes already names the clip sizes, so object sizes are --object-sizes)
+    narrowed = {field: tuple(v) for field, flag in (("shapes", "shapes"), ("sizes", "object_sizes"),
+                                                    ("motions", "motions"), ("speeds", "speeds"),
+                                                    ("backgrounds", "backgrounds")) if (v := getattr(args, flag))}
     cfg = WorldConfig(frames=args.frames, height=h, width=w, min_objects=lo, max_objects=hi,
                       holdout=tuple(args.holdout or ()), colors=tuple(dict.fromkeys(colors + featured)),
                       featured=featured, featured_share=args.featured_share if featured else 0.0, **narrowed)

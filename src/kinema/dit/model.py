@@ -173,8 +173,10 @@ class DiT(nn.Module):
             tokens = tokens + sincos_3d(grid, self.cfg.dim, x.device).to(tokens.dtype)
         rope = rope_cos_sin(rope_angles(grid_positions(grid, x.device), self.cfg.dim // self.cfg.heads,
                                         self.cfg.rope_theta))  # (L, Dh) each, shared by every block
-        text_tokens, key_mask, pooled = self.text_embedder(text, text_mask)  # (B, 1+Lt, D), (B, 1+Lt), (B, D)
-        c = self.t_embedder(t) if pooled is None else self.t_embedder(t) + pooled  # (B, D)
+        text_tokens, key_mask, pooled = self.text_embedder(text, text_mask)  # (B, 1+Lt, D), (B, 1+Lt), (B, D) or None
+        c = self.t_embedder(t)  # (B, D)
+        if pooled is not None:
+            c = c + pooled
         for block in self.blocks:
             tokens = block(tokens, c, rope, text_tokens, key_mask)
         out = self.final_layer(tokens, c)  # (B, L, C*pt*ph*pw)
