@@ -123,6 +123,48 @@ def test_a_new_text_refiner_is_the_identity():
     assert torch.allclose(refined(x, t, text, mask), plain(x, t, text, mask), atol=1e-6)
 
 
+JOINT = DiTConfig(**{**TINY.__dict__, "joint_attention": True})
+
+
+def test_joint_attention_masks_padding_and_sizes_stay_independent():
+    model = _trained_like(JOINT)
+    x, t, text, mask = _inputs()
+    out = model(x, t, text, mask)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    text2 = text.clone()
+    text2[0, 3:] = 100.0  # padding is masked as keys of the joint attention, in both streams
+    assert torch.allclose(model(x, t, text2, mask), out, atol=1e-5)
+    text2[0, 0] += 1.0
+    assert not torch.allclose(model(x, t, text2, mask)[0], out[0], atol=1e-4)
+    assert torch.allclose(model(x[1:], t[1:], text[1:], mask[1:]), out[1:], atol=1e-5)
+
+
+def test_joint_attention_updates_the_prompt_with_the_video():
+    """MM-DiT: after a block, the prompt's tokens depend on the video (cross-attention never changes them); the last
+    block has no prompt output, so every weight gets a gradient (DDP needs no unused parameters)."""
+    model = _trained_like(JOINT)
+    x, t, text, mask = _inputs()
+    seen = []
+    model.blocks[0].register_forward_hook(lambda m, args, out: seen.append(out[1]))
+    model(x, t, text, mask)
+    model(x + 1.0, t, text, mask)
+    assert not torch.allclose(seen[0], seen[1], atol=1e-4)
+    assert not hasattr(model.blocks[-1], "text_mlp")
+    model.train()
+    model(x, t, text, mask).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_zero_initialised_joint_dit_outputs_zeros_and_keeps_the_prompt():
+    model = DiT(JOINT)
+    x, t, text, mask = _inputs()
+    assert torch.equal(model(x, t, text, mask), torch.zeros_like(x))
+    seen = []
+    model.blocks[0].register_forward_hook(lambda m, args, out: seen.append((args[3], out[1])))
+    model(x, t, text, mask)
+    assert torch.equal(*seen[0])  # the prompt stream's gates start at zero too: each block starts as the identity
+
+
 @pytest.mark.parametrize("L, Lk, masked", [(20, 20, False), (20, 7, True)])
 def test_explicit_cpu_attention_matches_sdpa_in_bf16(L, Lk, masked):
     """The bf16 CPU path (matmul -> softmax -> matmul) computes what SDPA does, forward and gradients."""

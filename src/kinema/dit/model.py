@@ -5,7 +5,9 @@
 Each block: self-attention over all spacetime tokens (QK-norm, 3D RoPE; `attention` picks the fastest
 kernel for the device), cross-attention to the prompt's tokens (padding masked out; a learned null token is
 always present, so a dropped caption is "attend to nothing"), and an MLP; timestep + pooled prompt (unless
-`pooled_text` is off) condition every block through adaLN-Zero.
+`pooled_text` is off) condition every block through adaLN-Zero. With `joint_attention` the blocks are MM-DiT
+blocks instead (SD3): the prompt tokens are a second stream with their own weights, and one attention over both
+streams replaces cross-attention, so words are updated by the video as well as read by it.
 Optional frame conditioning (image-to-video, extension, editing) concatenates known latent frames and
 their mask to the input channels: one model, one sampler, many tasks.
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kinema.layers.attention import CrossAttention, attention, rms_rope
+from kinema.layers.attention import CrossAttention, attention, rms, rms_rope
 from kinema.layers.embedders import TextEmbedder, TimestepEmbedder, gated, modulate, with_frame_condition
 from kinema.layers.patches import grid_positions, patchify, rope_angles, rope_cos_sin, sincos_3d, unpatchify
 
@@ -46,6 +48,10 @@ class DiTConfig:
     # same one, so it can say "a triangle and a ball" but not which object is which; without it the prompt enters
     # through cross-attention only (PixArt-alpha), where each video token reads the words of its own object
     pooled_text: bool = True
+    # MM-DiT (SD3): the prompt tokens are a second stream with their own weights, and one attention runs over video
+    # and prompt tokens together in every block, so the words are updated by the video they describe as well as
+    # read by it (replaces cross-attention)
+    joint_attention: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch", tuple(self.patch))
@@ -106,6 +112,53 @@ class DiTBlock(nn.Module):
         return gated(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
 
 
+class JointBlock(nn.Module):
+    """An MM-DiT block: video tokens x and prompt tokens each have their own adaLN, qkv, output projection and MLP;
+    one attention runs over [prompt; video] (video keys rotated by RoPE, prompt keys not; padding masked as keys).
+    The last block only lets the video read the prompt (`last`: no prompt output, so no unused weights)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, last: bool = False):
+        super().__init__()
+        self.heads, self.last = heads, last
+        hidden = int(dim * mlp_ratio)
+        self.norm1, self.norm2 = (nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6) for _ in range(2))
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.text_norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.text_qkv = nn.Linear(dim, (2 if last else 3) * dim)  # the last block's prompt only gives keys and values
+        self.text_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(dim, (2 if last else 6) * dim))
+        self.q_norm, self.k_norm, self.text_k_norm = (nn.RMSNorm(dim // heads, eps=1e-6) for _ in range(3))
+        if not last:
+            self.text_q_norm = nn.RMSNorm(dim // heads, eps=1e-6)
+            self.text_norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+            self.text_proj = nn.Linear(dim, dim)
+            self.text_mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def _heads(self, linear: nn.Linear, h: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (n, B, heads, L, Dh)
+        return linear(h).unflatten(-1, (-1, self.heads, h.shape[-1] // self.heads)).permute(2, 0, 3, 1, 4).contiguous()
+
+    def forward(self, x, c, rope, text, key_mask):  # x (B, L, D), c (B, D), text (B, Lt, D), key_mask (B, Lt)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        text_mod = self.text_adaLN(c).chunk(2 if self.last else 6, dim=1)
+        q, k, v = self._heads(self.qkv, modulate(self.norm1(x), shift_msa, scale_msa))  # (B, h, L, Dh) each
+        *tq, tk, tv = self._heads(self.text_qkv, modulate(self.text_norm1(text), text_mod[0], text_mod[1]))  # Lt
+        gain = q.shape[-1] ** -0.5
+        q = rms_rope(self.q_norm, q, rope, gain)
+        if not self.last:  # prompt queries too: the words read the video
+            q = torch.cat([rms(self.text_q_norm, tq[0], gain), q], dim=2)  # (B, h, Lt+L, Dh)
+        k = torch.cat([rms(self.text_k_norm, tk), rms_rope(self.k_norm, k, rope)], dim=2)  # (B, h, Lt+L, Dh)
+        mask = torch.cat([key_mask, key_mask.new_ones(x.shape[0], x.shape[1])], dim=1)[:, None, None, :]
+        out = attention(q, k, torch.cat([tv, v], dim=2), mask, scale=1.0).transpose(1, 2).flatten(2)  # (B, Lq, D)
+        x = gated(x, gate_msa, self.proj(out[:, -x.shape[1]:]))
+        x = gated(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        if self.last:
+            return x, text
+        _, _, t_gate_msa, t_shift_mlp, t_scale_mlp, t_gate_mlp = text_mod
+        text = gated(text, t_gate_msa, self.text_proj(out[:, :text.shape[1]]))
+        return x, gated(text, t_gate_mlp, self.text_mlp(modulate(self.text_norm2(text), t_shift_mlp, t_scale_mlp)))
+
+
 class FinalLayer(nn.Module):
     def __init__(self, dim: int, patch_dim: int):
         super().__init__()
@@ -131,7 +184,9 @@ class DiT(nn.Module):
         self.x_embedder = nn.Linear(cfg.input_channels * pt * ph * pw, cfg.dim)
         self.t_embedder = TimestepEmbedder(cfg.dim)
         self.text_embedder = TextEmbedder(cfg.text_dim, cfg.dim, cfg.text_refiner, cfg.heads, cfg.pooled_text)
-        self.blocks = nn.ModuleList(DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            JointBlock(cfg.dim, cfg.heads, cfg.mlp_ratio, last=i == cfg.depth - 1) if cfg.joint_attention
+            else DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for i in range(cfg.depth))
         self.final_layer = FinalLayer(cfg.dim, cfg.in_channels * pt * ph * pw)
         self.initialize_weights()
 
@@ -146,7 +201,11 @@ class DiT(nn.Module):
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
-            nn.init.zeros_(block.cross_attn.proj.weight)
+            if isinstance(block, JointBlock):  # the prompt stream's gates too: each block starts as the identity
+                nn.init.zeros_(block.text_adaLN[-1].weight)
+                nn.init.zeros_(block.text_adaLN[-1].bias)
+            else:
+                nn.init.zeros_(block.cross_attn.proj.weight)
         for layer in self.text_embedder.refiner:
             layer.zero_branches()
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
@@ -178,6 +237,9 @@ class DiT(nn.Module):
         if pooled is not None:
             c = c + pooled
         for block in self.blocks:
-            tokens = block(tokens, c, rope, text_tokens, key_mask)
+            if self.cfg.joint_attention:
+                tokens, text_tokens = block(tokens, c, rope, text_tokens, key_mask)
+            else:
+                tokens = block(tokens, c, rope, text_tokens, key_mask)
         out = self.final_layer(tokens, c)  # (B, L, C*pt*ph*pw)
         return unpatchify(out, self.cfg.patch, grid).to(x.dtype)

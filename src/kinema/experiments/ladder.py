@@ -89,6 +89,13 @@ def default_rungs() -> dict[str, Rung]:
     rungs.append(two.then("ref-two-cur", "ref-two started from ref's trained DiT (one object first)", init_from="ref"))
     rungs.append(two.then("ref-two-cond", "ref-two with 30% frame-conditioning samples", cond_prob=0.3,
                           dit={"frame_conditioning": True}))
+    # session 19: the one routing mechanism not yet tried: the words updated by the video in every block (MM-DiT)
+    rungs.append(two.then("ref-two-joint", "ref-two with joint text-video attention (MM-DiT blocks: the prompt is a "
+                          "second stream, one attention over both)", dit={"joint_attention": True}))
+    # finer tokens: at patch 1x2x2 a token is 16x16 px and two large objects often share one; on w-sizes, 8x8-px
+    # tokens took all-correct 14 -> 44% (v-s4c8 -> v-s4c8-p2)
+    rungs.append(two.then("ref-two-p1", "ref-two at patch 1x1x1 (320 tokens, 8x8 px per token)",
+                          dit={"patch": (1, 1, 1)}))
     # from ref toward the full shapes world, one world factor per rung (each keeps the one before)
     world = ref
     for name, change, fields in (
