@@ -13,7 +13,9 @@ mix, the frame-conditioning share and, for a curriculum, the rung whose trained 
    size, speed and background where the world varies them), all-correct per prompt, temporal consistency, and the
    word-swap sensitivity: how much the flow loss on real held-out clips rises when their caption's direction word
    is swapped;
-4. results.json and a markdown table of every rung run so far.
+4. its ceiling: the all-correct the probe reads on the rung's VAE's reconstructions of the same eval scenes (what
+   any DiT on that latent could reach on them; cached per world and VAE);
+5. results.json and a markdown table of every rung run so far.
 """
 
 from __future__ import annotations
@@ -211,7 +213,11 @@ def run_rung(exp: LadderExperiment, rung: Rung, rungs: dict[str, Rung] | None = 
     run = exp.out / rung.name
     done = run / "result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        if "ceiling" not in result:  # a rung recorded before rungs had ceilings gets one
+            result["ceiling"] = rung_ceiling(exp, rung)
+            done.write_text(json.dumps(result, indent=2))
+        return result
     init_steps, init_minutes = 0, 0.0
     if rung.init_from is not None:  # the curriculum's first stage, trained (or reused) under the same budget
         rungs = default_rungs() if rungs is None else rungs
@@ -231,9 +237,28 @@ def run_rung(exp: LadderExperiment, rung: Rung, rungs: dict[str, Rung] | None = 
     result = {"rung": dataclasses.asdict(rung), "steps": exp.steps, "total_steps": init_steps + exp.steps,
               "train_minutes": minutes,
               "threads": torch.get_num_threads(), "params": sum(p.numel() for p in task.build_model().parameters()),
-              **scores}
+              **scores, "ceiling": rung_ceiling(exp, rung)}
     done.write_text(json.dumps(result, indent=2))
     return result
+
+
+def rung_ceiling(exp: LadderExperiment, rung: Rung) -> float:
+    """All-correct (over the attributes the rung's prompts decide) that the probe reads on the rung's VAE's
+    reconstructions of its eval scenes: the most any DiT on that latent can score on them."""
+    from kinema.eval.fresh import eval_scenes, varied_attributes
+    from kinema.eval.vae import scenes_ceiling
+    from kinema.io.video import atomic_write_bytes
+    from kinema.io.weights import load_model
+    from kinema.vae.model import VAEConfig, VideoVAE
+
+    world = world_config(rung, exp.frames, exp.size)
+    path = exp.out / "cache" / f"ceiling-{_key([dataclasses.asdict(world), exp.eval_n])}-{vae_key(rung.vae)}.json"
+    if not path.exists():
+        vae = load_model(rung.vae, "vae", VideoVAE, VAEConfig).eval()
+        scores = scenes_ceiling(vae, eval_scenes(world, exp.eval_n), progress=False,
+                                decided=tuple(varied_attributes(world)))
+        atomic_write_bytes(path, json.dumps(scores, indent=2).encode())
+    return json.loads(path.read_text())["reconstructed"]["all_correct"]
 
 
 def training_minutes(metrics: Path, batch_size: int) -> float:
@@ -279,13 +304,14 @@ def report_table(results: list[dict]) -> str:
     order = {name: i for i, name in enumerate(default_rungs())}
     results = sorted(results, key=lambda r: order.get(r["rung"]["name"], len(order)))
     attrs = ("color", "shape", "motion", "count", "size", "speed", "background")
-    head = ("| rung | change | steps | all correct | " + " | ".join(attrs) + " | temporal | word swap | train min |\n"
-            + "|---" * (len(attrs) + 7) + "|\n")
+    head = ("| rung | change | steps | all correct | ceiling | " + " | ".join(attrs)
+            + " | temporal | word swap | train min |\n" + "|---" * (len(attrs) + 8) + "|\n")
     rows = []
     for r in results:
         cells = [f"{r[a]:.0%}" if a in r else "-" for a in attrs]
         steps = r.get("total_steps", r["steps"])
+        ceiling = f"{r['ceiling']:.0%}" if "ceiling" in r else "-"
         rows.append(f"| {r['rung']['name']} | {r['rung']['change']} | {steps} | **{r['all_correct']:.0%}** | "
-                    + " | ".join(cells) + f" | {r['temporal']:.3f} | {r['word_swap']:+.0%} | "
+                    f"{ceiling} | " + " | ".join(cells) + f" | {r['temporal']:.3f} | {r['word_swap']:+.0%} | "
                     f"{r['train_minutes']:.1f} |")
     return head + "\n".join(rows) + "\n"
