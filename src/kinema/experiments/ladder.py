@@ -234,7 +234,8 @@ def run_rung(exp: LadderExperiment, rung: Rung, rungs: dict[str, Rung] | None = 
     train_cfg = TrainConfig(**{"steps": exp.steps, "batch_size": exp.batch_size, "warmup_steps": 100,
                                "log_every": 25, "ckpt_every": 250, "seed": exp.seed, **rung.train})
     task = DiTTask(data, dit_cfg, FlowObjective(**rung.objective), train_cfg.batch_size, seed=exp.seed,
-                   caption_mix=rung.caption_mix, cond_prob=rung.cond_prob, vae_dir=Path(rung.vae), sample_steps=exp.eval_steps,
+                   caption_mix=rung.caption_mix, cond_prob=rung.cond_prob, vae_dir=Path(rung.vae),
+                   sample_steps=exp.eval_steps,
                    init_from=None if rung.init_from is None else exp.out / rung.init_from / "model")
     train(task, train_cfg, run, progress=False)
     minutes = init_minutes + training_minutes(run / "metrics.jsonl", train_cfg.batch_size)
