@@ -48,7 +48,38 @@ def test_layer_choice_concatenates_input_embeddings_and_last_layer(last_layer, l
     assert last.min() > 0.8 and first.max() < 0.6
 
 
-@pytest.mark.parametrize("name", ["minilm:", "minilm:7", "minilm:a,b"])
+def test_clauses_are_split_at_punctuation_and_conjunctions():
+    from kinema.text.encoder import split_clauses
+
+    assert split_clauses("a big red box moving left and a small cyan ball rising slowly, on a navy backdrop") == \
+        ["a big red box moving left", "a small cyan ball rising slowly", "on a navy backdrop"]
+    assert split_clauses("A disc starts at the top; meanwhile a box glides down.") == \
+        ["A disc starts at the top", "a box glides down"]
+    assert split_clauses("a red circle") == ["a red circle"] and split_clauses(" , ") == [" , "]
+
+
+def test_clause_tokens_follow_the_words_and_hold_each_clause_encoded_alone(layers_0_6):
+    from kinema.text.encoder import pooled
+
+    enc = load_text_encoder("minilm:0,6+clauses")
+    assert enc.dim == 768 and enc.clauses and not layers_0_6.clauses
+    prompts = ["a red circle moving left and a blue square moving up", "a green triangle"]
+    tokens, mask = enc(prompts)
+    words, word_mask = layers_0_6(prompts)
+    L = words.shape[1]
+    assert tokens.shape == (2, L + 2, 768) and mask[:, L:].tolist() == [[True, True], [True, False]]
+    assert torch.equal(tokens[:, :L], words) and torch.equal(mask[:, :L], word_mask)
+    alone, alone_mask = layers_0_6(["a blue square moving up"])
+    assert torch.allclose(tokens[0, L + 1], pooled(alone, alone_mask)[0], atol=1e-5)
+    # the clause token binds: swapping the objects' directions moves it far more than any word's state
+    swapped, _ = enc(["a red circle moving up and a blue square moving left"])
+    red = enc.tokenizer.encode(prompts[0]).tokens.index("red")
+    word_change = (swapped[0, red] - tokens[0, red]).norm() / tokens[0, red].norm()
+    clause_change = (swapped[0, L] - tokens[0, L]).norm() / tokens[0, L].norm()
+    assert clause_change > 2 * word_change
+
+
+@pytest.mark.parametrize("name", ["minilm:", "minilm:7", "minilm:a,b", "minilm:0,6+words"])
 def test_bad_layer_names_are_explained(name):
     with pytest.raises(ValueError, match="minilm"):
         load_text_encoder(name)

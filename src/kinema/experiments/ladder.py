@@ -31,6 +31,7 @@ import torch
 
 from kinema.data.world import BACKGROUNDS, COLORS, WorldConfig
 from kinema.eval.fresh import evaluate
+from kinema.text.encoder import DEFAULT_TEXT_ENCODER
 
 # ---------------------------------------------------------------------------------------------------
 # Rungs
@@ -51,6 +52,7 @@ class Rung:
     train: dict = field(default_factory=lambda: {"lr": 6e-4, "grad_clip": 1.0, "ema_decay": 0.999})
     caption_mix: dict = field(default_factory=lambda: {"medium": 1.0})
     objective: dict = field(default_factory=dict)  # FlowObjective fields (noise-level distribution, sampling shift)
+    text: str = DEFAULT_TEXT_ENCODER  # the text encoder of the latent cache's captions (kinema.text.encoder)
     cond_prob: float = 0.0
     eval_level: str = "medium"  # caption level of the evaluation prompts
     clips: int = 8192
@@ -100,6 +102,10 @@ def default_rungs() -> dict[str, Rung]:
     # more there and sample with more steps there (SD3's shift; median training noise level 0.5 -> 0.69)
     rungs.append(two.then("ref-two-hinoise", "ref-two trained and sampled at higher noise (logit-normal mean 0.8, "
                           "sampling shift 2)", objective={"logit_mean": 0.8, "shift": 2.0}))
+    # a word's token state barely says which object it belongs to (swapping the objects' directions moves a color
+    # word's state 1-6%): clause tokens, one per object's clause encoded on its own, after the words
+    rungs.append(two.then("ref-two-clauses", "ref-two with clause tokens (each object's clause encoded on its own, "
+                          "after the word tokens: minilm:0,6+clauses)", text="minilm:0,6+clauses"))
     # finer tokens: at patch 1x2x2 a token is 16x16 px and two large objects often share one; on w-sizes, 8x8-px
     # tokens took all-correct 14 -> 44% (v-s4c8 -> v-s4c8-p2)
     rungs.append(two.then("ref-two-p1", "ref-two at patch 1x1x1 (320 tokens, 8x8 px per token)",
@@ -170,7 +176,7 @@ def world_config(rung: Rung, frames: int, size: int) -> WorldConfig:
 def prepare_latents(rung: Rung, cache: Path, frames: int, size: int, seed: int = 5) -> Path:
     """The rung's world as a latent cache (synthesised and encoded once, shared by rungs that agree)."""
     from kinema.data.shards import synth_dataset
-    from kinema.encode import encode_dataset
+    from kinema.encode import encode_dataset, reencode_text
 
     world = world_config(rung, frames, size)
     data = cache / f"world-{_key([dataclasses.asdict(world), rung.clips, seed])}"
@@ -179,7 +185,12 @@ def prepare_latents(rung: Rung, cache: Path, frames: int, size: int, seed: int =
         synth_dataset(data, rung.clips, world, seed=seed, progress=False)
     if not (latents / "index.jsonl").exists():
         encode_dataset(rung.vae, data, latents, batch_size=32, progress=False)
-    return latents
+    if rung.text == DEFAULT_TEXT_ENCODER:
+        return latents
+    retexted = cache / f"{latents.name}-{_key(rung.text)}"  # the same latents, the captions re-encoded
+    if not (retexted / "index.jsonl").exists():
+        reencode_text(latents, retexted, rung.text, progress=False)
+    return retexted
 
 
 # ---------------------------------------------------------------------------------------------------
