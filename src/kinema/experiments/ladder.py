@@ -142,6 +142,8 @@ def default_rungs() -> dict[str, Rung]:
                          caption_mix={"detailed": 0.5, "medium": 0.4, "short": 0.1}))
     rungs.append(bg.then("w-bg-cond", "w-bg with 30% frame-conditioning samples", cond_prob=0.3,
                          dit={"frame_conditioning": True}))
+    rungs.append(bg.then("w-bg-hinoise", "w-bg trained and sampled at higher noise (as ref-two-hinoise)",
+                         objective={"logit_mean": 0.8, "shift": 2.0}))
     speeds = next(r for r in rungs if r.name == "w-speeds")
     rungs.append(speeds.then("w-speeds-w256", "w-speeds at width 256, 8 heads", dit={"dim": 256, "heads": 8}))
     # the latent: where small shapes break (w-sizes), the x4-space VAE at the same token count (16x16 px per token)
