@@ -106,3 +106,23 @@ def test_dit_train_patch_flag_gives_a_finer_token_grid(tiny_latents, tmp_path):
     assert json.loads((tmp_path / "exported" / "model_index.json").read_text())["trained_steps"] == 2
     with pytest.raises(SystemExit):
         main(["dit", "train", "--latents", str(tiny_latents), "--patch", "1x1", "--out", str(tmp_path / "bad")])
+
+
+def test_dit_train_flags_reach_the_model_and_the_objective(tiny_latents, tmp_path, capsys):
+    """The ladder's DiT and objective options from the CLI: saved with the model, used when it samples."""
+    from kinema.cli import main
+    from kinema.pipeline import TextToVideoPipeline
+
+    main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--joint-attention",
+          "--text-refiner", "1", "--no-pooled-text", "--logit-mean", "0.8", "--shift", "2", "--steps", "2",
+          "--batch-size", "2", "--ckpt-every", "2", "--sample-every", "0", "--out", str(tmp_path / "run")])
+    dit = json.loads((tmp_path / "run" / "model" / "dit.json").read_text())
+    assert (dit["joint_attention"], dit["text_refiner"], dit["pooled_text"]) == (True, 1, False)
+    objective = json.loads((tmp_path / "run" / "model" / "model_index.json").read_text())["objective"]
+    assert (objective["logit_mean"], objective["shift"]) == (0.8, 2.0)
+    pipe = TextToVideoPipeline.from_pretrained(tmp_path / "run" / "model")
+    assert pipe.objective.shift == 2.0 and pipe.dit.blocks[0].__class__.__name__ == "JointBlock"
+    assert pipe("a red circle moving left", steps=2, seed=0).ndim == 4
+    assert main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--objective", "epsilon",
+                 "--shift", "2", "--out", str(tmp_path / "bad")]) == 2
+    assert "use --objective flow" in capsys.readouterr().err

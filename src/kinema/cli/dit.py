@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -18,8 +19,16 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
 
     cfg = train_config(lookup(DIT_TRAIN, args.preset, "dit"), args)
     data = LatentDataset(args.latents)
-    model_cfg = dit_preset(args.preset, data.latent_shape[0], args.patch)
-    task = DiTTask(data, model_cfg, make_objective(args.objective), cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
+    model_cfg = dataclasses.replace(dit_preset(args.preset, data.latent_shape[0], args.patch),
+                                    text_refiner=args.text_refiner, pooled_text=not args.no_pooled_text,
+                                    joint_attention=args.joint_attention)
+    objective = make_objective(args.objective)
+    if args.logit_mean is not None or args.shift is not None:
+        if args.objective != "flow":
+            raise ValueError("--logit-mean and --shift set the flow objective's noise levels; use --objective flow")
+        objective = dataclasses.replace(objective, **{k: v for k, v in (("logit_mean", args.logit_mean),
+                                                                        ("shift", args.shift)) if v is not None})
+    task = DiTTask(data, model_cfg, objective, cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
                    vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None,
                    init_from=Path(args.init_from) if args.init_from else None)
     _plan_or_refuse(args, cfg, data)
@@ -158,6 +167,16 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", help="start from a model folder's DiT weights (a wider text input is zero-padded, "
                                        "so the start computes what that model computed)")
     p.add_argument("--force", action="store_true", help="train even when the plan says it cannot fit")
+    p.add_argument("--logit-mean", type=float, help="flow: centre of the logit-normal training noise levels (default "
+                   "0; 0.8 trains more at high noise, where the layout is decided)")
+    p.add_argument("--shift", type=float, help="flow: sampling shift of the noise schedule, saved with the model "
+                   "(default 1; > 1 spends more sampling steps at high noise)")
+    p.add_argument("--joint-attention", action="store_true", help="MM-DiT blocks: the prompt is a second stream and "
+                   "one attention runs over prompt and video (instead of cross-attention)")
+    p.add_argument("--text-refiner", type=int, default=0, metavar="N", help="N trainable layers over the prompt "
+                   "tokens before the blocks read them")
+    p.add_argument("--no-pooled-text", action="store_true", help="no mean prompt vector in adaLN (the prompt enters "
+                   "through attention only)")
     p.set_defaults(func=cmd_dit_train)
     p = dit.add_parser("distill", help="a few-step student by rectified-flow reflow on the teacher's own samples")
     add_model_flag(p, "teacher model folder")
