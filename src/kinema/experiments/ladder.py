@@ -150,6 +150,8 @@ def default_rungs() -> dict[str, Rung]:
     sizes = next(r for r in rungs if r.name == "w-sizes")
     rungs.append(sizes.then("v-s4c8", "w-sizes on the x4-space, 8-channel VAE (models/vae-s4c8), patch 1x4x4",
                             vae="models/vae-s4c8", dit={"patch": (1, 4, 4)}))
+    rungs.append(rungs[-1].then("v-s4c8-hinoise", "v-s4c8 trained and sampled at higher noise (as ref-two-hinoise)",
+                                objective={"logit_mean": 0.8, "shift": 2.0}))
     rungs.append(sizes.then("v-s4c8-p2", "w-sizes on models/vae-s4c8 at patch 1x2x2 (320 tokens, 8x8 px per token)",
                             vae="models/vae-s4c8", dit={"patch": (1, 2, 2)}))
     return {r.name: r for r in rungs}
