@@ -96,6 +96,8 @@ def test_dit_train_patch_flag_gives_a_finer_token_grid(tiny_latents, tmp_path):
     main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--patch", "1x1x1", "--steps", "2",
           "--batch-size", "2", "--ckpt-every", "2", "--sample-every", "0", "--out", str(tmp_path / "run")])
     assert json.loads((tmp_path / "run" / "model" / "dit.json").read_text())["patch"] == [1, 1, 1]
+    objective = json.loads((tmp_path / "run" / "model" / "model_index.json").read_text())["objective"]
+    assert (objective["logit_mean"], objective["shift"]) == (0.8, 2.0)  # the CLI's measured noise levels by default
     pipe = TextToVideoPipeline.from_pretrained(tmp_path / "run" / "model")
     s = pipe.vae.cfg.spatial_compression  # an odd latent size: fine for 1x1 patches, not for the default 2x2
     assert pipe("a red circle moving left", height=3 * s, width=5 * s, steps=2, seed=0).shape[1:] == (3 * s, 5 * s, 3)

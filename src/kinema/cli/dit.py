@@ -13,7 +13,7 @@ from kinema.cli.common import add_model_flag, add_train_flags, bundled_model, pa
 def cmd_dit_train(args: argparse.Namespace) -> None:
     from kinema.data.latents import LatentDataset
     from kinema.diffusion.objectives import make_objective
-    from kinema.presets import DIT_TRAIN, dit_preset, lookup
+    from kinema.presets import DIT_TRAIN, FLOW_NOISE, dit_preset, lookup
     from kinema.train.dit_task import DiTTask
     from kinema.train.loop import train
 
@@ -23,11 +23,11 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
                                     text_refiner=args.text_refiner, pooled_text=not args.no_pooled_text,
                                     joint_attention=args.joint_attention)
     objective = make_objective(args.objective)
-    if args.logit_mean is not None or args.shift is not None:
-        if args.objective != "flow":
-            raise ValueError("--logit-mean and --shift set the flow objective's noise levels; use --objective flow")
-        objective = dataclasses.replace(objective, **{k: v for k, v in (("logit_mean", args.logit_mean),
-                                                                        ("shift", args.shift)) if v is not None})
+    given = {k: v for k, v in (("logit_mean", args.logit_mean), ("shift", args.shift)) if v is not None}
+    if given and args.objective != "flow":
+        raise ValueError("--logit-mean and --shift set the flow objective's noise levels; use --objective flow")
+    if args.objective == "flow":
+        objective = dataclasses.replace(objective, **(FLOW_NOISE | given))
     task = DiTTask(data, model_cfg, objective, cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
                    vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None,
                    init_from=Path(args.init_from) if args.init_from else None)
@@ -168,9 +168,9 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
                                        "so the start computes what that model computed)")
     p.add_argument("--force", action="store_true", help="train even when the plan says it cannot fit")
     p.add_argument("--logit-mean", type=float, help="flow: centre of the logit-normal training noise levels (default "
-                   "0; 0.8 trains more at high noise, where the layout is decided)")
+                   "0.8: more training at high noise, where layout and motion are decided; 0 is SD3's)")
     p.add_argument("--shift", type=float, help="flow: sampling shift of the noise schedule, saved with the model "
-                   "(default 1; > 1 spends more sampling steps at high noise)")
+                   "(default 2: more sampling steps at high noise; 1 is none)")
     p.add_argument("--joint-attention", action="store_true", help="MM-DiT blocks: the prompt is a second stream and "
                    "one attention runs over prompt and video (instead of cross-attention)")
     p.add_argument("--text-refiner", type=int, default=0, metavar="N", help="N trainable layers over the prompt "
