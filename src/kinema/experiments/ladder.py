@@ -106,6 +106,8 @@ def default_rungs() -> dict[str, Rung]:
     # word's state 1-6%): clause tokens, one per object's clause encoded on its own, after the words
     rungs.append(two.then("ref-two-clauses", "ref-two with clause tokens (each object's clause encoded on its own, "
                           "after the word tokens: minilm:0,6+clauses)", text="minilm:0,6+clauses"))
+    rungs.append(ref.then("ref-hinoise", "ref trained and sampled at higher noise (does the easy world lose?)",
+                          objective={"logit_mean": 0.8, "shift": 2.0}))
     # finer tokens: at patch 1x2x2 a token is 16x16 px and two large objects often share one; on w-sizes, 8x8-px
     # tokens took all-correct 14 -> 44% (v-s4c8 -> v-s4c8-p2)
     rungs.append(two.then("ref-two-p1", "ref-two at patch 1x1x1 (320 tokens, 8x8 px per token)",
