@@ -31,6 +31,7 @@ import torch
 
 from kinema.data.world import BACKGROUNDS, COLORS, WorldConfig
 from kinema.eval.fresh import evaluate
+from kinema.presets import FLOW_NOISE
 from kinema.text.encoder import DEFAULT_TEXT_ENCODER
 
 # ---------------------------------------------------------------------------------------------------
@@ -101,13 +102,13 @@ def default_rungs() -> dict[str, Rung]:
     # the layout of two objects is decided at high noise (the sheets show them merging and trading colors): train
     # more there and sample with more steps there (SD3's shift; median training noise level 0.5 -> 0.69)
     rungs.append(two.then("ref-two-hinoise", "ref-two trained and sampled at higher noise (logit-normal mean 0.8, "
-                          "sampling shift 2)", objective={"logit_mean": 0.8, "shift": 2.0}))
+                          "sampling shift 2)", objective=dict(FLOW_NOISE)))
     # a word's token state barely says which object it belongs to (swapping the objects' directions moves a color
     # word's state 1-6%): clause tokens, one per object's clause encoded on its own, after the words
     rungs.append(two.then("ref-two-clauses", "ref-two with clause tokens (each object's clause encoded on its own, "
                           "after the word tokens: minilm:0,6+clauses)", text="minilm:0,6+clauses"))
     rungs.append(ref.then("ref-hinoise", "ref trained and sampled at higher noise (does the easy world lose?)",
-                          objective={"logit_mean": 0.8, "shift": 2.0}))
+                          objective=dict(FLOW_NOISE)))
     # finer tokens: at patch 1x2x2 a token is 16x16 px and two large objects often share one; on w-sizes, 8x8-px
     # tokens took all-correct 14 -> 44% (v-s4c8 -> v-s4c8-p2)
     rungs.append(two.then("ref-two-p1", "ref-two at patch 1x1x1 (320 tokens, 8x8 px per token)",
@@ -145,7 +146,7 @@ def default_rungs() -> dict[str, Rung]:
     rungs.append(bg.then("w-bg-cond", "w-bg with 30% frame-conditioning samples", cond_prob=0.3,
                          dit={"frame_conditioning": True}))
     rungs.append(bg.then("w-bg-hinoise", "w-bg trained and sampled at higher noise (as ref-two-hinoise)",
-                         objective={"logit_mean": 0.8, "shift": 2.0}))
+                         objective=dict(FLOW_NOISE)))
     speeds = next(r for r in rungs if r.name == "w-speeds")
     rungs.append(speeds.then("w-speeds-w256", "w-speeds at width 256, 8 heads", dit={"dim": 256, "heads": 8}))
     # the latent: where small shapes break (w-sizes), the x4-space VAE at the same token count (16x16 px per token)
@@ -153,7 +154,7 @@ def default_rungs() -> dict[str, Rung]:
     rungs.append(sizes.then("v-s4c8", "w-sizes on the x4-space, 8-channel VAE (models/vae-s4c8), patch 1x4x4",
                             vae="models/vae-s4c8", dit={"patch": (1, 4, 4)}))
     rungs.append(rungs[-1].then("v-s4c8-hinoise", "v-s4c8 trained and sampled at higher noise (as ref-two-hinoise)",
-                                objective={"logit_mean": 0.8, "shift": 2.0}))
+                                objective=dict(FLOW_NOISE)))
     rungs.append(sizes.then("v-s4c8-p2", "w-sizes on models/vae-s4c8 at patch 1x2x2 (320 tokens, 8x8 px per token)",
                             vae="models/vae-s4c8", dit={"patch": (1, 2, 2)}))
     return {r.name: r for r in rungs}
