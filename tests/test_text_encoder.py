@@ -63,6 +63,7 @@ def test_clause_tokens_follow_the_words_and_hold_each_clause_encoded_alone(layer
 
     enc = load_text_encoder("minilm:0,6+clauses")
     assert enc.dim == 768 and enc.clauses and not layers_0_6.clauses
+    assert load_text_encoder("minilm+clauses").clauses  # the last layer alone, with clauses: MiniLM, not a HF path
     prompts = ["a red circle moving left and a blue square moving up", "a green triangle"]
     tokens, mask = enc(prompts)
     words, word_mask = layers_0_6(prompts)

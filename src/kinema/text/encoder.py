@@ -254,7 +254,7 @@ class HFEncoder(TextEncoder):
 def load_text_encoder(name: str = MINILM) -> TextEncoder:
     """'minilm' (the packaged default; 'minilm:0,6' picks layers, '+clauses' adds clause tokens) or a local
     Hugging Face model directory."""
-    return MiniLMEncoder(name=name) if name == MINILM or name.startswith(MINILM + ":") else HFEncoder(name)
+    return MiniLMEncoder(name=name) if name.split(":")[0].removesuffix(CLAUSES) == MINILM else HFEncoder(name)
 
 
 def pooled(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
