@@ -9,7 +9,7 @@ from kinema.presets import vae_tiny
 from kinema.train.checkpoint import CheckpointError, load_checkpoint
 from kinema.train.loop import train
 from kinema.train.vae_task import VAETask
-from kinema.vae.loss import VAELossConfig
+from kinema.vae.loss import VAELossConfig, vae_loss
 from kinema.vae.model import Conv3d, VAEConfig, VideoVAE, fold, unfold
 
 
@@ -122,6 +122,44 @@ def test_tiny_vae_training_improves_reconstruction(tiny_dataset, tmp_path):
     assert result.exported == tmp_path / "vae.safetensors"
 
 
+def test_edge_loss_sees_blurred_corners_that_l1_barely_weighs():
+    x = -torch.ones(1, 3, 1, 32, 32)
+    x[..., 10:16, 10:16] = 1.0  # a small white square on black
+    blurred = torch.nn.functional.avg_pool3d(x, (1, 3, 3), stride=1, padding=(0, 1, 1), count_include_pad=False)
+    mean = logvar = torch.zeros(1, 4, 1, 8, 8)
+    plain, _ = vae_loss(x, blurred, mean, logvar, VAELossConfig())
+    edged, _ = vae_loss(x, blurred, mean, logvar, VAELossConfig(edge_weight=1.0))
+    assert edged > 1.5 * plain  # the edge term more than doubles what a rounded square costs
+    same, _ = vae_loss(x, x, mean, logvar, VAELossConfig(edge_weight=1.0))
+    assert same == 0.0
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        VAELossConfig(edge_weight=-1.0)
+
+
+def test_decoder_only_fine_tune_keeps_the_encoder_and_the_latent(tiny_dataset, tiny_vae_dir, tmp_path):
+    ds = ShardDataset(tiny_dataset)
+    cfg = TrainConfig(steps=6, batch_size=2, lr=1e-2, warmup_steps=1, log_every=3, ckpt_every=6)
+    task = VAETask(ds, vae_tiny(), VAELossConfig(edge_weight=1.0), 2, crop_frames=5, crop_size=16,
+                   init_from=tiny_vae_dir, decoder_only=True)
+    train(task, cfg, tmp_path, progress=False)
+    before = load_model(tiny_vae_dir, "vae", VideoVAE, VAEConfig)
+    after = load_model(tmp_path, "vae", VideoVAE, VAEConfig)
+    for (name, a), b in zip(before.encoder.state_dict().items(), after.encoder.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, b) for a, b in zip(before.decoder.parameters(), after.decoder.parameters(),
+                                                        strict=True))
+    clips = torch.stack([ds[i]["video"] for i in range(2)])
+    with torch.no_grad():  # same encoder, recalibrated on the same clips: the latent space is unchanged
+        assert torch.allclose(before.posterior(clips)[0], after.posterior(clips)[0])
+    # runs saved before the edge term existed still resume: an unset edge weight is not part of the run's identity
+    assert "edge_weight" not in VAETask(ds, vae_tiny(), VAELossConfig(), 2).model_config()["loss"]
+    with pytest.raises(ValueError, match="decoder_only needs init_from"):
+        VAETask(ds, vae_tiny(), VAELossConfig(), 2, decoder_only=True)
+    wrong = VAEConfig(latent_channels=8, spatial_compression=4, temporal_compression=4, base_channels=8)
+    with pytest.raises(ValueError, match="does not fit the VAE config"):
+        VAETask(ds, wrong, VAELossConfig(), 2, init_from=tiny_vae_dir).build_model()
+
+
 def test_corrupt_weights_and_checkpoints_give_clear_errors(tmp_path):
     save_model(tmp_path, "vae", VideoVAE(vae_tiny()), vae_tiny())
     data = (tmp_path / "vae.safetensors").read_bytes()
@@ -211,3 +249,19 @@ def test_pixel_shape_inverts_latent_shape(cfg):
             continue
         _, f, h, w = cfg.latent_shape(frames, size, 2 * size)
         assert cfg.pixel_shape(f, h, w) == (frames, size, 2 * size)
+
+
+def test_vae_train_cli_fine_tunes_a_vae_folder(tiny_dataset, tiny_vae_dir, tmp_path):
+    """--init-from takes the folder's architecture (not --preset's) and --decoder-only keeps its encoder."""
+    import json
+
+    from kinema.cli import main
+
+    with pytest.raises(SystemExit, match="--decoder-only needs --init-from"):
+        main(["vae", "train", "--data", str(tiny_dataset), "--decoder-only", "--out", str(tmp_path / "bad")])
+    main(["vae", "train", "--data", str(tiny_dataset), "--init-from", str(tiny_vae_dir), "--decoder-only",
+          "--edge-weight", "0.5", "--steps", "2", "--batch-size", "2", "--crop-size", "16", "--crop-frames", "5",
+          "--sample-every", "0", "--out", str(tmp_path / "run")])
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert config["vae"] == json.loads((tiny_vae_dir / "vae.json").read_text())
+    assert config["loss"]["edge_weight"] == 0.5 and config["init_from"]["decoder_only"] is True

@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from kinema.cli.common import add_text_encoder_flag, add_train_flags, train_config
 
 
 def cmd_vae_train(args: argparse.Namespace) -> None:
+    from kinema.config import from_dict
     from kinema.data.shards import ShardDataset
+    from kinema.io.weights import load_config
     from kinema.presets import VAE_PRESETS, VAE_TRAIN, lookup
     from kinema.train.loop import train
     from kinema.train.vae_task import VAETask
     from kinema.vae.loss import VAELossConfig
+    from kinema.vae.model import VAEConfig
 
     cfg = train_config(lookup(VAE_TRAIN, args.preset, "vae"), args)
-    task = VAETask(ShardDataset(args.data), lookup(VAE_PRESETS, args.preset, "vae"),
-                   VAELossConfig(temporal_weight=args.temporal_weight), cfg.batch_size, cfg.grad_accum,
-                   crop_frames=args.crop_frames, crop_size=args.crop_size, seed=cfg.seed, preload=args.preload)
+    if args.decoder_only and not args.init_from:
+        raise SystemExit("kinema vae train: --decoder-only needs --init-from (the VAE whose encoder it keeps)")
+    # a run started from a trained VAE takes that VAE's architecture; --preset then only sets the training schedule
+    if args.init_from:
+        model_cfg = from_dict(VAEConfig, load_config(args.init_from, "vae"), where=f"{args.init_from}/vae.json")
+    else:
+        model_cfg = lookup(VAE_PRESETS, args.preset, "vae")
+    loss_cfg = VAELossConfig(temporal_weight=args.temporal_weight, edge_weight=args.edge_weight)
+    task = VAETask(ShardDataset(args.data), model_cfg, loss_cfg, cfg.batch_size, cfg.grad_accum,
+                   crop_frames=args.crop_frames, crop_size=args.crop_size, seed=cfg.seed, preload=args.preload,
+                   init_from=Path(args.init_from) if args.init_from else None, decoder_only=args.decoder_only)
     result = train(task, cfg, args.out)
     print(f"trained to step {result.step}, loss {result.last_loss:.4f}; weights: {result.exported}")
 
@@ -59,7 +71,12 @@ def add_vae_commands(sub: argparse._SubParsersAction) -> None:
     add_train_flags(p, sorted(VAE_PRESETS), "shapes")
     p.add_argument("--crop-frames", type=int, default=9)
     p.add_argument("--crop-size", type=int, default=32)
-    p.add_argument("--temporal-weight", type=float, default=0.0)
+    p.add_argument("--temporal-weight", type=float, default=0.0, help="L1 on frame differences")
+    p.add_argument("--edge-weight", type=float, default=0.0, help="L1 on horizontal/vertical pixel differences "
+                   "(keeps small shapes' edges and corners)")
+    p.add_argument("--init-from", help="start from this VAE folder's weights (its vae.json sets the architecture)")
+    p.add_argument("--decoder-only", action="store_true", help="train only the decoder (with --init-from): the "
+                   "latent space stays the same, so latents already encoded and DiTs trained on them stay valid")
     p.add_argument("--preload", action="store_true", help="decode the whole dataset into memory once (fast)")
     p.set_defaults(func=cmd_vae_train)
     p = vae.add_parser("eval", help="PSNR / SSIM, compression ratio and encode/decode throughput")

@@ -12,7 +12,7 @@ from kinema.config import to_dict
 from kinema.data.buckets import batch_indices
 from kinema.data.shards import ShardDataset
 from kinema.io.video import contact_sheet, save_image, to_frames
-from kinema.io.weights import save_weights
+from kinema.io.weights import load_weights, save_weights
 from kinema.train.distributed import DistInfo
 from kinema.vae.loss import VAELossConfig, vae_loss
 from kinema.vae.model import VAEConfig, VideoVAE
@@ -30,9 +30,15 @@ class VAETask:
     seed: int = 0
     calibration_clips: int = 64
     preload: bool = False  # decode every clip once into memory (uint8) instead of per batch
+    init_from: Path | None = None  # a VAE folder (vae.safetensors + vae.json) whose weights start the run
+    # train the decoder only: the encoder, hence the latent space and every latent cache and DiT built on it, stays
+    # exactly as it was (Stable Diffusion's ft-MSE VAE was made this way); needs init_from
+    decoder_only: bool = False
     name: str = "vae"
 
     def __post_init__(self) -> None:
+        if self.decoder_only and self.init_from is None:
+            raise ValueError("VAETask: decoder_only needs init_from (a trained encoder to keep)")
         self._clips: torch.Tensor | None = None  # (N, F, H, W, 3) uint8 when preloaded
 
     def _clip(self, i: int, device: torch.device) -> torch.Tensor:
@@ -47,10 +53,25 @@ class VAETask:
         return self._clips[i].permute(3, 0, 1, 2).float() / 127.5 - 1.0
 
     def build_model(self) -> nn.Module:
-        return VideoVAE(self.model_cfg)
+        model = VideoVAE(self.model_cfg)
+        if self.init_from is not None:
+            state, _ = load_weights(self.init_from, "vae")
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as e:
+                raise ValueError(f"{self.init_from}/vae.safetensors does not fit the VAE config: {e}") from e
+        if self.decoder_only:
+            model.encoder.requires_grad_(False)
+        return model
 
     def model_config(self) -> dict:
-        return {"vae": to_dict(self.model_cfg), "loss": to_dict(self.loss_cfg)}
+        loss = to_dict(self.loss_cfg)
+        if not loss["edge_weight"]:  # added later: written only when set, so runs saved before it still resume
+            del loss["edge_weight"]
+        config = {"vae": to_dict(self.model_cfg), "loss": loss}
+        if self.init_from is not None:
+            config["init_from"] = {"folder": str(self.init_from), "decoder_only": self.decoder_only}
+        return config
 
     def tokens_per_sample(self) -> int:
         return self.crop_frames * self.crop_size * self.crop_size
