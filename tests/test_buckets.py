@@ -116,12 +116,13 @@ def test_dit_train_flags_reach_the_model_and_the_objective(tiny_latents, tmp_pat
     from kinema.pipeline import TextToVideoPipeline
 
     main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--joint-attention",
-          "--text-refiner", "1", "--no-pooled-text", "--logit-mean", "0.8", "--shift", "2", "--steps", "2",
+          "--text-refiner", "1", "--no-pooled-text", "--logit-mean", "0.8", "--shift", "2", "--prediction", "x0",
+          "--steps", "2",
           "--batch-size", "2", "--ckpt-every", "2", "--sample-every", "0", "--out", str(tmp_path / "run")])
     dit = json.loads((tmp_path / "run" / "model" / "dit.json").read_text())
     assert (dit["joint_attention"], dit["text_refiner"], dit["pooled_text"]) == (True, 1, False)
     objective = json.loads((tmp_path / "run" / "model" / "model_index.json").read_text())["objective"]
-    assert (objective["logit_mean"], objective["shift"]) == (0.8, 2.0)
+    assert (objective["logit_mean"], objective["shift"], objective["prediction"]) == (0.8, 2.0, "x0")
     pipe = TextToVideoPipeline.from_pretrained(tmp_path / "run" / "model")
     assert pipe.objective.shift == 2.0 and pipe.dit.blocks[0].__class__.__name__ == "JointBlock"
     assert pipe("a red circle moving left", steps=2, seed=0).ndim == 4

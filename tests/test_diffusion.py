@@ -62,12 +62,28 @@ def test_losses_are_zero_for_a_model_that_knows_the_target():
     assert obj.loss(oracle_eps, X0, g, data=X0) < 1e-6
 
 
+def test_x0_prediction_is_the_velocity_through_the_noised_point():
+    obj = FlowObjective(prediction="x0")
+    noise = torch.randn(X0.shape, generator=torch.Generator().manual_seed(2))
+    s = torch.tensor([0.3, 0.9])
+    x_t = obj.add_noise(X0, noise, s)
+    assert torch.allclose(obj.velocity(X0, x_t, s), noise - X0, atol=1e-5)  # the true x0 gives the true velocity
+    assert torch.equal(FlowObjective().velocity(X0, x_t, s), X0)  # velocity models pass through
+    assert obj.loss(lambda x_t, t, data: data, X0, torch.Generator().manual_seed(3), data=X0) < 1e-8
+    # the clean end: sigma is floored, so an x0 error there costs error / 0.05^2, not infinity
+    assert torch.isfinite(obj.velocity(X0 + 1, X0, torch.zeros(2))).all()
+    with pytest.raises(ValueError, match="expected 'velocity' or 'x0'"):
+        FlowObjective(prediction="epsilon")
+
+
 # ---------------------------------------------------------------------------------------------------
 # Samplers: an oracle model drives each to the data point; seeds reproduce
 # ---------------------------------------------------------------------------------------------------
 
 
 def _oracle(obj):
+    if isinstance(obj, FlowObjective) and obj.prediction == "x0":
+        return lambda x, t: X0.expand_as(x)
     if isinstance(obj, FlowObjective):
         return lambda x, t: (x - X0) / t.view(-1, 1, 1, 1, 1).clamp(min=1e-8)
     ac = obj.schedule.alphas_cumprod()
@@ -81,6 +97,7 @@ def _oracle(obj):
 
 @pytest.mark.parametrize("obj, sampler, steps, tol", [
     (FlowObjective(), "euler", 10, 1e-4),
+    (FlowObjective(prediction="x0"), "euler", 10, 1e-4),
     (EpsilonObjective(), "ddim", 20, 1e-3),
     (EpsilonObjective(prediction="v"), "ddim", 20, 1e-3),
     (EpsilonObjective(), "ddpm", 50, 0.05),

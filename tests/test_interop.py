@@ -78,3 +78,14 @@ def test_an_epsilon_model_is_refused_with_the_reason(exported, capsys):
     path.write_text(json.dumps(index))
     assert main(["export", "diffusers", str(exported)]) == 2
     assert "flow-matching" in capsys.readouterr().err
+
+
+def test_an_x0_prediction_model_is_refused_with_the_reason(exported, capsys):
+    from kinema.cli import main
+
+    path = exported / "model_index.json"
+    index = json.loads(path.read_text())
+    index["objective"]["prediction"] = "x0"  # diffusers' Euler scheduler would take its output for a velocity
+    path.write_text(json.dumps(index))
+    assert main(["export", "diffusers", str(exported)]) == 2
+    assert "predicts 'x0'" in capsys.readouterr().err

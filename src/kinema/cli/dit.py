@@ -23,9 +23,10 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
                                     text_refiner=args.text_refiner, pooled_text=not args.no_pooled_text,
                                     joint_attention=args.joint_attention)
     objective = make_objective(args.objective)
-    given = {k: v for k, v in (("logit_mean", args.logit_mean), ("shift", args.shift)) if v is not None}
+    given = {k: v for k, v in (("logit_mean", args.logit_mean), ("shift", args.shift), ("prediction", args.prediction))
+             if v is not None}
     if given and args.objective != "flow":
-        raise ValueError("--logit-mean and --shift set the flow objective's noise levels; use --objective flow")
+        raise ValueError("--logit-mean, --shift and --prediction set the flow objective; use --objective flow")
     if args.objective == "flow":
         objective = dataclasses.replace(objective, **(FLOW_NOISE | given))
     task = DiTTask(data, model_cfg, objective, cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
@@ -171,6 +172,9 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
                    "0.8: more training at high noise, where layout and motion are decided; 0 is SD3's)")
     p.add_argument("--shift", type=float, help="flow: sampling shift of the noise schedule, saved with the model "
                    "(default 2: more sampling steps at high noise; 1 is none)")
+    p.add_argument("--prediction", choices=["velocity", "x0"], help="flow: what the DiT outputs (default velocity; "
+                   "x0 predicts the clean latent, turned into a velocity for the loss and the sampler: for large "
+                   "patches, whose tokens have many values)")
     p.add_argument("--joint-attention", action="store_true", help="MM-DiT blocks: the prompt is a second stream and "
                    "one attention runs over prompt and video (instead of cross-attention)")
     p.add_argument("--text-refiner", type=int, default=0, metavar="N", help="N trainable layers over the prompt "

@@ -77,12 +77,29 @@ class EpsilonObjective:
         return masked_mse(pred, self.target(x0, noise, timesteps), cond.get("cond_mask"))
 
 
+X0_MIN_SIGMA = 0.05  # x0 prediction: the smallest sigma the velocity divides by (JiT clips 1 - t at 0.05 too)
+
+
 @dataclass(frozen=True)
 class FlowObjective:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     shift: float = 1.0  # sampling-time shift of the sigma schedule (SD3)
+    # what the network outputs: "velocity" (noise - x0), or "x0", the clean latent, turned into a velocity for the
+    # loss and the sampler (JiT, Li & He 2025: high-dimensional tokens are easier to denoise than to predict noise for)
+    prediction: str = "velocity"
     kind: str = "flow"
+
+    def __post_init__(self) -> None:
+        if self.prediction not in ("velocity", "x0"):
+            raise ValueError(f"FlowObjective.prediction: {self.prediction!r}; expected 'velocity' or 'x0'")
+
+    def velocity(self, out: torch.Tensor, x_t: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """The network's output as the velocity samplers integrate; for x0 prediction v = (x_t - x0) / sigma, with
+        sigma floored so the clean end does not blow up (its loss is then x0's error / sigma^2)."""
+        if self.prediction == "velocity":
+            return out
+        return (x_t - out) / _expand(sigmas, x_t).clamp(min=X0_MIN_SIGMA)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
         s = _expand(sigmas, x0)
@@ -100,7 +117,7 @@ class FlowObjective:
         sigmas = self.sample_sigmas(x0.shape[0], generator, x0.device)
         noise = _randn(x0, generator)
         x_t = keep_given(self.add_noise(x0, noise, sigmas), cond.get("cond"), cond.get("cond_mask"))
-        pred = model(x_t, sigmas, **cond)
+        pred = self.velocity(model(x_t, sigmas, **cond), x_t, sigmas)
         return masked_mse(pred, self.target(x0, noise), cond.get("cond_mask"))
 
 

@@ -157,7 +157,7 @@ def default_sampler(obj: Objective) -> str:
 
 @register_sampler("euler", "flow", "Euler steps along the predicted velocity (flow matching)")
 def _euler(obj, fn, x, levels, generator, start, callback):
-    return euler_sample(fn, x, torch.tensor(levels), start, callback)
+    return euler_sample(lambda x, t: obj.velocity(fn(x, t), x, t), x, torch.tensor(levels), start, callback)
 
 
 @register_sampler("ddim", "ddpm", "deterministic DDIM (epsilon / v models)")

@@ -74,8 +74,9 @@ def word_swap_sensitivity(pipe, scenes: list, level: str, draws: int = 4) -> flo
             sigma = torch.sigmoid(torch.randn(len(moving), generator=g))
             noise = torch.randn(x0.shape, generator=g)
             s = sigma.view(-1, 1, 1, 1, 1)
+            x_t = (1 - s) * x0 + s * noise
             with pipe._autocast():
-                pred = pipe.dit((1 - s) * x0 + s * noise, sigma, text=text, text_mask=mask).float()
+                pred = pipe.objective.velocity(pipe.dit(x_t, sigma, text=text, text_mask=mask).float(), x_t, sigma)
             total += (pred - (noise - x0)).pow(2).mean().item() / draws
         losses.append(total)
     return losses[1] / losses[0] - 1

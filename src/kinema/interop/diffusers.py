@@ -184,6 +184,9 @@ def export_diffusers(folder: str | Path) -> list[Path]:
         raise ValueError(f"{folder}/model_index.json: objective {index.objective.get('kind')!r}; the diffusers "
                          f"export supports flow-matching models (FlowMatchEulerDiscreteScheduler)")
     objective = objective_from_dict(index.objective)
+    if objective.prediction != "velocity":
+        raise ValueError(f"{folder}/model_index.json: this model predicts {objective.prediction!r}; diffusers' "
+                         f"FlowMatchEulerDiscreteScheduler integrates the transformer's output as a velocity")
     written = []
     FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=objective.shift).save_config(folder / "scheduler")
     written.append(folder / "scheduler" / "scheduler_config.json")

@@ -148,6 +148,9 @@ def distill(teacher_dir: str | Path, latents: str | Path, out: str | Path, train
     objective = objective_from_dict(index.objective)
     if objective.kind != "flow":
         raise ValueError(f"{teacher_dir}: reflow needs a flow-matching teacher, this one is {objective.kind!r}")
+    if objective.prediction != "velocity":
+        raise ValueError(f"{teacher_dir}: reflow trains a velocity student; this teacher predicts "
+                         f"{objective.prediction!r}")
     data = LatentDataset(latents)
     guidance = index.guidance if guidance is None else guidance
     files = make_pairs(load_backbone(teacher_dir), objective, data, out / "pairs", pairs, teacher_steps, guidance,
