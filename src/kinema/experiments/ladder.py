@@ -163,6 +163,8 @@ def default_rungs() -> dict[str, Rung]:
                                 "use the velocity it implies)", objective={"prediction": "x0"}))
     rungs.append(sizes.then("w-sizes-hinoise", "w-sizes trained and sampled at higher noise (the x8 control for "
                             "v-s4c8-hinoise)", objective=dict(FLOW_NOISE)))
+    rungs.append(rungs[-1].then("w-sizes-x0", "w-sizes-hinoise predicting x0 (does x0 help the x8 latent's 64-value "
+                                "tokens too?)", objective={"prediction": "x0"}))
     return {r.name: r for r in rungs}
 
 
