@@ -80,12 +80,28 @@ def test_an_epsilon_model_is_refused_with_the_reason(exported, capsys):
     assert "flow-matching" in capsys.readouterr().err
 
 
-def test_an_x0_prediction_model_is_refused_with_the_reason(exported, capsys):
-    from kinema.cli import main
+def test_an_x0_prediction_model_samples_in_diffusers_what_kinema_samples(tiny_model_dir, tmp_path):
+    """diffusers' Euler scheduler takes the transformer's output for a velocity: an x0 model's is converted."""
+    import shutil
 
-    path = exported / "model_index.json"
-    index = json.loads(path.read_text())
-    index["objective"]["prediction"] = "x0"  # diffusers' Euler scheduler would take its output for a velocity
-    path.write_text(json.dumps(index))
-    assert main(["export", "diffusers", str(exported)]) == 2
-    assert "predicts 'x0'" in capsys.readouterr().err
+    import torch
+
+    from kinema.cli import main
+    from kinema.interop.diffusers import KinemaPipeline
+    from kinema.pipeline import TextToVideoPipeline
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["objective"]["prediction"] = "x0"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    assert main(["export", "diffusers", str(folder)]) == 0
+    assert json.loads((folder / "transformer" / "config.json").read_text())["prediction"] == "x0"
+    ours = TextToVideoPipeline.from_pretrained(folder)
+    ours.bf16 = False
+    a = ours("a red circle moving right", steps=4, guidance=4.0, seed=3, sampler="euler")
+    b = KinemaPipeline.from_pretrained(folder)("a red circle moving right", num_inference_steps=4, guidance_scale=4.0,
+                                               generator=torch.Generator().manual_seed(3)).frames
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 0.05  # float rounding only
+    velocity = TextToVideoPipeline.from_pretrained(tiny_model_dir)
+    velocity.bf16 = False
+    assert not np.array_equal(a, velocity("a red circle moving right", steps=4, guidance=4.0, seed=3))

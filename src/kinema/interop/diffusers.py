@@ -36,7 +36,7 @@ from diffusers import __version__ as diffusers_version
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 
-from kinema.diffusion.objectives import objective_from_dict
+from kinema.diffusion.objectives import FlowObjective, objective_from_dict
 from kinema.diffusion.samplers import classifier_free_guidance
 from kinema.diffusion.schedules import flow_sigmas
 from kinema.io.video import to_frames
@@ -59,23 +59,27 @@ def _component_config(path: str | os.PathLike) -> tuple[Path, dict]:
 
 class KinemaTransformer(ModelMixin, ConfigMixin):
     """The denoiser (kinema's DiT, or its 3D U-Net baseline) as a diffusers model: `forward(hidden_states (B, C, F,
-    H, W), timestep (B,) in [0, 1], encoder_hidden_states (B, L, D), encoder_attention_mask (B, L))`."""
+    H, W), timestep (B,) in [0, 1], encoder_hidden_states (B, L, D), encoder_attention_mask (B, L))` -> the velocity
+    diffusers' FlowMatchEulerDiscreteScheduler integrates (an x0-predicting model's output is converted, as kinema's
+    own sampler does)."""
 
     @register_to_config
-    def __init__(self, kinema_file: str = "dit"):
+    def __init__(self, kinema_file: str = "dit", prediction: str = "velocity"):
         super().__init__()
         self.model: torch.nn.Module | None = None
+        self.objective = FlowObjective(prediction=prediction)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> KinemaTransformer:
         folder, config = _component_config(pretrained_model_name_or_path)
-        out = cls(kinema_file=config.get("kinema_file", "dit"))
+        out = cls(kinema_file=config.get("kinema_file", "dit"), prediction=config.get("prediction", "velocity"))
         out.model = load_backbone(folder)  # dit.safetensors, its SHA-256 checked
         return out.eval()
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 encoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model(hidden_states, timestep, text=encoder_hidden_states, text_mask=encoder_attention_mask)
+        out = self.model(hidden_states, timestep, text=encoder_hidden_states, text_mask=encoder_attention_mask)
+        return self.objective.velocity(out, hidden_states, timestep)
 
 
 class KinemaVAE(ModelMixin, ConfigMixin):
@@ -184,13 +188,10 @@ def export_diffusers(folder: str | Path) -> list[Path]:
         raise ValueError(f"{folder}/model_index.json: objective {index.objective.get('kind')!r}; the diffusers "
                          f"export supports flow-matching models (FlowMatchEulerDiscreteScheduler)")
     objective = objective_from_dict(index.objective)
-    if objective.prediction != "velocity":
-        raise ValueError(f"{folder}/model_index.json: this model predicts {objective.prediction!r}; diffusers' "
-                         f"FlowMatchEulerDiscreteScheduler integrates the transformer's output as a velocity")
     written = []
     FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=objective.shift).save_config(folder / "scheduler")
     written.append(folder / "scheduler" / "scheduler_config.json")
-    components = {"transformer": (KinemaTransformer, {"kinema_file": "dit"}),
+    components = {"transformer": (KinemaTransformer, {"kinema_file": "dit", "prediction": objective.prediction}),
                   "vae": (KinemaVAE, {"kinema_file": "vae"}),
                   "text_model": (KinemaTextEncoder, {"kinema_text_encoder": index.text_encoder})}
     for name, (cls, config) in components.items():
