@@ -65,6 +65,7 @@ def word_swap_sensitivity(pipe, scenes: list, level: str, draws: int = 4) -> flo
     video = torch.stack([to_tensor(render(s).numpy()) for _, s in moving])  # (B, 3, F, H, W)
     with pipe._autocast():
         x0 = torch.cat([pipe.vae.encode(v[None]).float() for v in video])  # (B, C, f, h, w)
+    obj = pipe.objective  # a flow objective: every caller's models are flow-matching
     losses = []
     for scene_list in ([s for _, s in moving], [swapped(s) for _, s in moving]):
         text, mask = pipe.encode_prompt([caption(s, level, i) for (i, _), s in zip(moving, scene_list, strict=True)])
@@ -73,11 +74,10 @@ def word_swap_sensitivity(pipe, scenes: list, level: str, draws: int = 4) -> flo
         for _ in range(draws):
             sigma = torch.sigmoid(torch.randn(len(moving), generator=g))
             noise = torch.randn(x0.shape, generator=g)
-            s = sigma.view(-1, 1, 1, 1, 1)
-            x_t = (1 - s) * x0 + s * noise
+            x_t = obj.add_noise(x0, noise, sigma)
             with pipe._autocast():
-                pred = pipe.objective.velocity(pipe.dit(x_t, sigma, text=text, text_mask=mask).float(), x_t, sigma)
-            total += (pred - (noise - x0)).pow(2).mean().item() / draws
+                pred = obj.velocity(pipe.dit(x_t, sigma, text=text, text_mask=mask).float(), x_t, sigma)
+            total += (pred - obj.target(x0, noise)).pow(2).mean().item() / draws
         losses.append(total)
     return losses[1] / losses[0] - 1
 

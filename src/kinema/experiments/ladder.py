@@ -159,8 +159,9 @@ def default_rungs() -> dict[str, Rung]:
                             vae="models/vae-s4c8", dit={"patch": (1, 2, 2)}))
     # JiT (Li & He 2025): a network that predicts the clean data handles high-dimensional tokens that a velocity
     # (noise) predictor cannot; the s4c8 latent at 80 tokens has 128 values per token
-    rungs.append(rungs[-2].then("v-s4c8-x0", "v-s4c8-hinoise predicting x0 (the clean latent; the loss and sampler "
-                                "use the velocity it implies)", objective={"prediction": "x0"}))
+    s4c8_hinoise = next(r for r in rungs if r.name == "v-s4c8-hinoise")
+    rungs.append(s4c8_hinoise.then("v-s4c8-x0", "v-s4c8-hinoise predicting x0 (the clean latent; the loss and "
+                                   "sampler use the velocity it implies)", objective={"prediction": "x0"}))
     rungs.append(sizes.then("w-sizes-hinoise", "w-sizes trained and sampled at higher noise (the x8 control for "
                             "v-s4c8-hinoise)", objective=dict(FLOW_NOISE)))
     rungs.append(rungs[-1].then("w-sizes-x0", "w-sizes-hinoise predicting x0 (does x0 help the x8 latent's 64-value "
