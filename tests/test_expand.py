@@ -52,6 +52,33 @@ def test_expansion_never_drops_or_contradicts_a_stated_attribute():
         assert all(o.size and o.motion and (o.speed or o.motion == "still") for o in parsed.objects)
 
 
+def test_a_size_stated_after_the_noun_is_kept():
+    # the adherence eval's paraphrases put the size last; expansion used to drop it and pick one at random
+    assert parse_caption("one white triangle, small in size; it heads right slowly").objects[0].size == "small"
+    assert parse_caption("a red circle (large) that heads left").objects[0].size == "large"
+    two = parse_caption("a big red disc moving left and a cyan box, tiny, sliding down")
+    assert [o.size for o in two.objects] == ["large", "small"]
+
+
+def test_every_adherence_prompt_expands_to_its_scene():
+    from kinema.eval.adherence import expanding, prompt_set
+
+    seen = []
+    generate = expanding(lambda prompt, seed: seen.append(prompt))
+    prompts = prompt_set(25, seed=123)
+    for p in prompts:
+        generate(p.prompt, p.seed)
+    for p, expanded in zip(prompts, seen, strict=True):
+        parsed = parse_caption(expanded)
+        assert parsed.background == p.scene["background"], (p.prompt, expanded)
+        got = sorted(parsed.objects, key=lambda o: o.color)
+        want = sorted(p.scene["objects"], key=lambda o: o["color"])
+        assert len(got) == len(want), (p.prompt, expanded)
+        for g, w in zip(got, want, strict=True):
+            assert (g.shape, g.color, g.size, g.motion) == (w["shape"], w["color"], w["size"], w["motion"])
+            assert g.speed == (w["speed"] if w["motion"] != "still" else None), (p.prompt, expanded)
+
+
 def test_expansion_is_seeded_and_keeps_ungroundable_prompts():
     assert expand_prompt("a red circle", seed=1) == expand_prompt("a red circle", seed=1)
     assert expand_prompt("a dog on a beach") == "a dog on a beach"

@@ -10,7 +10,7 @@ from kinema.cli.common import add_model_flag, eval_pipeline
 
 def cmd_eval_adherence(args: argparse.Namespace) -> None:
     from kinema.data.world import check_new_color
-    from kinema.eval.adherence import concept_prompts, pipeline_generator, prompt_set, run_adherence
+    from kinema.eval.adherence import concept_prompts, expanding, pipeline_generator, prompt_set, run_adherence
     from kinema.eval.probe import WORLD_COLORS
     from kinema.generate import default_model
 
@@ -20,6 +20,8 @@ def cmd_eval_adherence(args: argparse.Namespace) -> None:
         check_new_color(args.concept, "--concept")
         prompts, colors = prompts + concept_prompts(args.concept, args.n, args.seed), (*WORLD_COLORS, args.concept)
     generator = pipeline_generator(model, args.steps, args.guidance, args.lora, args.lora_scale)
+    if args.expand:
+        generator = expanding(generator)
     report = run_adherence(generator, prompts, args.out, colors=colors)
     for line in report.lines():
         print(line)
@@ -90,6 +92,8 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora-scale", type=float, default=1.0)
     p.add_argument("--concept", help="also judge prompts with this new color (a category 'new'; the probe reads it "
                    "too), e.g. pink")
+    p.add_argument("--expand", action="store_true", help="expand each prompt first, as `kinema generate` does by "
+                   "default (the default judges the model on the prompts as written)")
     p.add_argument("--out", default="out/adherence")
     model_eval("conditioning", "frame-conditioning fidelity per mode (image, extend, extend backward, connect): "
                "given frames kept, seams against real motion", 8, "rendered clips per mode", cmd_eval_conditioning, 20)

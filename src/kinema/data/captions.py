@@ -147,6 +147,7 @@ _DIRECTION_RE = re.compile(
 )
 _STILL_RE = re.compile(r"\b(?:still|not moving|does not move|doesn't move|motionless|stationary|in place)\b")
 _SPEED_RE = re.compile(rf"\b({_alternation(SPEED_WORDS)})\b")
+_SIZE_RE = re.compile(rf"\b({_alternation(SIZE_WORDS)})\b")  # a size stated after the noun: "a red disc (large)"
 _POSITION_RE = re.compile(
     r"\b(?:near|in|at|on|from) the (?:(top|upper|bottom|lower|middle)\s*)?(left|right|center|middle)?"
 )
@@ -190,6 +191,8 @@ def _parse_position(segment: str) -> tuple[str | None, str | None]:
 
 def _parse_object(match: re.Match, segment: str) -> ParsedObject:
     size, color, shape = match.groups()
+    if size is None and (m := _SIZE_RE.search(segment)):  # "one white triangle, small in size"
+        size = m.group(1)
     obj = ParsedObject(_canonical(SHAPE_WORDS, shape) if shape not in ("shape", "object") else None,
                        color, _canonical(SIZE_WORDS, size))
     if m := _DIRECTION_RE.search(segment):

@@ -192,3 +192,11 @@ def pipeline_generator(model_dir: str | Path, steps: int | None = None, guidance
 
     pipe = TextToVideoPipeline.from_pretrained(model_dir, lora, lora_scale)
     return lambda prompt, seed: pipe(prompt, steps=steps, guidance=guidance, seed=seed)
+
+
+def expanding(generate: Generator) -> Generator:
+    """The generator behind prompt expansion, as `kinema generate` runs by default: each prompt is rewritten into
+    a training-style caption (text/expand.py; every attribute it states is kept) before the model sees it."""
+    from kinema.text.expand import expand_prompt
+
+    return lambda prompt, seed: generate(expand_prompt(prompt, seed), seed)
