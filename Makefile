@@ -34,24 +34,24 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 
-# The whole bundled stack from scratch: data, VAE, latents, DiT, export, adherence. The recipe measured in session 15
-# (docs/experiments/learning-efficiency.md, "The bundled recipe on the full world"): the x8 VAE (42 min) and the ladder's
-# ref DiT for 8000 steps (49 min on 2 shared cores) reach 18% single-object all-correct, short of the bundled model's 30%
-# and of the 90% target. Every step resumes, so running it again continues where it stopped.
+# The whole bundled stack from scratch: data, VAE, latents, DiT, export, adherence: the bundled model's recipe
+# (session 21; its model card and docs/experiments/learning-efficiency.md): the x4-space, 8-channel VAE for 12000 steps
+# (1 h 45 min at 1 thread; probe ceiling 100% single-object) and the ladder's ref DiT predicting x0 at 80 tokens,
+# 4000 + 8000 single-object steps (62 min on 2 shared cores): 98% single-object all-correct. It draws one object, so
+# two-object prompts fail. Every step resumes, so running it again continues where it stopped.
 KINEMA  := .venv/bin/kinema
 MODEL   ?= runs/shapes-model
 HOLDOUT := "yellow triangle" "cyan square" "purple diamond" "white circle"
+DIT     := --preset ref --patch 1x4x4 --prediction x0 --sample-every 4000
 shapes-model: $(STAMP)
 	$(KINEMA) data synth --n 4096 --out data/shapes-train --seed 0
-	$(KINEMA) vae train --data data/shapes-train --preset shapes --out runs/vae-shapes --preload
-	$(KINEMA) data synth --n 8192 --out data/shapes-dit --seed 2 --holdout $(HOLDOUT)
+	$(KINEMA) vae train --data data/shapes-train --preset shapes-s4c8 --steps 12000 --out runs/vae-shapes-s4c8 --preload
 	$(KINEMA) data synth --n 8192 --out data/shapes-dit-single --seed 3 --objects 1 --holdout $(HOLDOUT)
-	$(KINEMA) vae encode --vae runs/vae-shapes --data data/shapes-dit --out data/latents-dit-x8
-	$(KINEMA) vae encode --vae runs/vae-shapes --data data/shapes-dit-single --out data/latents-dit-single-x8
-	# a curriculum (docs/experiments/learning-efficiency.md): single objects first, then the full world from those weights
-	$(KINEMA) dit train --latents data/latents-dit-single-x8 --preset ref --out runs/dit-shapes-single --steps 4000 --sample-every 2000
-	$(KINEMA) dit train --latents data/latents-dit-x8 --preset ref --init-from runs/dit-shapes-single/model --out runs/dit-shapes-ref --steps 4000 --sample-every 2000
-	$(KINEMA) dit export --run runs/dit-shapes-ref --out $(MODEL) --weights ema --fp16
+	$(KINEMA) vae encode --vae runs/vae-shapes-s4c8 --data data/shapes-dit-single --out data/latents-model-single
+	# single objects, then 8000 more steps from those weights (a cosine restart: how the bundled model was made)
+	$(KINEMA) dit train --latents data/latents-model-single $(DIT) --out runs/dit-model-4k --steps 4000
+	$(KINEMA) dit train --latents data/latents-model-single $(DIT) --init-from runs/dit-model-4k/model --out runs/dit-model-12k --steps 8000
+	$(KINEMA) dit export --run runs/dit-model-12k --out $(MODEL) --weights ema --fp16
 	$(KINEMA) eval adherence --model $(MODEL) --n 50 --out $(MODEL)-adherence
 
 clean:
