@@ -33,7 +33,8 @@ def wan_pipeline(pipe: TextToVideoPipeline):
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 
     transformer = wan_like(pipe.dit.cfg).eval()
-    vae = wan_vae_like(params(pipe.vae))
+    cfg = pipe.vae.cfg
+    vae = wan_vae_like(params(pipe.vae), cfg.latent_channels, cfg.spatial_compression, cfg.temporal_compression)
     return WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0))
 

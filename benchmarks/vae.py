@@ -20,15 +20,21 @@ from kinema.presets import vae_shapes  # noqa: E402
 from kinema.vae.model import VideoVAE  # noqa: E402
 
 
-def wan_vae_like(target_params: int):
-    """AutoencoderKLWan (x4 time via temperal_downsample, x8 space, z=16) with base_dim chosen so its size
-    is closest to ours."""
+def wan_vae_like(target_params: int, z_dim: int = 16, spatial: int = 8, temporal: int = 4):
+    """AutoencoderKLWan of our layout (default x4 time via temperal_downsample, x8 space, z=16: one
+    downsampling level per factor of 2 in space, the last log2(temporal) of them in time too) with base_dim
+    chosen so its size is closest to ours."""
     from diffusers import AutoencoderKLWan
 
+    levels, time_levels = spatial.bit_length() - 1, temporal.bit_length() - 1
+    dim_mult = [min(2 ** i, 4) for i in range(levels + 1)]  # x8: [1, 2, 4, 4]; x4: [1, 2, 4]
+    downsample_time = [i >= levels - time_levels for i in range(levels)]  # x8, x4 time: [False, True, True]
     best = None
     for base in (8, 12, 16, 20, 24, 32):
-        model = AutoencoderKLWan(base_dim=base, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                                 temperal_downsample=[False, True, True])
+        model = AutoencoderKLWan(base_dim=base, z_dim=z_dim, dim_mult=dim_mult, num_res_blocks=1,
+                                 temperal_downsample=downsample_time, latents_mean=[0.0] * z_dim,
+                                 latents_std=[1.0] * z_dim, scale_factor_spatial=spatial,
+                                 scale_factor_temporal=temporal)
         if best is None or abs(params(model) - target_params) < abs(params(best) - target_params):
             best = model
     return best.eval()
