@@ -166,9 +166,8 @@ def default_rungs() -> dict[str, Rung]:
     # tokens learned shape faster per step but cost 5.5x. At a quarter of the width the 320 tokens cost about as much
     # per step as 80 wide ones: is it the token size that draws shapes, at equal compute? (No: 17% vs 31%, shape 30%
     # vs 33%, motion 45% vs 95%; the width matters more.)
-    s4c8_x0 = rungs[-1]
-    rungs.append(s4c8_x0.then("v-s4c8-x0-p2w96", "v-s4c8-x0 at patch 1x2x2 (320 tokens of 8x8 px), width 96, 3 heads",
-                              dit={"patch": (1, 2, 2), "dim": 96, "heads": 3}))
+    rungs.append(rungs[-1].then("v-s4c8-x0-p2w96", "v-s4c8-x0 at patch 1x2x2 (320 tokens of 8x8 px), width 96, "
+                                "3 heads", dit={"patch": (1, 2, 2), "dim": 96, "heads": 3}))
     rungs.append(sizes.then("w-sizes-hinoise", "w-sizes trained and sampled at higher noise (the x8 control for "
                             "v-s4c8-hinoise)", objective=dict(FLOW_NOISE)))
     rungs.append(rungs[-1].then("w-sizes-x0", "w-sizes-hinoise predicting x0 (does x0 help the x8 latent's 64-value "
