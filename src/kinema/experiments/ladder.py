@@ -48,7 +48,7 @@ class Rung:
     name: str
     change: str  # what this rung changes, in words
     world: dict = field(default_factory=lambda: dict(SIMPLE_WORLD))  # WorldConfig fields
-    vae: str = "models/shapes-64"  # a folder with vae.safetensors + vae.json
+    vae: str = "models/vae-x8c16"  # a folder with vae.safetensors + vae.json (the x8 VAE of bundled v1-v4)
     dit: dict = field(default_factory=lambda: {"dim": 128, "depth": 4, "heads": 4, "frame_conditioning": False})
     train: dict = field(default_factory=lambda: {"lr": 6e-4, "grad_clip": 1.0, "ema_decay": 0.999})
     caption_mix: dict = field(default_factory=lambda: {"medium": 1.0})
@@ -107,6 +107,15 @@ def default_rungs() -> dict[str, Rung]:
     # word's state 1-6%): clause tokens, one per object's clause encoded on its own, after the words
     rungs.append(two.then("ref-two-clauses", "ref-two with clause tokens (each object's clause encoded on its own, "
                           "after the word tokens: minilm:0,6+clauses)", text="minilm:0,6+clauses"))
+    # session 22: ref-two-hinoise is the only two-object rung that climbs with steps (9% at 1500, 47% at 6000); from
+    # it, one factor each at 6000 steps: the width (on w-speeds 128 -> 256 took 12 -> 47%), and the bundled model's
+    # latent with the objective it needs there (x0: on s4c8 v-s4c8-hinoise -> v-s4c8-x0 took motion 78 -> 95%)
+    hinoise_two = next(r for r in rungs if r.name == "ref-two-hinoise")
+    rungs.append(hinoise_two.then("ref-two-w256", "ref-two-hinoise at width 256, 8 heads",
+                                  dit={"dim": 256, "heads": 8}))
+    rungs.append(hinoise_two.then("ref-two-s4c8-x0", "ref-two-hinoise on the bundled x4-space, 8-channel latent "
+                                  "(models/vae-s4c8, patch 1x4x4) predicting x0", vae="models/vae-s4c8",
+                                  dit={"patch": (1, 4, 4)}, objective={"prediction": "x0"}))
     rungs.append(ref.then("ref-hinoise", "ref trained and sampled at higher noise (does the easy world lose?)",
                           objective=dict(FLOW_NOISE)))
     # finer tokens: at patch 1x2x2 a token is 16x16 px and two large objects often share one; on w-sizes, 8x8-px
