@@ -9,7 +9,7 @@ from kinema.presets import vae_tiny
 from kinema.train.checkpoint import CheckpointError, load_checkpoint
 from kinema.train.loop import train
 from kinema.train.vae_task import VAETask
-from kinema.vae.loss import VAELossConfig, vae_loss
+from kinema.vae.loss import VAELossConfig, foreground_mask, vae_loss
 from kinema.vae.model import Conv3d, VAEConfig, VideoVAE, fold, unfold
 
 
@@ -136,6 +136,35 @@ def test_edge_loss_sees_blurred_corners_that_l1_barely_weighs():
         VAELossConfig(edge_weight=-1.0)
 
 
+def test_foreground_weight_counts_a_small_object_as_much_as_its_background():
+    x = -torch.ones(2, 3, 2, 32, 32)
+    x[0, :, :, 4:10, 4:10] = 1.0  # a small white square on black
+    x[1] = 0.2  # a flat gray frame: no foreground
+    x[1, 0, :, 20:24, 20:26] = 0.9  # a red-ish patch: one channel differs
+    mask = foreground_mask(x)
+    assert mask.shape == (2, 1, 2, 32, 32)
+    assert mask[0, 0, 0].sum() == 36 and mask[0, 0, 0, 4:10, 4:10].all()
+    assert mask[1, 0, 0].sum() == 24 and mask[1, 0, 0, 20:24, 20:26].all()
+    mean = logvar = torch.zeros(2, 4, 1, 8, 8)
+    wrong_object = x.clone()
+    wrong_object[0, :, :, 4:10, 4:10] = -1.0  # the square lost
+    wrong_background = x.clone()
+    wrong_background[0, :, :, 20:26, 20:26] = 1.0  # a square drawn where there is none: as many wrong pixels
+    cfg = VAELossConfig(foreground_weight=9.0)
+    plain = [vae_loss(x, y, mean, logvar, VAELossConfig())[0] for y in (wrong_object, wrong_background)]
+    weighted = [vae_loss(x, y, mean, logvar, cfg)[0] for y in (wrong_object, wrong_background)]
+    assert torch.isclose(plain[0], plain[1])  # unweighted, both errors cost the same
+    assert weighted[0] > 5 * weighted[1]  # weighted, losing the object costs far more
+    assert vae_loss(x, x, mean, logvar, cfg)[0] == 0.0
+    # a frame with no foreground: the weighted loss is the plain one
+    flat = torch.full((1, 3, 2, 32, 32), 0.2)
+    noisy = flat + 0.1 * torch.randn_like(flat)
+    assert torch.isclose(vae_loss(flat, noisy, mean[:1], logvar[:1], cfg)[0],
+                         vae_loss(flat, noisy, mean[:1], logvar[:1], VAELossConfig())[0])
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        VAELossConfig(foreground_weight=-1.0)
+
+
 def test_decoder_only_fine_tune_keeps_the_encoder_and_the_latent(tiny_dataset, tiny_vae_dir, tmp_path):
     ds = ShardDataset(tiny_dataset)
     cfg = TrainConfig(steps=6, batch_size=2, lr=1e-2, warmup_steps=1, log_every=3, ckpt_every=6)
@@ -152,7 +181,8 @@ def test_decoder_only_fine_tune_keeps_the_encoder_and_the_latent(tiny_dataset, t
     with torch.no_grad():  # same encoder, recalibrated on the same clips: the latent space is unchanged
         assert torch.allclose(before.posterior(clips)[0], after.posterior(clips)[0])
     # runs saved before the edge term existed still resume: an unset edge weight is not part of the run's identity
-    assert "edge_weight" not in VAETask(ds, vae_tiny(), VAELossConfig(), 2).model_config()["loss"]
+    loss = VAETask(ds, vae_tiny(), VAELossConfig(), 2).model_config()["loss"]
+    assert "edge_weight" not in loss and "foreground_weight" not in loss
     with pytest.raises(ValueError, match="decoder_only needs init_from"):
         VAETask(ds, vae_tiny(), VAELossConfig(), 2, decoder_only=True)
     wrong = VAEConfig(latent_channels=8, spatial_compression=4, temporal_compression=4, base_channels=8)
@@ -260,8 +290,10 @@ def test_vae_train_cli_fine_tunes_a_vae_folder(tiny_dataset, tiny_vae_dir, tmp_p
     with pytest.raises(SystemExit, match="--decoder-only needs --init-from"):
         main(["vae", "train", "--data", str(tiny_dataset), "--decoder-only", "--out", str(tmp_path / "bad")])
     main(["vae", "train", "--data", str(tiny_dataset), "--init-from", str(tiny_vae_dir), "--decoder-only",
-          "--edge-weight", "0.5", "--steps", "2", "--batch-size", "2", "--crop-size", "16", "--crop-frames", "5",
+          "--edge-weight", "0.5", "--foreground-weight", "3", "--steps", "2", "--batch-size", "2", "--crop-size", "16",
+          "--crop-frames", "5",
           "--sample-every", "0", "--out", str(tmp_path / "run")])
     config = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
     assert config["vae"] == json.loads((tiny_vae_dir / "vae.json").read_text())
     assert config["loss"]["edge_weight"] == 0.5 and config["init_from"]["decoder_only"] is True
+    assert config["loss"]["foreground_weight"] == 3.0

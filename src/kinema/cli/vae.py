@@ -26,7 +26,8 @@ def cmd_vae_train(args: argparse.Namespace) -> None:
         model_cfg = from_dict(VAEConfig, load_config(args.init_from, "vae"), where=f"{args.init_from}/vae.json")
     else:
         model_cfg = lookup(VAE_PRESETS, args.preset, "vae")
-    loss_cfg = VAELossConfig(temporal_weight=args.temporal_weight, edge_weight=args.edge_weight)
+    loss_cfg = VAELossConfig(temporal_weight=args.temporal_weight, edge_weight=args.edge_weight,
+                             foreground_weight=args.foreground_weight)
     task = VAETask(ShardDataset(args.data), model_cfg, loss_cfg, cfg.batch_size, cfg.grad_accum,
                    crop_frames=args.crop_frames, crop_size=args.crop_size, seed=cfg.seed, preload=args.preload,
                    init_from=Path(args.init_from) if args.init_from else None, decoder_only=args.decoder_only)
@@ -74,6 +75,8 @@ def add_vae_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temporal-weight", type=float, default=0.0, help="L1 on frame differences")
     p.add_argument("--edge-weight", type=float, default=0.0, help="L1 on horizontal/vertical pixel differences "
                    "(keeps small shapes' edges and corners)")
+    p.add_argument("--foreground-weight", type=float, default=0.0, help="extra L1/MSE weight on pixels that differ "
+                   "from their frame's median color (small objects on a flat background; the reference used 9: 10x)")
     p.add_argument("--init-from", help="start from this VAE folder's weights (its vae.json sets the architecture)")
     p.add_argument("--decoder-only", action="store_true", help="train only the decoder (with --init-from): the "
                    "latent space stays the same, so latents already encoded and DiTs trained on them stay valid")

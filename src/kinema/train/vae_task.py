@@ -66,8 +66,9 @@ class VAETask:
 
     def model_config(self) -> dict:
         loss = to_dict(self.loss_cfg)
-        if not loss["edge_weight"]:  # added later: written only when set, so runs saved before it still resume
-            del loss["edge_weight"]
+        for later in ("edge_weight", "foreground_weight"):  # added later: written only when set, so runs saved
+            if not loss[later]:                              # before them still resume
+                del loss[later]
         config = {"vae": to_dict(self.model_cfg), "loss": loss}
         if self.init_from is not None:
             config["init_from"] = {"folder": str(self.init_from), "decoder_only": self.decoder_only}
