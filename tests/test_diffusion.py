@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from kinema.diffusion.objectives import EpsilonObjective, FlowObjective, keep_given
+from kinema.diffusion.objectives import (
+    EpsilonObjective,
+    FlowObjective,
+    keep_given,
+    latent_foreground_weight,
+    masked_mse,
+)
 from kinema.diffusion.samplers import (
     classifier_free_guidance,
     ddim_sample,
@@ -237,3 +243,56 @@ def test_keep_given_replaces_only_the_masked_frames():
     out = keep_given(x, cond, mask)
     assert torch.equal(out[:, :, -1], cond[:, :, -1]) and torch.equal(out[:, :, :-1], x[:, :, :-1])
     assert keep_given(x, None, None) is x
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loss weights: object positions counted more
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_latent_foreground_weight_marks_the_positions_far_from_the_background():
+    x0 = torch.full((2, 4, 3, 8, 8), 0.3)  # a flat background latent
+    x0[0, :, 1, 2:4, 5:7] = 2.0  # an object: 4 positions of one frame
+    x0[1, 0, :, 0, 0] += 0.2  # a faint ripple, below the threshold
+    w = latent_foreground_weight(x0, 9.0)
+    assert w.shape == (2, 1, 3, 8, 8)
+    assert torch.equal(w[0, 0, 1, 2:4, 5:7], torch.full((2, 2), 10.0))
+    assert w[0].sum() == 3 * 64 + 4 * 9 and torch.equal(w[1], torch.ones_like(w[1]))
+
+
+def test_masked_mse_with_weights_is_the_weighted_mean_over_free_elements():
+    pred, target = torch.randn(2, 3, 4, 2, 2), torch.randn(2, 3, 4, 2, 2)
+    err = (pred - target).pow(2)
+    ones = torch.ones(2, 1, 4, 2, 2)
+    assert torch.isclose(masked_mse(pred, target, None, ones), err.mean())
+    weight = ones.clone()
+    weight[:, :, 1] = 10.0
+    expected = (err * weight).sum() / (weight.expand_as(err)).sum()
+    assert torch.isclose(masked_mse(pred, target, None, weight), expected)
+    given = torch.zeros(2, 1, 4, 2, 2)
+    given[:, :, 0] = 1  # a given frame stays out of the weighted mean
+    free = weight * (1 - given)
+    expected = (err * free).sum() / free.expand_as(err).sum()
+    assert torch.isclose(masked_mse(pred, target, given, weight), expected)
+
+
+def test_a_loss_weight_counts_errors_at_the_weighted_positions_more():
+    g = torch.Generator().manual_seed(3)
+    obj = FlowObjective(prediction="x0")
+    weight = torch.ones(X0.shape[0], 1, *X0.shape[2:])
+    weight[:, :, :, :2, :2] = 10.0  # the "object" corner
+
+    def wrong_at(region):
+        def model(x_t, t):
+            out = X0.clone()  # x0 prediction: the truth, except in `region`
+            out[region] += 1.0
+            return out
+        return model
+
+    corner = (slice(None), slice(None), slice(None), slice(0, 2), slice(0, 2))
+    other = (slice(None), slice(None), slice(None), slice(2, 4), slice(2, 4))
+    plain = [obj.loss(wrong_at(r), X0, torch.Generator().manual_seed(3)) for r in (corner, other)]
+    weighted = [obj.loss(wrong_at(r), X0, torch.Generator().manual_seed(3), weight) for r in (corner, other)]
+    assert torch.isclose(plain[0], plain[1], rtol=1e-4)  # the same error, the same plain loss
+    assert weighted[0] > 5 * weighted[1]  # weighted: an error at the object costs more
+    assert obj.loss(lambda x_t, t: X0, X0, g, weight) < 1e-8

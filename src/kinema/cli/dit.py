@@ -31,7 +31,7 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
         objective = dataclasses.replace(objective, **(FLOW_NOISE | given))
     task = DiTTask(data, model_cfg, objective, cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
                    vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None,
-                   init_from=Path(args.init_from) if args.init_from else None)
+                   init_from=Path(args.init_from) if args.init_from else None, foreground_weight=args.foreground_weight)
     _plan_or_refuse(args, cfg, data)
     result = train(task, cfg, args.out)
     print(f"trained to step {result.step}, loss {result.last_loss:.4f}; model folder: {Path(args.out) / 'model'}")
@@ -179,6 +179,8 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
                    "one attention runs over prompt and video (instead of cross-attention)")
     p.add_argument("--text-refiner", type=int, default=0, metavar="N", help="N trainable layers over the prompt "
                    "tokens before the blocks read them")
+    p.add_argument("--foreground-weight", type=float, default=0.0, help="extra loss weight on latent positions far "
+                   "from the clip's median latent (objects on a flat background; 9 counts them 10x)")
     p.add_argument("--no-pooled-text", action="store_true", help="no mean prompt vector in adaLN (the prompt enters "
                    "through attention only)")
     p.set_defaults(func=cmd_dit_train)

@@ -55,6 +55,7 @@ class Rung:
     objective: dict = field(default_factory=dict)  # FlowObjective fields (noise-level distribution, sampling shift)
     text: str = DEFAULT_TEXT_ENCODER  # the text encoder of the latent cache's captions (kinema.text.encoder)
     cond_prob: float = 0.0
+    foreground_weight: float = 0.0  # extra DiT loss weight on object positions (DiTTask.foreground_weight)
     eval_level: str = "medium"  # caption level of the evaluation prompts
     clips: int = 8192
     init_from: str | None = None  # a rung whose trained DiT starts this one (a curriculum); run first if needed
@@ -177,6 +178,11 @@ def default_rungs() -> dict[str, Rung]:
     # vs 33%, motion 45% vs 95%; the width matters more.)
     rungs.append(rungs[-1].then("v-s4c8-x0-p2w96", "v-s4c8-x0 at patch 1x2x2 (320 tokens of 8x8 px), width 96, "
                                 "3 heads", dit={"patch": (1, 2, 2), "dim": 96, "heads": 3}))
+    # session 22: a small object is ~4% of the latent positions, so the flow loss is mostly background; the reference
+    # autoencoder weighted object pixels 10x. The same weighting in the DiT's loss: does shape come sooner?
+    x0_rung = next(r for r in rungs if r.name == "v-s4c8-x0")
+    rungs.append(x0_rung.then("v-s4c8-x0-fg9", "v-s4c8-x0 with object positions weighted 10x in the loss (latent "
+                              "positions far from the clip's median latent)", foreground_weight=9.0))
     rungs.append(sizes.then("w-sizes-hinoise", "w-sizes trained and sampled at higher noise (the x8 control for "
                             "v-s4c8-hinoise)", objective=dict(FLOW_NOISE)))
     rungs.append(rungs[-1].then("w-sizes-x0", "w-sizes-hinoise predicting x0 (does x0 help the x8 latent's 64-value "
@@ -277,6 +283,7 @@ def run_rung(exp: LadderExperiment, rung: Rung, rungs: dict[str, Rung] | None = 
                                "log_every": 25, "ckpt_every": 250, "seed": exp.seed, **rung.train})
     task = DiTTask(data, dit_cfg, FlowObjective(**rung.objective), train_cfg.batch_size, seed=exp.seed,
                    caption_mix=rung.caption_mix, cond_prob=rung.cond_prob, vae_dir=Path(rung.vae),
+                   foreground_weight=rung.foreground_weight,
                    sample_steps=exp.eval_steps,
                    init_from=None if rung.init_from is None else exp.out / rung.init_from / "model")
     train(task, train_cfg, run, progress=False)

@@ -16,7 +16,7 @@ from torch import nn
 from kinema.config import from_dict, to_dict
 from kinema.data.buckets import batch_indices, bucket_batch_indices
 from kinema.data.latents import LatentDataset
-from kinema.diffusion.objectives import Objective
+from kinema.diffusion.objectives import Objective, latent_foreground_weight
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.weights import load_weights, save_weights
 from kinema.model_index import model_index_for, write_model_index
@@ -88,6 +88,7 @@ class DiTTask:
     train_indices: list[int] | None = None  # train on these clips only (default: all), e.g. to hold some out
     caption_dropout: float = 0.1
     cond_prob: float = 0.3  # share of samples trained with some frames given
+    foreground_weight: float = 0.0  # extra loss weight on object positions (latent_foreground_weight); 0: none
     vae_dir: Path | None = None  # for decoding samples and for the exported model folder
     sample_prompts: list[str] = field(default_factory=lambda: list(SAMPLE_PROMPTS))
     sample_steps: int = 30
@@ -111,7 +112,10 @@ class DiTTask:
         return model
 
     def model_config(self) -> dict:
-        return {"dit": to_dict(self.model_cfg), "objective": to_dict(self.objective)}
+        config = {"dit": to_dict(self.model_cfg), "objective": to_dict(self.objective)}
+        if self.foreground_weight:  # written only when set, so runs saved before it existed still resume
+            config["foreground_weight"] = self.foreground_weight
+        return config
 
     def tokens_per_sample(self) -> int:
         c, f, h, w = self.data.latent_shape
@@ -160,8 +164,9 @@ class DiTTask:
                 "cond": b.latents.to(to), "cond_mask": cond_mask.to(to)}
 
     def loss(self, model: nn.Module, batch: dict, generator: torch.Generator):
-        loss = self.objective.loss(model, batch["x0"], generator, text=batch["text"], text_mask=batch["text_mask"],
-                                   cond=batch["cond"], cond_mask=batch["cond_mask"])
+        weight = latent_foreground_weight(batch["x0"], self.foreground_weight) if self.foreground_weight else None
+        loss = self.objective.loss(model, batch["x0"], generator, weight, text=batch["text"],
+                                   text_mask=batch["text_mask"], cond=batch["cond"], cond_mask=batch["cond_mask"])
         return loss, {}
 
     @torch.no_grad()
