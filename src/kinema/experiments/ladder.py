@@ -114,6 +114,10 @@ def default_rungs() -> dict[str, Rung]:
     hinoise_two = next(r for r in rungs if r.name == "ref-two-hinoise")
     rungs.append(hinoise_two.then("ref-two-w256", "ref-two-hinoise at width 256, 8 heads",
                                   dit={"dim": 256, "heads": 8}))
+    # (ref-two-w256: 55%, motion 66% the weak attribute; ref-two-s4c8-x0: 8%, shape 59%.) Does the wider one keep
+    # climbing? 6000 more steps from its weights (a cosine restart, as the bundled model's 4000 + 8000)
+    rungs.append(rungs[-1].then("ref-two-w256-more", "ref-two-w256 continued from its trained DiT (a cosine restart)",
+                                init_from="ref-two-w256"))
     rungs.append(hinoise_two.then("ref-two-s4c8-x0", "ref-two-hinoise on the bundled x4-space, 8-channel latent "
                                   "(models/vae-s4c8, patch 1x4x4) predicting x0", vae="models/vae-s4c8",
                                   dit={"patch": (1, 4, 4)}, objective={"prediction": "x0"}))
