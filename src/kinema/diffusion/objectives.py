@@ -42,11 +42,10 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, cond_mask: torch.Tensor
     err = (pred.float() - target.float()).pow(2)  # (B, C, F, H, W)
     if cond_mask is None and weight is None:
         return err.mean()
-    w = torch.ones_like(err)
-    if cond_mask is not None:
-        w = w * (1 - cond_mask.float())
+    w = None if cond_mask is None else 1 - cond_mask.float()  # (B, 1, F, H, W): 0 where a frame is given
     if weight is not None:
-        w = w * weight.float()
+        w = weight.float() if w is None else w * weight.float()
+    w = w.expand_as(err)
     return (err * w).sum() / w.sum().clamp(min=1.0)
 
 
