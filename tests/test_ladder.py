@@ -44,6 +44,7 @@ def test_a_rung_trains_scores_and_reports_then_reads_back(tiny_vae_dir, tmp_path
         assert 0.0 <= result[key] <= 1.0, key
     assert isinstance(result["word_swap"], float) and result["n"] == 3 and result["steps"] == 3
     assert result["by_count"] == {"1": {"all_correct": result["all_correct"], "n": 3}}  # one object per scene here
+    assert result["motion_by_object"] == [result["motion"]]  # with one object, the first object's motion is all of it
     assert (tmp_path / "tiny" / "eval.png").exists()
     assert json.loads((tmp_path / "tiny" / "result.json").read_text()) == result
     assert run_rung(exp, rung) == result  # a finished rung is read back, not retrained

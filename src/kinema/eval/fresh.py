@@ -96,6 +96,7 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
     attributes = varied_attributes(world)
     hits: dict[str, list[bool]] = {a: [] for a in attributes}
     correct, temporal, shown = [], [], []
+    motion_at: dict[int, list[bool]] = {}  # object index in the caption's order -> its motion verdicts
     for i, scene in enumerate(scenes):
         prompt = caption(scene, level, i)
         clip = pipe(prompt, frames=world.frames, height=world.height, width=world.width, steps=steps,
@@ -104,6 +105,8 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
         verdicts = score(probed, scene.to_dict())
         for a in attributes:
             hits[a] += verdicts[a]
+        for k, hit in enumerate(verdicts["motion"]):
+            motion_at.setdefault(k, []).append(hit)
         correct.append(all(all(verdicts[a]) for a in attributes))
         temporal.append(probed.temporal_consistency())
         if len(shown) < 8:
@@ -114,4 +117,4 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
                          "n": counts.count(k)} for k in sorted(set(counts))}
     return {"all_correct": float(np.mean(correct)), **{a: float(np.mean(v)) for a, v in hits.items()},
             "temporal": float(np.mean(temporal)), "word_swap": word_swap_sensitivity(pipe, scenes, level), "n": n,
-            "by_count": by_count}
+            "by_count": by_count, "motion_by_object": [float(np.mean(motion_at[k])) for k in sorted(motion_at)]}

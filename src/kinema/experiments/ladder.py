@@ -128,6 +128,15 @@ def default_rungs() -> dict[str, Rung]:
     rungs.append(hinoise_two.then("ref-two-s4c8-x0", "ref-two-hinoise on the bundled x4-space, 8-channel latent "
                                   "(models/vae-s4c8, patch 1x4x4) predicting x0", vae="models/vae-s4c8",
                                   dit={"patch": (1, 4, 4)}, objective={"prediction": "x0"}))
+    # session 23: from ref-two-w256 (55%, motion the one weak attribute), one factor each at 6000 steps on the ways
+    # a video token could learn which direction word is its object's: each object's clause as one token (one hop from
+    # "blue square" to its direction, where word tokens need two), no bag-of-words pooled vector in adaLN (it gives
+    # every token both directions alike, which would make the objects move together), and two more blocks
+    rungs.append(w256.then("ref-two-w256-clauses", "ref-two-w256 with clause tokens (minilm:0,6+clauses)",
+                           text="minilm:0,6+clauses"))
+    rungs.append(w256.then("ref-two-w256-nopool", "ref-two-w256 without the pooled prompt vector in adaLN",
+                           dit={"pooled_text": False}))
+    rungs.append(w256.then("ref-two-w256-d6", "ref-two-w256 at depth 6", dit={"depth": 6}))
     rungs.append(ref.then("ref-hinoise", "ref trained and sampled at higher noise (does the easy world lose?)",
                           objective=dict(FLOW_NOISE)))
     # finer tokens: at patch 1x2x2 a token is 16x16 px and two large objects often share one; on w-sizes, 8x8-px
