@@ -137,6 +137,10 @@ def default_rungs() -> dict[str, Rung]:
     rungs.append(w256.then("ref-two-w256-nopool", "ref-two-w256 without the pooled prompt vector in adaLN",
                            dit={"pooled_text": False}))
     rungs.append(w256.then("ref-two-w256-d6", "ref-two-w256 at depth 6", dit={"depth": 6}))
+    # and the one factor that lifted two-object motion before the noise levels were fixed (ref-two -> ref-two-p1:
+    # motion 37 -> 49%): tokens of 8x8 px, so two objects rarely share one
+    rungs.append(hinoise_two.then("ref-two-hinoise-p1", "ref-two-hinoise at patch 1x1x1 (320 tokens, 8x8 px per "
+                                  "token)", dit={"patch": (1, 1, 1)}))
     rungs.append(ref.then("ref-hinoise", "ref trained and sampled at higher noise (does the easy world lose?)",
                           objective=dict(FLOW_NOISE)))
     # finer tokens: at patch 1x2x2 a token is 16x16 px and two large objects often share one; on w-sizes, 8x8-px
