@@ -137,6 +137,12 @@ def default_rungs() -> dict[str, Rung]:
     rungs.append(w256.then("ref-two-w256-nopool", "ref-two-w256 without the pooled prompt vector in adaLN",
                            dit={"pooled_text": False}))
     rungs.append(w256.then("ref-two-w256-d6", "ref-two-w256 at depth 6", dit={"depth": 6}))
+    # (ref-two-w256-clauses: 89%, motion 98%: the plateau was binding.) Next toward the bundled model: the same on
+    # its x4-space latent (at width 192 without clauses, ref-two-s4c8-x0: 8%)
+    clauses = next(r for r in rungs if r.name == "ref-two-w256-clauses")
+    rungs.append(clauses.then("ref-two-s4c8-x0-clauses", "ref-two-w256-clauses on the bundled x4-space, 8-channel "
+                              "latent (models/vae-s4c8, patch 1x4x4) predicting x0", vae="models/vae-s4c8",
+                              dit={"patch": (1, 4, 4)}, objective={"prediction": "x0"}))
     # and the one factor that lifted two-object motion before the noise levels were fixed (ref-two -> ref-two-p1:
     # motion 37 -> 49%): tokens of 8x8 px, so two objects rarely share one
     rungs.append(hinoise_two.then("ref-two-hinoise-p1", "ref-two-hinoise at patch 1x1x1 (320 tokens, 8x8 px per "
