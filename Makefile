@@ -39,28 +39,29 @@ lint: $(STAMP)
 # steps (probe ceiling 98.4% single-object), then the ladder's ref DiT predicting x0 at 80 tokens, 4000 + 8000
 # single-object steps, judged after each stage: 42% then 90% single-object all-correct. On the 2-core Xeon with AMX
 # (session 23), from each stage's throughput measured alone at two threads: about 50 wall minutes (VAE 14, encode 4,
-# DiT 31), about 90 core-minutes; hosts without AMX take longer (kinema.precision). The bundled model (v5) is the same recipe on a VAE trained 12000 steps
-# without the weight: `make shapes-model VAE_STEPS=12000 VAE_FG=0` (98% single-object). It draws one object, so
-# two-object prompts fail. Every step resumes, so running it again continues where it stopped.
+# DiT 31), about 90 core-minutes; hosts without AMX take longer (kinema.precision). The bundled model (v5) is the
+# same recipe on a VAE trained 12000 steps without the weight: `make shapes-model VAE_STEPS=12000 VAE_FG=0` (98%
+# single-object). It draws one object, so two-object prompts fail. Every step resumes, so running it again continues
+# where it stopped.
 KINEMA    := .venv/bin/kinema
 MODEL     ?= runs/shapes-model
 VAE_STEPS ?= 6000
 VAE_FG    ?= 9
+VAE_RUN   := runs/vae-shapes-s4c8-$(VAE_STEPS)-fg$(VAE_FG)
+LATENTS   := data/latents-model-single-$(VAE_STEPS)-fg$(VAE_FG)
 HOLDOUT   := "yellow triangle" "cyan square" "purple diamond" "white circle"
 DIT       := --preset ref --patch 1x4x4 --prediction x0 --sample-every 4000
 shapes-model: $(STAMP)
 	$(KINEMA) data synth --n 4096 --out data/shapes-train --seed 0
 	$(KINEMA) vae train --data data/shapes-train --preset shapes-s4c8 --steps $(VAE_STEPS) --foreground-weight $(VAE_FG) \
-		--out runs/vae-shapes-s4c8-$(VAE_STEPS)-fg$(VAE_FG) --preload
+		--out $(VAE_RUN) --preload
 	$(KINEMA) data synth --n 8192 --out data/shapes-dit-single --seed 3 --objects 1 --holdout $(HOLDOUT)
-	$(KINEMA) vae encode --vae runs/vae-shapes-s4c8-$(VAE_STEPS)-fg$(VAE_FG) --data data/shapes-dit-single \
-		--out data/latents-model-single-$(VAE_STEPS)-fg$(VAE_FG)
+	$(KINEMA) vae encode --vae $(VAE_RUN) --data data/shapes-dit-single --out $(LATENTS)
 	# single objects, then 8000 more steps from those weights (a cosine restart), judged after each stage
-	$(KINEMA) dit train --latents data/latents-model-single-$(VAE_STEPS)-fg$(VAE_FG) $(DIT) --out $(MODEL)-dit-4k --steps 4000
+	$(KINEMA) dit train --latents $(LATENTS) $(DIT) --out $(MODEL)-dit-4k --steps 4000
 	$(KINEMA) dit export --run $(MODEL)-dit-4k --out $(MODEL)-4k --weights ema --fp16
 	$(KINEMA) eval adherence --model $(MODEL)-4k --n 50 --out $(MODEL)-4k-adherence
-	$(KINEMA) dit train --latents data/latents-model-single-$(VAE_STEPS)-fg$(VAE_FG) $(DIT) --init-from $(MODEL)-dit-4k/model \
-		--out $(MODEL)-dit-12k --steps 8000
+	$(KINEMA) dit train --latents $(LATENTS) $(DIT) --init-from $(MODEL)-dit-4k/model --out $(MODEL)-dit-12k --steps 8000
 	$(KINEMA) dit export --run $(MODEL)-dit-12k --out $(MODEL) --weights ema --fp16
 	$(KINEMA) eval adherence --model $(MODEL) --n 50 --out $(MODEL)-adherence
 

@@ -132,14 +132,14 @@ def default_rungs() -> dict[str, Rung]:
     # a video token could learn which direction word is its object's: each object's clause as one token (one hop from
     # "blue square" to its direction, where word tokens need two), no bag-of-words pooled vector in adaLN (it gives
     # every token both directions alike, which would make the objects move together), and two more blocks
-    rungs.append(w256.then("ref-two-w256-clauses", "ref-two-w256 with clause tokens (minilm:0,6+clauses)",
-                           text="minilm:0,6+clauses"))
+    clauses = w256.then("ref-two-w256-clauses", "ref-two-w256 with clause tokens (minilm:0,6+clauses)",
+                        text="minilm:0,6+clauses")
+    rungs.append(clauses)
     rungs.append(w256.then("ref-two-w256-nopool", "ref-two-w256 without the pooled prompt vector in adaLN",
                            dit={"pooled_text": False}))
     rungs.append(w256.then("ref-two-w256-d6", "ref-two-w256 at depth 6", dit={"depth": 6}))
     # (ref-two-w256-clauses: 89%, motion 98%: the plateau was binding.) Next toward the bundled model: the same on
     # its x4-space latent (at width 192 without clauses, ref-two-s4c8-x0: 8%)
-    clauses = next(r for r in rungs if r.name == "ref-two-w256-clauses")
     rungs.append(clauses.then("ref-two-s4c8-x0-clauses", "ref-two-w256-clauses on the bundled x4-space, 8-channel "
                               "latent (models/vae-s4c8, patch 1x4x4) predicting x0", vae="models/vae-s4c8",
                               dit={"patch": (1, 4, 4)}, objective={"prediction": "x0"}))
