@@ -56,6 +56,13 @@ def test_clauses_are_split_at_punctuation_and_conjunctions():
     assert split_clauses("A disc starts at the top; meanwhile a box glides down.") == \
         ["A disc starts at the top", "a box glides down"]
     assert split_clauses("a red circle") == ["a red circle"] and split_clauses(" , ") == [" , "]
+    # a piece that opens with neither a determiner nor a preposition goes on describing the object before it:
+    # the detailed captions' "starts at X and moves Y" keeps its direction with its object
+    assert split_clauses("A big red box starts at the top and slides left, while a tiny cyan ball holds still, on a "
+                         "navy backdrop.") == \
+        ["A big red box starts at the top and slides left", "a tiny cyan ball holds still", "on a navy backdrop"]
+    assert split_clauses("On a navy background there is one red circle, small in size; it heads left.") == \
+        ["On a navy background there is one red circle, small in size; it heads left"]
 
 
 def test_clause_tokens_follow_the_words_and_hold_each_clause_encoded_alone(layers_0_6):

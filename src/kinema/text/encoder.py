@@ -22,7 +22,9 @@ directions in "a large red circle moving left and a large blue square moving up"
 words by 1-6% of their norm in any layer, swapping shapes by 3-15%. A clause token holds one object's words
 together, so a video token that reads one of them reads the rest (the idea of StructureDiffusion, Feng et al.
 2023, which encodes each noun phrase separately). Clauses are split at punctuation and at "and", "while",
-"meanwhile", "whereas": a chunker, not a parser.
+"meanwhile", "whereas", and a piece that does not open with a determiner or a preposition is joined to the one before
+("a big red box starts at the top and slides left" is one clause: the direction stays with its object): a chunker,
+not a parser.
 """
 
 from __future__ import annotations
@@ -41,12 +43,28 @@ DEFAULT_TEXT_ENCODER = "minilm:0,6"  # what new latent caches use (see the modul
 
 CLAUSES = "+clauses"  # suffix of a MiniLM name: clause tokens after the word tokens
 _CLAUSE_BREAK = re.compile(r"[,;.:]|\b(?:and|while|meanwhile|whereas)\b", re.IGNORECASE)
+# A piece that starts with one of these opens a new clause (a noun phrase or a prepositional phrase); any other
+# piece ("slides leftward gently", "it heads left", "small in size") goes on describing the previous clause's object.
+_CLAUSE_OPENERS = frozenset({"a", "an", "the", "one", "two", "three", "four", "another", "each", "every", "some",
+                             "there", "on", "in", "over", "against", "across", "at", "with", "under", "behind",
+                             "beside", "near"})
 
 
 def split_clauses(prompt: str) -> list[str]:
-    """The prompt's clauses: split at punctuation and at and/while/meanwhile/whereas; the prompt itself if none."""
-    parts = [p.strip() for p in _CLAUSE_BREAK.split(prompt)]
-    return [p for p in parts if p] or [prompt]
+    """The prompt's clauses: split at punctuation and at and/while/meanwhile/whereas, then a piece that does not
+    open with a determiner or a preposition is joined (with the words between) to the one before it, so "a big red
+    box starts at the top and slides left" stays one clause; the prompt itself if there are no pieces."""
+    bounds = [0, *(i for m in _CLAUSE_BREAK.finditer(prompt) for i in m.span()), len(prompt)]
+    spans: list[list[int]] = []  # [start, end) of each clause in the prompt
+    for start, end in zip(bounds[::2], bounds[1::2], strict=True):
+        words = prompt[start:end].split()
+        if not words:
+            continue
+        if spans and words[0].lower() not in _CLAUSE_OPENERS:
+            spans[-1][1] = end
+        else:
+            spans.append([start, end])
+    return [prompt[a:b].strip() for a, b in spans] or [prompt]
 
 
 def minilm_layers(name: str, num_layers: int = 6) -> tuple[int, ...] | None:
