@@ -140,9 +140,21 @@ def default_rungs() -> dict[str, Rung]:
     rungs.append(w256.then("ref-two-w256-d6", "ref-two-w256 at depth 6", dit={"depth": 6}))
     # (ref-two-w256-clauses: 89%, motion 98%: the plateau was binding.) Next toward the bundled model: the same on
     # its x4-space latent (at width 192 without clauses, ref-two-s4c8-x0: 8%)
-    rungs.append(clauses.then("ref-two-s4c8-x0-clauses", "ref-two-w256-clauses on the bundled x4-space, 8-channel "
-                              "latent (models/vae-s4c8, patch 1x4x4) predicting x0", vae="models/vae-s4c8",
-                              dit={"patch": (1, 4, 4)}, objective={"prediction": "x0"}))
+    s4c8_clauses = clauses.then("ref-two-s4c8-x0-clauses", "ref-two-w256-clauses on the bundled x4-space, "
+                                "8-channel latent (models/vae-s4c8, patch 1x4x4) predicting x0", vae="models/vae-s4c8",
+                                dit={"patch": (1, 4, 4)}, objective={"prediction": "x0"})
+    rungs.append(s4c8_clauses)
+    # session 24: (ref-two-s4c8-x0-clauses: 84%; the bundled v5 DiT fine-tuned with clauses on the full world's 1-3
+    # objects: 2% on two-object prompts, the objects trading colors and merging.) Which of the full world's factors
+    # breaks it: small objects alone, then all of the full world's two-object scenes at once
+    rungs.append(s4c8_clauses.then("ref-two-s4c8-clauses-sizes", "ref-two-s4c8-x0-clauses + small objects",
+                                   world={"sizes": ["small", "large"]}))
+    rungs.append(s4c8_clauses.then("ref-two-s4c8-clauses-full", "ref-two-s4c8-x0-clauses on the full world's "
+                                   "two-object scenes (4 shapes, 8 colors, 2 sizes, 2 speeds, still, 3 backgrounds)",
+                                   world={"shapes": ["circle", "square", "triangle", "diamond"], "colors": list(COLORS),
+                                          "sizes": ["small", "large"], "speeds": ["slowly", "quickly"],
+                                          "motions": ["left", "right", "up", "down", "still"],
+                                          "backgrounds": list(BACKGROUNDS)}))
     # and the one factor that lifted two-object motion before the noise levels were fixed (ref-two -> ref-two-p1:
     # motion 37 -> 49%): tokens of 8x8 px, so two objects rarely share one
     rungs.append(hinoise_two.then("ref-two-hinoise-p1", "ref-two-hinoise at patch 1x1x1 (320 tokens, 8x8 px per "
