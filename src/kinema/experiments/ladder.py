@@ -156,6 +156,8 @@ def default_rungs() -> dict[str, Rung]:
                                           "motions": ["left", "right", "up", "down", "still"],
                                           "backgrounds": list(BACKGROUNDS)}))
     # (-sizes: 38%, -full: 6%; ceilings 95 / 97%: small objects are the first break, the other world factors the rest)
+    rungs.append(s4c8_clauses.then("ref-two-s4c8-clauses-colors", "ref-two-s4c8-x0-clauses + 8 colors (purple, white)",
+                                   world={"colors": list(COLORS)}))
     # and the one factor that lifted two-object motion before the noise levels were fixed (ref-two -> ref-two-p1:
     # motion 37 -> 49%): tokens of 8x8 px, so two objects rarely share one
     rungs.append(hinoise_two.then("ref-two-hinoise-p1", "ref-two-hinoise at patch 1x1x1 (320 tokens, 8x8 px per "
