@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from kinema.data.world import BACKGROUNDS, COLORS, WorldConfig
+from kinema.data.world import BACKGROUNDS, COLORS, MOTIONS, SHAPES, SIZES, SPEEDS, WorldConfig
 from kinema.eval.fresh import evaluate
 from kinema.presets import FLOW_NOISE
 from kinema.text.encoder import DEFAULT_TEXT_ENCODER
@@ -148,12 +148,11 @@ def default_rungs() -> dict[str, Rung]:
     # objects: 2% on two-object prompts, the objects trading colors and merging.) Which of the full world's factors
     # breaks it: small objects alone, then all of the full world's two-object scenes at once
     rungs.append(s4c8_clauses.then("ref-two-s4c8-clauses-sizes", "ref-two-s4c8-x0-clauses + small objects",
-                                   world={"sizes": ["small", "large"]}))
+                                   world={"sizes": list(SIZES)}))
     rungs.append(s4c8_clauses.then("ref-two-s4c8-clauses-full", "ref-two-s4c8-x0-clauses on the full world's "
                                    "two-object scenes (4 shapes, 8 colors, 2 sizes, 2 speeds, still, 3 backgrounds)",
-                                   world={"shapes": ["circle", "square", "triangle", "diamond"], "colors": list(COLORS),
-                                          "sizes": ["small", "large"], "speeds": ["slowly", "quickly"],
-                                          "motions": ["left", "right", "up", "down", "still"],
+                                   world={"shapes": list(SHAPES), "colors": list(COLORS), "sizes": list(SIZES),
+                                          "speeds": list(SPEEDS), "motions": list(MOTIONS),
                                           "backgrounds": list(BACKGROUNDS)}))
     # (-sizes: 38%, -full: 6%; ceilings 95 / 97%: small objects are the first break, the other world factors the rest)
     rungs.append(s4c8_clauses.then("ref-two-s4c8-clauses-colors", "ref-two-s4c8-x0-clauses + 8 colors (purple, white)",
