@@ -157,6 +157,19 @@ def default_rungs() -> dict[str, Rung]:
     # (-sizes: 38%, -full: 6%; ceilings 95 / 97%: small objects are the first break, the other world factors the rest)
     rungs.append(s4c8_clauses.then("ref-two-s4c8-clauses-colors", "ref-two-s4c8-x0-clauses + 8 colors (purple, white)",
                                    world={"colors": list(COLORS)}))
+    # session 25: is the small-object break slow learning or a wall? The same rung given 6000 more steps (a cosine
+    # restart from its weights, as ref-two-w256-more); and the world's remaining factors, one each
+    sizes_two = next(r for r in rungs if r.name == "ref-two-s4c8-clauses-sizes")
+    rungs.append(sizes_two.then("ref-two-s4c8-clauses-sizes-more", "ref-two-s4c8-clauses-sizes continued from its "
+                                "trained DiT (a cosine restart)", init_from="ref-two-s4c8-clauses-sizes"))
+    for name, change, fields in (
+        ("shapes", "the 4th shape (diamond)", {"shapes": list(SHAPES)}),
+        ("speeds", "slow motion", {"speeds": list(SPEEDS)}),
+        ("still", "still objects", {"motions": list(MOTIONS)}),
+        ("bg", "dark gray and navy backgrounds", {"backgrounds": list(BACKGROUNDS)}),
+    ):
+        rungs.append(s4c8_clauses.then(f"ref-two-s4c8-clauses-{name}", f"ref-two-s4c8-x0-clauses + {change}",
+                                       world=fields))
     # and the one factor that lifted two-object motion before the noise levels were fixed (ref-two -> ref-two-p1:
     # motion 37 -> 49%): tokens of 8x8 px, so two objects rarely share one
     rungs.append(hinoise_two.then("ref-two-hinoise-p1", "ref-two-hinoise at patch 1x1x1 (320 tokens, 8x8 px per "
