@@ -45,6 +45,9 @@ def test_a_rung_trains_scores_and_reports_then_reads_back(tiny_vae_dir, tmp_path
     assert isinstance(result["word_swap"], float) and result["n"] == 3 and result["steps"] == 3
     assert result["by_count"] == {"1": {"all_correct": result["all_correct"], "n": 3}}  # one object per scene here
     assert result["motion_by_object"] == [result["motion"]]  # with one object, the first object's motion is all of it
+    assert result["by_sizes"] == {"large": {"all_correct": result["all_correct"], "n": 3}}  # the rung's one size
+    assert [p["correct"] for p in result["prompts"]].count(True) == round(3 * result["all_correct"])
+    assert all(p["correct"] == (p["wrong"] == []) for p in result["prompts"])  # a prompt is right when nothing is wrong
     assert (tmp_path / "tiny" / "eval.png").exists()
     assert json.loads((tmp_path / "tiny" / "result.json").read_text()) == result
     assert run_rung(exp, rung) == result  # a finished rung is read back, not retrained

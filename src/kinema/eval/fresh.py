@@ -95,7 +95,7 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
     scenes = eval_scenes(world, n)
     attributes = varied_attributes(world)
     hits: dict[str, list[bool]] = {a: [] for a in attributes}
-    correct, temporal, shown = [], [], []
+    correct, temporal, shown, prompts = [], [], [], []
     motion_at: dict[int, list[bool]] = {}  # object index in the caption's order -> its motion verdicts
     for i, scene in enumerate(scenes):
         prompt = caption(scene, level, i)
@@ -108,6 +108,8 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
         for k, hit in enumerate(verdicts["motion"]):
             motion_at.setdefault(k, []).append(hit)
         correct.append(all(all(verdicts[a]) for a in attributes))
+        prompts.append({"prompt": prompt, "correct": correct[-1],
+                        "wrong": [a for a in attributes if not all(verdicts[a])]})
         temporal.append(probed.temporal_consistency())
         if len(shown) < 8:
             shown.append((clip, prompt))
@@ -115,6 +117,11 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
     counts = [len(s.objects) for s in scenes]
     by_count = {str(k): {"all_correct": float(np.mean([c for c, m in zip(correct, counts, strict=True) if m == k])),
                          "n": counts.count(k)} for k in sorted(set(counts))}
+    # all-correct by the scene's object sizes, smallest first ("large+small"): which mixes fail
+    mixes = ["+".join(sorted(o.size for o in s.objects)) for s in scenes]
+    by_sizes = {m: {"all_correct": float(np.mean([c for c, k in zip(correct, mixes, strict=True) if k == m])),
+                    "n": mixes.count(m)} for m in sorted(set(mixes))}
     return {"all_correct": float(np.mean(correct)), **{a: float(np.mean(v)) for a, v in hits.items()},
             "temporal": float(np.mean(temporal)), "word_swap": word_swap_sensitivity(pipe, scenes, level), "n": n,
-            "by_count": by_count, "motion_by_object": [float(np.mean(motion_at[k])) for k in sorted(motion_at)]}
+            "by_count": by_count, "by_sizes": by_sizes,
+            "motion_by_object": [float(np.mean(motion_at[k])) for k in sorted(motion_at)], "prompts": prompts}
