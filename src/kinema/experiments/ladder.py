@@ -162,6 +162,10 @@ def default_rungs() -> dict[str, Rung]:
     sizes_two = next(r for r in rungs if r.name == "ref-two-s4c8-clauses-sizes")
     rungs.append(sizes_two.then("ref-two-s4c8-clauses-sizes-more", "ref-two-s4c8-clauses-sizes continued from its "
                                 "trained DiT (a cosine restart)", init_from="ref-two-s4c8-clauses-sizes"))
+    # a small object is ~1% of the latent positions and the sheets show it dropped or drawn as a copy of the large
+    # one: the loss weight on object positions (v-s4c8-x0-fg9; no clear gain for one object's shape)
+    rungs.append(sizes_two.then("ref-two-s4c8-clauses-sizes-fg9", "ref-two-s4c8-clauses-sizes with object positions "
+                                "weighted 10x in the loss", foreground_weight=9.0))
     for name, change, fields in (
         ("shapes", "the 4th shape (diamond)", {"shapes": list(SHAPES)}),
         ("speeds", "slow motion", {"speeds": list(SPEEDS)}),
