@@ -162,6 +162,11 @@ def default_rungs() -> dict[str, Rung]:
     sizes_two = next(r for r in rungs if r.name == "ref-two-s4c8-clauses-sizes")
     rungs.append(sizes_two.then("ref-two-s4c8-clauses-sizes-more", "ref-two-s4c8-clauses-sizes continued from its "
                                 "trained DiT (a cosine restart)", init_from="ref-two-s4c8-clauses-sizes"))
+    # (-sizes-more: 38 -> 61% at 12000 steps, large+large scenes fail as often as mixed ones: slow learning, not a
+    # token-size wall.) Does the full world's two-object rung climb the same way?
+    full_two = next(r for r in rungs if r.name == "ref-two-s4c8-clauses-full")
+    rungs.append(full_two.then("ref-two-s4c8-clauses-full-more", "ref-two-s4c8-clauses-full continued from its "
+                               "trained DiT (a cosine restart)", init_from="ref-two-s4c8-clauses-full"))
     # a small object is ~1% of the latent positions and the sheets show it dropped or drawn as a copy of the large
     # one: the loss weight on object positions (v-s4c8-x0-fg9; no clear gain for one object's shape)
     rungs.append(sizes_two.then("ref-two-s4c8-clauses-sizes-fg9", "ref-two-s4c8-clauses-sizes with object positions "
