@@ -43,6 +43,7 @@ def test_a_rung_trains_scores_and_reports_then_reads_back(tiny_vae_dir, tmp_path
     for key in ("all_correct", "color", "shape", "motion", "count", "temporal", "ceiling"):
         assert 0.0 <= result[key] <= 1.0, key
     assert isinstance(result["word_swap"], float) and result["n"] == 3 and result["steps"] == 3
+    assert isinstance(result["memorisation"], float) and result["memorisation"] > -1  # a ratio of two losses, less 1
     assert result["by_count"] == {"1": {"all_correct": result["all_correct"], "n": 3}}  # one object per scene here
     assert result["motion_by_object"] == [result["motion"]]  # with one object, the first object's motion is all of it
     assert result["by_sizes"] == {"large": {"all_correct": result["all_correct"], "n": 3}}  # the rung's one size
@@ -82,3 +83,24 @@ def test_the_doc_table_is_replaced_between_its_markers_and_the_prose_kept(tmp_pa
     (tmp_path / "hand.md").write_text("# written by hand\n")
     with pytest.raises(ValueError, match="hand.md: has no ladder-table markers"):
         write_doc(tmp_path / "hand.md", "| x |\n")
+
+
+def test_memorisation_is_zero_when_the_fresh_scenes_are_the_training_clips(tiny_vae_dir, tmp_path, monkeypatch):
+    """The fresh-over-training loss ratio compares like with like: with the training clips standing in for the fresh
+    scenes (same renders, same captions, same noise) it is exactly 0."""
+    from kinema.data.shards import clip_seed, make_clip
+    from kinema.eval import fresh
+
+    rung = Rung("tiny", "a tiny DiT on a tiny VAE", vae=str(tiny_vae_dir), clips=16,
+                dit={"dim": 32, "depth": 1, "heads": 2, "frame_conditioning": False, "abs_pos": True})
+    exp = LadderExperiment(tmp_path, steps=2, batch_size=4, frames=5, size=32, eval_n=3, eval_steps=2)
+    run_rung(exp, rung)
+    from kinema.pipeline import TextToVideoPipeline
+
+    pipe = TextToVideoPipeline.from_pretrained(tmp_path / "tiny" / "model")
+    world = WorldConfig(frames=5, height=32, width=32, **rung.world)
+    seen = [make_clip(world, clip_seed(5, i))[1] for i in range(3)]
+    monkeypatch.setattr(fresh, "eval_scenes", lambda w, n: seen)
+    monkeypatch.setattr(fresh, "caption", lambda s, level, i: s.captions[level])
+    assert fresh.memorisation(pipe, world, "medium", train_seed=5, n=3) == 0.0
+    assert fresh.memorisation(pipe, world, "medium", train_seed=6, n=3) != 0.0  # other clips: another loss

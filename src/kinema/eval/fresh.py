@@ -7,7 +7,9 @@ prompt set).
 Each of n fresh scenes (seeds far from any training seed) is captioned at `level`, generated, and judged by the probe
 against the scene: count, color, shape, motion, and size, speed and background where the world varies them; all
 correct per prompt; temporal consistency; and the word-swap sensitivity, how much the flow loss on the real clips
-rises when their captions' direction words are reversed (0: the model ignores them). A contact sheet of the first 8.
+rises when their captions' direction words are reversed (0: the model ignores them); given the training data's seed,
+how much higher that loss is on fresh scenes than on the model's own training clips (memorisation). A contact sheet
+of the first 8.
 """
 
 from __future__ import annotations
@@ -54,38 +56,65 @@ def varied_attributes(world: WorldConfig) -> list[str]:
     return out
 
 
+def _latents(pipe, clips: list[np.ndarray]) -> torch.Tensor:
+    """Rendered clips (F, H, W, 3) uint8 through the pipeline's VAE: (B, C, f, h, w)."""
+    from kinema.io.video import to_tensor
+
+    with pipe._autocast():
+        return torch.cat([pipe.vae.encode(to_tensor(c)[None]).float() for c in clips])
+
+
 @torch.no_grad()
+def _flow_loss(pipe, x0: torch.Tensor, prompts: list[str], draws: int) -> float:
+    """Mean flow loss on clean latents x0 under `prompts`, at logit-normal noise levels; the draws are seeded, so two
+    calls on latents of the same shape see the same noise."""
+    obj = pipe.objective  # a flow objective: every caller's models are flow-matching
+    text, mask = pipe.encode_prompt(prompts)
+    g = torch.Generator().manual_seed(0)
+    total = 0.0
+    for _ in range(draws):
+        sigma = torch.sigmoid(torch.randn(len(prompts), generator=g))
+        noise = torch.randn(x0.shape, generator=g)
+        x_t = obj.add_noise(x0, noise, sigma)
+        with pipe._autocast():
+            pred = obj.velocity(pipe.dit(x_t, sigma, text=text, text_mask=mask).float(), x_t, sigma)
+        total += (pred - obj.target(x0, noise)).pow(2).mean().item() / draws
+    return total
+
+
 def word_swap_sensitivity(pipe, scenes: list, level: str, draws: int = 4) -> float:
     """Relative rise of the flow loss on real clips when the caption's direction words are reversed (same noise,
     same noise levels): 0 means the model ignores the direction words."""
     from kinema.data.world import render
-    from kinema.io.video import to_tensor
 
     moving = [(i, s) for i, s in enumerate(scenes) if any(o.motion in SWAP for o in s.objects)]
-    video = torch.stack([to_tensor(render(s).numpy()) for _, s in moving])  # (B, 3, F, H, W)
-    with pipe._autocast():
-        x0 = torch.cat([pipe.vae.encode(v[None]).float() for v in video])  # (B, C, f, h, w)
-    obj = pipe.objective  # a flow objective: every caller's models are flow-matching
-    losses = []
-    for scene_list in ([s for _, s in moving], [swapped(s) for _, s in moving]):
-        text, mask = pipe.encode_prompt([caption(s, level, i) for (i, _), s in zip(moving, scene_list, strict=True)])
-        g = torch.Generator().manual_seed(0)
-        total = 0.0
-        for _ in range(draws):
-            sigma = torch.sigmoid(torch.randn(len(moving), generator=g))
-            noise = torch.randn(x0.shape, generator=g)
-            x_t = obj.add_noise(x0, noise, sigma)
-            with pipe._autocast():
-                pred = obj.velocity(pipe.dit(x_t, sigma, text=text, text_mask=mask).float(), x_t, sigma)
-            total += (pred - obj.target(x0, noise)).pow(2).mean().item() / draws
-        losses.append(total)
+    x0 = _latents(pipe, [render(s).numpy() for _, s in moving])
+    losses = [_flow_loss(pipe, x0, [caption(s, level, i) for (i, _), s in zip(moving, scene_list, strict=True)],
+                         draws) for scene_list in ([s for _, s in moving], [swapped(s) for _, s in moving])]
     return losses[1] / losses[0] - 1
 
 
+def memorisation(pipe, world: WorldConfig, level: str, train_seed: int, n: int = 64, draws: int = 4) -> float:
+    """Relative rise of the flow loss on n fresh scenes over n of the model's own training clips (clips 0..n-1 of a
+    dataset synthesised from `world` with `train_seed`, their own captions), same noise: near 0 when the model has
+    learned the world, not its clips."""
+    from kinema.data.shards import clip_seed, make_clip
+    from kinema.data.world import render
+
+    seen = [make_clip(world, clip_seed(train_seed, i)) for i in range(n)]
+    fresh = eval_scenes(world, n)
+    train_loss = _flow_loss(pipe, _latents(pipe, [v.numpy() for v, _ in seen]),
+                            [s.captions[level] for _, s in seen], draws)
+    fresh_loss = _flow_loss(pipe, _latents(pipe, [render(s).numpy() for s in fresh]),
+                            [caption(s, level, i) for i, s in enumerate(fresh)], draws)
+    return fresh_loss / train_loss - 1
+
+
 def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int, guidance: float,
-             out: Path) -> dict:
+             out: Path, train_seed: int | None = None) -> dict:
     """Generate one clip per fresh scene's caption, judge it; per-attribute accuracy, all-correct, temporal
-    consistency, the word-swap sensitivity, and a contact sheet of the first 8."""
+    consistency, the word-swap sensitivity, and a contact sheet of the first 8; with the training data's
+    `train_seed`, also how much more the model's loss is on fresh scenes than on its own clips (`memorisation`)."""
     from kinema.eval.adherence import score
     from kinema.eval.probe import probe_clip
     from kinema.io.video import contact_sheet, save_image
@@ -123,5 +152,6 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
                     "n": mixes.count(m)} for m in sorted(set(mixes))}
     return {"all_correct": float(np.mean(correct)), **{a: float(np.mean(v)) for a, v in hits.items()},
             "temporal": float(np.mean(temporal)), "word_swap": word_swap_sensitivity(pipe, scenes, level), "n": n,
+            **({} if train_seed is None else {"memorisation": memorisation(pipe, world, level, train_seed, n)}),
             "by_count": by_count, "by_sizes": by_sizes,
             "motion_by_object": [float(np.mean(motion_at[k])) for k in sorted(motion_at)], "prompts": prompts}

@@ -281,7 +281,10 @@ def world_config(rung: Rung, frames: int, size: int) -> WorldConfig:
     return WorldConfig(**{"frames": frames, "height": size, "width": size, **rung.world})
 
 
-def prepare_latents(rung: Rung, cache: Path, frames: int, size: int, seed: int = 5) -> Path:
+DATA_SEED = 5  # every rung's training clips: clip i of a world is clip_seed(DATA_SEED, i)
+
+
+def prepare_latents(rung: Rung, cache: Path, frames: int, size: int, seed: int = DATA_SEED) -> Path:
     """The rung's world as a latent cache (synthesised and encoded once, shared by rungs that agree)."""
     from kinema.data.shards import synth_dataset
     from kinema.encode import encode_dataset, reencode_text
@@ -360,7 +363,8 @@ def run_rung(exp: LadderExperiment, rung: Rung, rungs: dict[str, Rung] | None = 
     train(task, train_cfg, run, progress=False)
     minutes = init_minutes + training_minutes(run / "metrics.jsonl", train_cfg.batch_size)
     world = world_config(rung, exp.frames, exp.size)
-    scores = evaluate(run / "model", world, rung.eval_level, exp.eval_n, exp.eval_steps, exp.guidance, run)
+    scores = evaluate(run / "model", world, rung.eval_level, exp.eval_n, exp.eval_steps, exp.guidance, run,
+                      train_seed=DATA_SEED)
     result = {"rung": dataclasses.asdict(rung), "steps": exp.steps, "total_steps": init_steps + exp.steps,
               "train_minutes": minutes,
               "threads": torch.get_num_threads(), "params": sum(p.numel() for p in task.build_model().parameters()),
