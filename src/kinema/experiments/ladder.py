@@ -167,6 +167,9 @@ def default_rungs() -> dict[str, Rung]:
     full_two = next(r for r in rungs if r.name == "ref-two-s4c8-clauses-full")
     rungs.append(full_two.then("ref-two-s4c8-clauses-full-more", "ref-two-s4c8-clauses-full continued from its "
                                "trained DiT (a cosine restart)", init_from="ref-two-s4c8-clauses-full"))
+    # (-full-more: 6 -> 34% at 12000 steps, every attribute up: it climbs.) And on:
+    rungs.append(full_two.then("ref-two-s4c8-clauses-full-more2", "ref-two-s4c8-clauses-full-more continued 6000 "
+                               "steps more (a cosine restart)", init_from="ref-two-s4c8-clauses-full-more"))
     # the two-object models memorise once small objects come in: flow loss on fresh scenes over their own training
     # clips (eval.fresh.memorisation) is +6.5% on the simple world, +5.4% with 8 colors, +15% with small objects (+18%
     # after 12000 steps), +13% on the full world; 8192 clips cover few of the two-object combinations. Twice the
