@@ -111,10 +111,11 @@ def memorisation(pipe, world: WorldConfig, level: str, train_seed: int, n: int =
 
 
 def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int, guidance: float,
-             out: Path, train_seed: int | None = None) -> dict:
+             out: Path, train_data: tuple[int, int] | None = None) -> dict:
     """Generate one clip per fresh scene's caption, judge it; per-attribute accuracy, all-correct, temporal
-    consistency, the word-swap sensitivity, and a contact sheet of the first 8; with the training data's
-    `train_seed`, also how much more the model's loss is on fresh scenes than on its own clips (`memorisation`)."""
+    consistency, the word-swap sensitivity, and a contact sheet of the first 8; given the training data as (seed,
+    clips) of a synthesised world, also how much more the model's loss is on fresh scenes than on its own clips
+    (`memorisation`, on min(n, clips) of each)."""
     from kinema.eval.adherence import score
     from kinema.eval.probe import probe_clip
     from kinema.io.video import contact_sheet, save_image
@@ -152,6 +153,7 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
                     "n": mixes.count(m)} for m in sorted(set(mixes))}
     return {"all_correct": float(np.mean(correct)), **{a: float(np.mean(v)) for a, v in hits.items()},
             "temporal": float(np.mean(temporal)), "word_swap": word_swap_sensitivity(pipe, scenes, level), "n": n,
-            **({} if train_seed is None else {"memorisation": memorisation(pipe, world, level, train_seed, n)}),
+            **({} if train_data is None else
+               {"memorisation": memorisation(pipe, world, level, train_data[0], min(n, train_data[1]))}),
             "by_count": by_count, "by_sizes": by_sizes,
             "motion_by_object": [float(np.mean(motion_at[k])) for k in sorted(motion_at)], "prompts": prompts}

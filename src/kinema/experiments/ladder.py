@@ -368,7 +368,7 @@ def run_rung(exp: LadderExperiment, rung: Rung, rungs: dict[str, Rung] | None = 
     minutes = init_minutes + training_minutes(run / "metrics.jsonl", train_cfg.batch_size)
     world = world_config(rung, exp.frames, exp.size)
     scores = evaluate(run / "model", world, rung.eval_level, exp.eval_n, exp.eval_steps, exp.guidance, run,
-                      train_seed=DATA_SEED)
+                      train_data=(DATA_SEED, rung.clips))
     result = {"rung": dataclasses.asdict(rung), "steps": exp.steps, "total_steps": init_steps + exp.steps,
               "train_minutes": minutes,
               "threads": torch.get_num_threads(), "params": sum(p.numel() for p in task.build_model().parameters()),
