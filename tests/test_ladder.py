@@ -90,17 +90,17 @@ def test_memorisation_is_zero_when_the_fresh_scenes_are_the_training_clips(tiny_
     scenes (same renders, same captions, same noise) it is exactly 0."""
     from kinema.data.shards import clip_seed, make_clip
     from kinema.eval import fresh
+    from kinema.experiments.ladder import DATA_SEED, world_config
+    from kinema.pipeline import TextToVideoPipeline
 
     rung = Rung("tiny", "a tiny DiT on a tiny VAE", vae=str(tiny_vae_dir), clips=16,
                 dit={"dim": 32, "depth": 1, "heads": 2, "frame_conditioning": False, "abs_pos": True})
     exp = LadderExperiment(tmp_path, steps=2, batch_size=4, frames=5, size=32, eval_n=3, eval_steps=2)
     run_rung(exp, rung)
-    from kinema.pipeline import TextToVideoPipeline
-
     pipe = TextToVideoPipeline.from_pretrained(tmp_path / "tiny" / "model")
-    world = WorldConfig(frames=5, height=32, width=32, **rung.world)
-    seen = [make_clip(world, clip_seed(5, i))[1] for i in range(3)]
+    world = world_config(rung, exp.frames, exp.size)
+    seen = [make_clip(world, clip_seed(DATA_SEED, i))[1] for i in range(3)]
     monkeypatch.setattr(fresh, "eval_scenes", lambda w, n: seen)
     monkeypatch.setattr(fresh, "caption", lambda s, level, i: s.captions[level])
-    assert fresh.memorisation(pipe, world, "medium", train_seed=5, n=3) == 0.0
-    assert fresh.memorisation(pipe, world, "medium", train_seed=6, n=3) != 0.0  # other clips: another loss
+    assert fresh.memorisation(pipe, world, "medium", train_seed=DATA_SEED, n=3) == 0.0
+    assert fresh.memorisation(pipe, world, "medium", train_seed=DATA_SEED + 1, n=3) != 0.0  # other clips, other loss

@@ -147,24 +147,23 @@ def default_rungs() -> dict[str, Rung]:
     # session 24: (ref-two-s4c8-x0-clauses: 84%; the bundled v5 DiT fine-tuned with clauses on the full world's 1-3
     # objects: 2% on two-object prompts, the objects trading colors and merging.) Which of the full world's factors
     # breaks it: small objects alone, then all of the full world's two-object scenes at once
-    rungs.append(s4c8_clauses.then("ref-two-s4c8-clauses-sizes", "ref-two-s4c8-x0-clauses + small objects",
-                                   world={"sizes": list(SIZES)}))
-    rungs.append(s4c8_clauses.then("ref-two-s4c8-clauses-full", "ref-two-s4c8-x0-clauses on the full world's "
-                                   "two-object scenes (4 shapes, 8 colors, 2 sizes, 2 speeds, still, 3 backgrounds)",
-                                   world={"shapes": list(SHAPES), "colors": list(COLORS), "sizes": list(SIZES),
-                                          "speeds": list(SPEEDS), "motions": list(MOTIONS),
-                                          "backgrounds": list(BACKGROUNDS)}))
+    sizes_two = s4c8_clauses.then("ref-two-s4c8-clauses-sizes", "ref-two-s4c8-x0-clauses + small objects",
+                                  world={"sizes": list(SIZES)})
+    full_two = s4c8_clauses.then("ref-two-s4c8-clauses-full", "ref-two-s4c8-x0-clauses on the full world's "
+                                 "two-object scenes (4 shapes, 8 colors, 2 sizes, 2 speeds, still, 3 backgrounds)",
+                                 world={"shapes": list(SHAPES), "colors": list(COLORS), "sizes": list(SIZES),
+                                        "speeds": list(SPEEDS), "motions": list(MOTIONS),
+                                        "backgrounds": list(BACKGROUNDS)})
+    rungs += [sizes_two, full_two]
     # (-sizes: 38%, -full: 6%; ceilings 95 / 97%: small objects are the first break, the other world factors the rest)
     rungs.append(s4c8_clauses.then("ref-two-s4c8-clauses-colors", "ref-two-s4c8-x0-clauses + 8 colors (purple, white)",
                                    world={"colors": list(COLORS)}))
     # session 25: is the small-object break slow learning or a wall? The same rung given 6000 more steps (a cosine
     # restart from its weights, as ref-two-w256-more); and the world's remaining factors, one each
-    sizes_two = next(r for r in rungs if r.name == "ref-two-s4c8-clauses-sizes")
     rungs.append(sizes_two.then("ref-two-s4c8-clauses-sizes-more", "ref-two-s4c8-clauses-sizes continued from its "
                                 "trained DiT (a cosine restart)", init_from="ref-two-s4c8-clauses-sizes"))
     # (-sizes-more: 38 -> 61% at 12000 steps, large+large scenes fail as often as mixed ones: slow learning, not a
     # token-size wall.) Does the full world's two-object rung climb the same way?
-    full_two = next(r for r in rungs if r.name == "ref-two-s4c8-clauses-full")
     rungs.append(full_two.then("ref-two-s4c8-clauses-full-more", "ref-two-s4c8-clauses-full continued from its "
                                "trained DiT (a cosine restart)", init_from="ref-two-s4c8-clauses-full"))
     # (-full-more: 6 -> 34% at 12000 steps, every attribute up: it climbs.) And on:
