@@ -4,6 +4,7 @@ and a DiT training run over mixed sizes."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
@@ -132,3 +133,29 @@ def test_dit_train_flags_reach_the_model_and_the_objective(tiny_latents, tmp_pat
     assert main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--objective", "epsilon",
                  "--shift", "2", "--out", str(tmp_path / "bad")]) == 2
     assert "use --objective flow" in capsys.readouterr().err
+
+
+def test_dit_train_caption_mix_flag(tiny_latents, tmp_path, capsys):
+    """--caption-mix picks the caption levels trained on; a level the cache lacks or a bad spec is refused."""
+    from kinema.cli import main
+    from kinema.cli.dit import parse_caption_mix
+    from kinema.diffusion.objectives import FlowObjective
+    from kinema.presets import DIT_PRESETS
+    from kinema.train.dit_task import DiTTask
+
+    assert parse_caption_mix("detailed=0.4, free=0.6") == {"detailed": 0.4, "free": 0.6}
+    data = LatentDataset(tiny_latents)
+    assert "free" in data.text  # synthesised shapes clips carry the freely phrased level
+    task = DiTTask(data, DIT_PRESETS["tiny"](), FlowObjective(), batch_size=2, caption_mix=parse_caption_mix("free=1"))
+    assert set(task._levels(list(range(len(data))), [random.Random(i) for i in range(len(data))])) == {"free"}
+    base = ["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--steps", "1", "--batch-size", "2",
+            "--sample-every", "0"]
+    assert main([*base, "--caption-mix", "free=0.5,medium=0.5", "--out", str(tmp_path / "run")]) in (0, None)
+    assert (tmp_path / "run" / "model" / "dit.safetensors").exists()
+    for spec, message in (("bogus=1", "LEVEL one of"), ("free=x", "not a number"), ("free=-1", ">= 0"),
+                          ("free=0", "every weight is 0")):
+        with pytest.raises(SystemExit):
+            main([*base, "--caption-mix", spec, "--out", str(tmp_path / "bad")])
+        assert message in capsys.readouterr().err
+    assert main([*base, "--caption-mix", "recaption=1", "--out", str(tmp_path / "bad")]) == 2
+    assert "has no captions of level ['recaption']" in capsys.readouterr().err

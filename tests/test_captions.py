@@ -30,6 +30,32 @@ def test_detailed_captions_state_every_attribute():
             assert (p.row, p.col) == (row, col), scene.captions["detailed"]
 
 
+def test_free_captions_parse_back_to_the_scene_and_vary_their_frame():
+    frames = set()
+    for seed in range(300):
+        scene = sample_scene(CFG, seed)
+        text = caption_scene(scene, random.Random(seed))["free"]
+        parsed = parse_caption(text)
+        assert parsed.background == scene.background, text
+        assert len(parsed.objects) == len(scene.objects), text
+        for p, o in zip(parsed.objects, scene.objects, strict=True):
+            assert (p.color, p.shape, p.size, p.motion, p.speed) == (o.color, o.shape, o.size, o.motion, o.speed), text
+        frames.add(text.split()[0].lower())
+    assert len(frames) >= 5, frames  # sentence frames differ, not only the words in them
+
+
+def test_free_captions_do_not_use_the_paraphrase_eval_frames():
+    # the adherence eval's paraphrase category judges phrasing unlike any training caption: keep it so
+    from kinema.eval.adherence import _paraphrase
+
+    eval_marks = ["watch", "as it", "scene.", "there is one", "in size", "the only thing", "(", "sits still"]
+    for seed in range(300):
+        text = caption_scene(sample_scene(CFG, seed), random.Random(seed))["free"].lower()
+        assert not [m for m in eval_marks if m in text], text
+    one = sample_scene(WorldConfig(max_objects=1), 1)
+    assert all(any(m in _paraphrase(one, random.Random(k)).lower() for m in eval_marks) for k in range(30))
+
+
 def test_short_captions_never_contradict_the_scene():
     for seed in range(300):
         _, scene = make_clip(CFG, seed)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from kinema.cli.common import add_text_encoder_flag, parse_fhw, parse_range, parse_size
+from kinema.data.captions import CAPTION_LEVELS
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
@@ -116,7 +117,7 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p = data.add_parser("show", help="write a PNG contact sheet of a few clips")
     p.add_argument("dir")
     p.add_argument("--n", type=int, default=6)
-    p.add_argument("--level", choices=["short", "medium", "detailed", "original", "recaption"], default="detailed",
+    p.add_argument("--level", choices=CAPTION_LEVELS, default="detailed",
                    help="caption level to print (a clip without it shows the caption it has)")
     p.add_argument("--scale", type=int, default=1)
     p.add_argument("--out", help="PNG path (default DIR/contact_sheet.png)")

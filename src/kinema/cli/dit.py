@@ -31,10 +31,41 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
         objective = dataclasses.replace(objective, **(FLOW_NOISE | given))
     task = DiTTask(data, model_cfg, objective, cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
                    vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None,
-                   init_from=Path(args.init_from) if args.init_from else None, foreground_weight=args.foreground_weight)
+                   init_from=Path(args.init_from) if args.init_from else None, foreground_weight=args.foreground_weight,
+                   **({"caption_mix": _check_mix(args.caption_mix, data)} if args.caption_mix else {}))
     _plan_or_refuse(args, cfg, data)
     result = train(task, cfg, args.out)
     print(f"trained to step {result.step}, loss {result.last_loss:.4f}; model folder: {Path(args.out) / 'model'}")
+
+
+def parse_caption_mix(text: str) -> dict[str, float]:
+    """'detailed=0.4,free=0.3,medium=0.2,short=0.1' -> {level: weight}; weights >= 0, not all 0."""
+    from kinema.data.captions import CAPTION_LEVELS
+
+    mix = {}
+    for part in text.split(","):
+        level, eq, weight = part.partition("=")
+        level = level.strip()
+        if not eq or level not in CAPTION_LEVELS:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected LEVEL=WEIGHT with LEVEL one of {CAPTION_LEVELS}")
+        try:
+            mix[level] = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: the weight {weight!r} is not a number") from None
+        if mix[level] < 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: a weight must be >= 0")
+    if not any(mix.values()):
+        raise argparse.ArgumentTypeError(f"{text!r}: every weight is 0")
+    return mix
+
+
+def _check_mix(mix: dict[str, float], data) -> dict[str, float]:
+    """A mix whose levels the latent cache does not hold would be silently narrowed: refuse it instead."""
+    missing = [lv for lv, w in mix.items() if w > 0 and lv not in data.text]
+    if missing:
+        raise ValueError(f"--caption-mix: {data.root} has no captions of level {missing} (it has {sorted(data.text)}; "
+                         f"a dataset synthesised before the 'free' level existed can be synthesised again)")
+    return mix
 
 
 def cmd_dit_finetune(args: argparse.Namespace) -> None:
@@ -183,6 +214,8 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
                    "from the clip's median latent (objects on a flat background; 9 counts them 10x)")
     p.add_argument("--no-pooled-text", action="store_true", help="no mean prompt vector in adaLN (the prompt enters "
                    "through attention only)")
+    p.add_argument("--caption-mix", type=parse_caption_mix, metavar="LEVEL=W,...", help="how often each caption level "
+                   "is trained on (default detailed=0.5,medium=0.4,short=0.1; 'free' is the freely phrased level)")
     p.set_defaults(func=cmd_dit_train)
     p = dit.add_parser("distill", help="a few-step student by rectified-flow reflow on the teacher's own samples")
     add_model_flag(p, "teacher model folder")

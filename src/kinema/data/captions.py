@@ -1,7 +1,7 @@
-"""Captions of shapes-world scenes at three levels, and the parser that reads attributes back out.
+"""Captions of shapes-world scenes at four levels, and the parser that reads attributes back out.
 
-Writing: `caption_scene(scene, rng)` -> {"short", "medium", "detailed"}, phrasing varied by templates and
-synonyms so that models learn meaning, not one sentence.
+Writing: `caption_scene(scene, rng)` -> {"short", "medium", "detailed", "free"}, phrasing varied by templates and
+synonyms so that models learn meaning, not one sentence (free varies word order and sentence frame as well).
 Reading: `parse_caption(text)` -> `ParsedCaption` with whatever attributes the text states. The parser is
 shared by tests, evaluation (what did the prompt ask for?), the captioner's metrics and prompt expansion.
 """
@@ -13,6 +13,10 @@ import re
 from dataclasses import dataclass, field
 
 from kinema.data.world import RGB, Scene, position_name
+
+# short/medium/detailed/free: written here for the shapes world; original: an ingested video's own caption;
+# recaption: written by `kinema caption run`
+CAPTION_LEVELS = ("short", "medium", "detailed", "free", "original", "recaption")
 
 # ---------------------------------------------------------------------------------------------------
 # Synonyms: canonical name -> phrasings. The first phrasing is the canonical one.
@@ -113,9 +117,44 @@ def short_caption(scene: Scene, rng: random.Random) -> str:
     return _pick(rng, options)
 
 
+def _free_object(obj, rng: random.Random) -> str:
+    """One object, its words in one of several orders: size before the color or after the noun, the motion as a
+    participle or a relative clause, the speed before or after the verb."""
+    size, shape = _pick(rng, SIZE_WORDS[obj.size]), _pick(rng, SHAPE_WORDS[obj.shape])
+    noun = _pick(rng, [f"{size} {obj.color} {shape}", f"{obj.color} {shape} that is {size}",
+                       f"{obj.color} {shape} of {size} size"])
+    if obj.motion == "still":
+        motion = _pick(rng, [f"that {_pick(rng, STILL_PHRASES_3RD)}", _pick(rng, STILL_PHRASES),
+                             "staying in place", "which is stationary"])
+    else:
+        direction, speed = _pick(rng, DIRECTION_WORDS[obj.motion]), _pick(rng, SPEED_WORDS[obj.speed])
+        verb, verb_3rd = _pick(rng, [*MOVE_VERBS, "going"]), _pick(rng, [*MOVE_VERBS_3RD, "goes"])
+        motion = _pick(rng, [f"{verb} {direction} {speed}", f"{speed} {verb} {direction}",
+                             f"that {verb_3rd} {direction} {speed}", f"which {speed} {verb_3rd} {direction}"])
+    if noun.endswith(("is " + size, size + " size")):  # "a red box that is big" reads best closed by a comma
+        noun += ","
+    return f"{article(noun)} {noun} {motion}"
+
+
+def free_caption(scene: Scene, rng: random.Random) -> str:
+    """Every attribute the medium level states, phrased freely: word order, sentence frame and joiners vary, so a
+    model trained on it reads meaning rather than one template (paraphrased prompts; `kinema.eval.adherence`'s
+    paraphrase category uses other frames, not these)."""
+    objects = [_free_object(o, rng) for o in scene.objects]
+    joined = objects[0] if len(objects) == 1 else ", ".join(objects[:-1]) + _pick(
+        rng, [" and ", ", plus ", "; also "]) + objects[-1]
+    background = _pick(rng, BACKGROUND_WORDS[scene.background])
+    backdrop = _pick(rng, ["background", "backdrop"])
+    frame = _pick(rng, ["{o} on a {b} {d}", "a {b} {d} with {o}", "{B} {d}. {O}.", "video of {o}, {b} {d}",
+                        "in this clip, {o}, against a {b} {d}", "{O}; the whole scene has a {b} {d}."])
+    return frame.format(o=joined, O=joined[:1].upper() + joined[1:], b=background, B=background.capitalize(),
+                        d=backdrop)
+
+
 def caption_scene(scene: Scene, rng: random.Random) -> dict[str, str]:
+    # free is drawn last, so the other levels are the same draws as before it existed
     return {"short": short_caption(scene, rng), "medium": medium_caption(scene, rng),
-            "detailed": detailed_caption(scene, rng)}
+            "detailed": detailed_caption(scene, rng), "free": free_caption(scene, rng)}
 
 
 # ---------------------------------------------------------------------------------------------------

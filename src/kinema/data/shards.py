@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kinema.data.captions import caption_scene
+from kinema.data.captions import CAPTION_LEVELS, caption_scene
 from kinema.data.world import Scene, WorldConfig, render, sample_scene
 from kinema.io.video import atomic_write_bytes, encode_mp4, read_video, to_tensor
 
@@ -194,9 +194,6 @@ def load_index(path: str | Path) -> list[dict]:
     return rows
 
 
-# short/medium/detailed: the shapes world; original: an ingested video's own caption;
-# recaption: written by `kinema caption run`
-CAPTION_LEVELS = ("short", "medium", "detailed", "original", "recaption")
 
 
 class ShardDataset(Dataset):

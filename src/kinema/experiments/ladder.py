@@ -169,6 +169,11 @@ def default_rungs() -> dict[str, Rung]:
     # (-full-more: 6 -> 34% at 12000 steps, every attribute up: it climbs.) And on:
     rungs.append(full_two.then("ref-two-s4c8-clauses-full-more2", "ref-two-s4c8-clauses-full-more continued 6000 "
                                "steps more (a cosine restart)", init_from="ref-two-s4c8-clauses-full-more"))
+    # session 26: a curriculum at equal total steps: the simple world's two-object model (84%, binding learned) as
+    # the start of the full world's, against -full-more's 12000 steps from scratch (34%)
+    rungs.append(full_two.then("ref-two-s4c8-clauses-full-cur", "ref-two-s4c8-clauses-full started from "
+                               "ref-two-s4c8-x0-clauses's trained DiT (binding first, on the simple world)",
+                               init_from="ref-two-s4c8-x0-clauses"))
     # the two-object models memorise once small objects come in: flow loss on fresh scenes over their own training
     # clips (eval.fresh.memorisation) is +6.5% on the simple world, +5.4% with 8 colors, +15% with small objects (+18%
     # after 12000 steps), +13% on the full world; 8192 clips cover few of the two-object combinations. Twice the
