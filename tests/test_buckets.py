@@ -119,10 +119,11 @@ def test_dit_train_flags_reach_the_model_and_the_objective(tiny_latents, tmp_pat
 
     main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--joint-attention",
           "--text-refiner", "1", "--no-pooled-text", "--logit-mean", "0.8", "--shift", "2", "--prediction", "x0",
-          "--foreground-weight", "9", "--steps", "2",
+          "--foreground-weight", "9", "--width", "48", "--depth", "1", "--heads", "3", "--steps", "2",
           "--batch-size", "2", "--ckpt-every", "2", "--sample-every", "0", "--out", str(tmp_path / "run")])
     dit = json.loads((tmp_path / "run" / "model" / "dit.json").read_text())
     assert (dit["joint_attention"], dit["text_refiner"], dit["pooled_text"]) == (True, 1, False)
+    assert (dit["dim"], dit["depth"], dit["heads"]) == (48, 1, 3)
     objective = json.loads((tmp_path / "run" / "model" / "model_index.json").read_text())["objective"]
     assert (objective["logit_mean"], objective["shift"], objective["prediction"]) == (0.8, 2.0, "x0")
     # the loss weight is part of the run's identity (a resume with another weight is refused), only when set
@@ -133,6 +134,9 @@ def test_dit_train_flags_reach_the_model_and_the_objective(tiny_latents, tmp_pat
     assert main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--objective", "epsilon",
                  "--shift", "2", "--out", str(tmp_path / "bad")]) == 2
     assert "use --objective flow" in capsys.readouterr().err
+    assert main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--width", "50", "--heads", "3",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "dim 50 must be divisible by heads 3" in capsys.readouterr().err
 
 
 def test_dit_train_caption_mix_flag(tiny_latents, tmp_path, capsys):
