@@ -65,6 +65,24 @@ def test_clauses_are_split_at_punctuation_and_conjunctions():
         ["On a navy background there is one red circle, small in size; it heads left"]
 
 
+def test_every_caption_level_gives_each_object_its_own_clause():
+    """Clause tokens bind words to objects only if no clause holds two objects: every level the shapes world
+    writes, on scenes of two and three objects."""
+    import random
+
+    from kinema.data.captions import caption_scene, parse_caption
+    from kinema.data.world import WorldConfig, sample_scene
+    from kinema.text.encoder import split_clauses
+
+    for seed in range(200):
+        scene = sample_scene(WorldConfig(min_objects=2, max_objects=3), seed)
+        for level, text in caption_scene(scene, random.Random(seed)).items():
+            if level == "short":
+                continue
+            counts = [len(parse_caption(c).objects) for c in split_clauses(text)]
+            assert max(counts) == 1 and sum(counts) == len(scene.objects), (level, text, split_clauses(text))
+
+
 def test_clause_tokens_follow_the_words_and_hold_each_clause_encoded_alone(layers_0_6):
     from kinema.text.encoder import pooled
 

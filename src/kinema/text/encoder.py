@@ -42,7 +42,7 @@ DEFAULT_TEXT_ENCODER = "minilm:0,6"  # what new latent caches use (see the modul
 
 
 CLAUSES = "+clauses"  # suffix of a MiniLM name: clause tokens after the word tokens
-_CLAUSE_BREAK = re.compile(r"[,;.:]|\b(?:and|while|meanwhile|whereas)\b", re.IGNORECASE)
+_CLAUSE_BREAK = re.compile(r"[,;.:]|\b(?:and|while|meanwhile|whereas|plus|also)\b", re.IGNORECASE)
 # A piece that starts with one of these opens a new clause (a noun phrase or a prepositional phrase); any other
 # piece ("slides leftward gently", "it heads left", "small in size") goes on describing the previous clause's object.
 _CLAUSE_OPENERS = frozenset({"a", "an", "the", "one", "two", "three", "four", "another", "each", "every", "some",
@@ -51,9 +51,9 @@ _CLAUSE_OPENERS = frozenset({"a", "an", "the", "one", "two", "three", "four", "a
 
 
 def split_clauses(prompt: str) -> list[str]:
-    """The prompt's clauses: split at punctuation and at and/while/meanwhile/whereas, then a piece that does not
-    open with a determiner or a preposition is joined (with the words between) to the one before it, so "a big red
-    box starts at the top and slides left" stays one clause; the prompt itself if there are no pieces."""
+    """The prompt's clauses: split at punctuation and at and/while/meanwhile/whereas/plus/also, then a piece that
+    does not open with a determiner or a preposition is joined (with the words between) to the one before it, so "a
+    big red box starts at the top and slides left" stays one clause; the prompt itself if there are no pieces."""
     bounds = [0, *(i for m in _CLAUSE_BREAK.finditer(prompt) for i in m.span()), len(prompt)]
     spans: list[list[int]] = []  # [start, end) of each clause in the prompt
     for start, end in zip(bounds[::2], bounds[1::2], strict=True):
