@@ -194,8 +194,6 @@ def load_index(path: str | Path) -> list[dict]:
     return rows
 
 
-
-
 class ShardDataset(Dataset):
     """Clips of a shard folder as dicts: video (C, F, H, W) in [-1, 1], caption, captions, scene, key.
 
