@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from kinema.cli.common import parse_fhw
+from kinema.data.captions import SHAPES_LEVELS
 
 
 def cmd_experiment_recaption(args: argparse.Namespace) -> None:
@@ -100,7 +101,7 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--evals", type=int, default=4, help="validation points per run (checkpoints kept)")
     p.add_argument("--ema-decay", type=float, help="EMA decay (default: the training loop's)")
     p.add_argument("--grad-clip", type=float, help="gradient-norm clip (default: the training loop's)")
-    p.add_argument("--eval-level", default="medium", choices=["short", "medium", "detailed", "free"],
+    p.add_argument("--eval-level", default="medium", choices=SHAPES_LEVELS,
                    help="caption level of the adherence prompts (when the data's world is known)")
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--world-n", type=int, default=0, help="scenes per world-simulator test per size (0: skip)")

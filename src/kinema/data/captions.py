@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 from kinema.data.world import RGB, Scene, position_name
 
-# short/medium/detailed/free: written here for the shapes world; original: an ingested video's own caption;
-# recaption: written by `kinema caption run`
-CAPTION_LEVELS = ("short", "medium", "detailed", "free", "original", "recaption")
+# short/medium/detailed/free: written here for the shapes world (`caption_scene`); original: an ingested video's own
+# caption; recaption: written by `kinema caption run`
+SHAPES_LEVELS = ("short", "medium", "detailed", "free")
+CAPTION_LEVELS = (*SHAPES_LEVELS, "original", "recaption")
 
 # ---------------------------------------------------------------------------------------------------
 # Synonyms: canonical name -> phrasings. The first phrasing is the canonical one.
@@ -121,8 +122,9 @@ def _free_object(obj, rng: random.Random) -> str:
     """One object, its words in one of several orders: size before the color or after the noun, the motion as a
     participle or a relative clause, the speed before or after the verb."""
     size, shape = _pick(rng, SIZE_WORDS[obj.size]), _pick(rng, SHAPE_WORDS[obj.shape])
-    noun = _pick(rng, [f"{size} {obj.color} {shape}", f"{obj.color} {shape} that is {size}",
-                       f"{obj.color} {shape} of {size} size"])
+    # a size after the noun is closed by a comma: "a red box that is big, moving left"
+    noun = _pick(rng, [f"{size} {obj.color} {shape}", f"{obj.color} {shape} that is {size},",
+                       f"{obj.color} {shape} of {size} size,"])
     if obj.motion == "still":
         motion = _pick(rng, [f"that {_pick(rng, STILL_PHRASES_3RD)}", _pick(rng, STILL_PHRASES),
                              "staying in place", "which is stationary"])
@@ -131,8 +133,6 @@ def _free_object(obj, rng: random.Random) -> str:
         verb, verb_3rd = _pick(rng, [*MOVE_VERBS, "going"]), _pick(rng, [*MOVE_VERBS_3RD, "goes"])
         motion = _pick(rng, [f"{verb} {direction} {speed}", f"{speed} {verb} {direction}",
                              f"that {verb_3rd} {direction} {speed}", f"which {speed} {verb_3rd} {direction}"])
-    if noun.endswith(("is " + size, size + " size")):  # "a red box that is big" reads best closed by a comma
-        noun += ","
     return f"{article(noun)} {noun} {motion}"
 
 
