@@ -130,7 +130,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_good_checkpoint(tiny_late
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-0000004.safetensors"
     kept = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))["model"]
     assert all(torch.isfinite(v).all() for v in kept.values())
-    assert not (tmp_path / "model").exists()  # nothing exported
+    assert not (tmp_path / "model" / "dit.safetensors").exists()  # no weights exported
     with pytest.raises(WeightsError, match="non-finite"):
         save_weights(tmp_path / "w", "dit", {"a": torch.tensor([1.0, float("inf")])}, {})
 
@@ -190,3 +190,45 @@ def test_pruning_keeps_the_last_good_checkpoint_when_the_newest_is_corrupt(tmp_p
     save_checkpoint(tmp_path / "step-0000004.safetensors", {"model": {"w": torch.randn(32, 32)}, "step": 4})
     prune_checkpoints(tmp_path, keep=1)
     assert [p.name for p in tmp_path.glob("step-*.safetensors")] == ["step-0000004.safetensors"]
+
+
+def test_a_stopped_run_exports_its_latest_checkpoint_as_a_model_folder(tiny_latents, tmp_path):
+    """`kinema dit export --run` on a run that never reached its end: the model folder's other files are
+    written when the run starts, the weights come from the latest checkpoint."""
+    from safetensors.torch import load_file
+
+    from kinema.cli import main
+    from kinema.data.latents import LatentDataset
+    from kinema.diffusion.objectives import FlowObjective
+    from kinema.pipeline import TextToVideoPipeline
+    from kinema.presets import DIT_PRESETS
+    from kinema.train.dit_task import DiTTask
+    from kinema.train.loop import train
+
+    class Stopped(Exception):
+        pass
+
+    class StopsAtStep5(DiTTask):
+        calls = 0
+
+        def loss(self, model, batch, generator):
+            StopsAtStep5.calls += 1
+            if StopsAtStep5.calls == 5:
+                raise Stopped  # as a killed or interrupted run: no final export
+            return super().loss(model, batch, generator)
+
+    data = LatentDataset(tiny_latents)
+    task = StopsAtStep5(data, DIT_PRESETS["tiny"](), FlowObjective(), batch_size=4, vae_dir=data.meta["vae"])
+    with pytest.raises(Stopped):
+        train(task, TrainConfig(steps=8, batch_size=4, warmup_steps=1, ckpt_every=2, ema_decay=0.9), tmp_path / "run",
+              progress=False)
+    assert not (tmp_path / "run" / "model" / "dit.safetensors").exists()
+    assert main(["dit", "export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "mid")]) == 0
+    index = json.loads((tmp_path / "mid" / "model_index.json").read_text())
+    assert (index["trained_steps"], index["weights"]) == (4, "ema")
+    ema = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))["ema"]
+    exported = load_file(str(tmp_path / "mid" / "dit.safetensors"))
+    assert exported.keys() == ema.keys() and all(torch.equal(exported[k], ema[k]) for k in ema)
+    video = TextToVideoPipeline.from_pretrained(tmp_path / "mid")("a red circle moving left", steps=2, seed=0)
+    assert video.ndim == 4 and video.shape[-1] == 3
+    assert main(["dit", "export", "--run", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) != 0

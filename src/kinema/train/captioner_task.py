@@ -75,6 +75,9 @@ class CaptionerTask:
         path.write_text("".join(f"truth: {t}\nmodel: {g}\n\n" for t, g in zip(captions, generated, strict=True)))
         return [path]
 
+    def start(self, out_dir: Path) -> None:
+        """Nothing: `export_captioner` builds a folder from any checkpoint's config."""
+
     def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> Path:
         vae = self.data.meta.get("vae") if isinstance(self.data, LatentDataset) else None
         config = {**to_dict(self.model_cfg), "vocab": self.vocab.words[4:], "vae": vae}

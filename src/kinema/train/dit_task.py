@@ -182,15 +182,21 @@ class DiTTask:
         clips = [pipe(p, steps=self.sample_steps, seed=i) for i, p in enumerate(self.sample_prompts)]
         return [save_image(out_dir / f"samples-{step:07d}.png", contact_sheet(clips, self.sample_prompts, scale=2))]
 
-    def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> Path:
-        """A model folder: dit.*, vae.* (copied) and model_index.json, loadable by TextToVideoPipeline."""
-        path = save_weights(out_dir / "model", "dit", state_dict, to_dict(self.model_cfg))
+    def start(self, out_dir: Path) -> None:
+        """The model folder's files besides the DiT weights (VAE, model_index.json), written before the first
+        step, so `kinema dit export --run` turns any checkpoint of the run into a model folder while it trains."""
+        folder = out_dir / "model"
+        folder.mkdir(parents=True, exist_ok=True)
         if self.vae_dir is not None:
             for name in ("vae.safetensors", "vae.json"):
-                shutil.copyfile(Path(self.vae_dir) / name, out_dir / "model" / name)
+                shutil.copyfile(Path(self.vae_dir) / name, folder / name)
         vae_cfg = from_dict(VAEConfig, self.data.meta["vae_config"], where="latent cache meta.json vae_config")
         index = model_index_for(self.objective, self.data.meta.get("text_encoder"), vae_cfg,
                                 self.data.latent_shape[1:], steps=self.sample_steps,
                                 init_from=None if self.init_from is None else str(self.init_from))
-        write_model_index(out_dir / "model", index)
-        return path
+        write_model_index(folder, index)
+
+    def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> Path:
+        """A model folder: dit.*, vae.* (copied) and model_index.json, loadable by TextToVideoPipeline."""
+        self.start(out_dir)
+        return save_weights(out_dir / "model", "dit", state_dict, to_dict(self.model_cfg))

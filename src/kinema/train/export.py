@@ -27,9 +27,13 @@ def latest_weights(run: str | Path, weights: str = "ema") -> tuple[dict, dict[st
 
 
 def export_model_folder(run: str | Path, out: str | Path, weights: str = "ema", half: bool = False) -> Path:
-    """Copy the run's model_index.json and VAE, and write the checkpoint's `weights` ("model" or "ema") as
-    dit.safetensors (float16 when `half`; loading casts back to float32)."""
+    """Copy the run's model_index.json and VAE (its `model/` folder, written when the run starts), and write its
+    latest checkpoint's `weights` ("model" or "ema") as dit.safetensors (float16 when `half`; loading casts back
+    to float32): a model folder from a run that is still training, or one that was stopped."""
     run, out = Path(run), Path(out)
+    if not (run / "model" / "model_index.json").exists():  # a run writes it before its first step
+        raise FileNotFoundError(f"{run}/model/model_index.json: missing; not a `kinema dit train` run folder, or "
+                                f"one started before runs wrote it at their start (resume it once to write it)")
     ckpt, state = latest_weights(run, weights)
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -39,7 +43,7 @@ def export_model_folder(run: str | Path, out: str | Path, weights: str = "ema", 
     for name in ("vae.safetensors", "vae.json"):
         src = run / "model" / name
         if not src.exists():
-            raise FileNotFoundError(f"{src}: missing; the run has not exported a model folder yet")
+            raise FileNotFoundError(f"{src}: missing; the run's latents name no VAE folder, so it has none to export")
         if name == "vae.safetensors" and half:
             from safetensors.torch import load_file
 

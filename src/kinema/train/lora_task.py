@@ -50,6 +50,9 @@ class LoRATask(DiTTask):
         return {**super().model_config(), "lora": {"rank": self.rank, "alpha": self.alpha,
                                                    "targets": list(self.targets), "base": str(self.base_model)}}
 
+    def start(self, out_dir: Path) -> None:
+        """Nothing: the adapter is its weights alone (not the DiT run's model folder)."""
+
     def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> Path:
         meta = {"rank": self.rank, "alpha": float(self.alpha if self.alpha is not None else self.rank),
                 "targets": list(self.targets), "base_model": str(Path(self.base_model).resolve()),

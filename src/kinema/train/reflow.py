@@ -123,18 +123,22 @@ class ReflowTask:
     def samples(self, model: nn.Module, step: int, out_dir: Path) -> list[Path]:
         return []
 
-    def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> Path:
-        """The teacher's model folder with the student's weights and few-step defaults."""
+    def start(self, out_dir: Path) -> None:
+        """The teacher's model folder, few-step defaults, no DiT weights yet (`kinema dit export --run` adds a
+        checkpoint's)."""
         folder = out_dir / "model"
         folder.mkdir(parents=True, exist_ok=True)
         for name in ("vae.safetensors", "vae.json"):
             shutil.copyfile(self.teacher_dir / name, folder / name)
-        _, cfg = load_weights(self.teacher_dir, "dit")
-        path = save_weights(folder, "dit", state_dict, cfg)
         distilled = {"method": "reflow", "teacher": str(self.teacher_dir), "pairs": len(self.z)}
-        index = read_model_index(self.teacher_dir).replace(steps=4, guidance=1.0, distilled=distilled)
-        write_model_index(folder, index)
-        return path
+        write_model_index(folder, read_model_index(self.teacher_dir).replace(steps=4, guidance=1.0,
+                                                                            distilled=distilled))
+
+    def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> Path:
+        """The teacher's model folder with the student's weights and few-step defaults."""
+        self.start(out_dir)
+        _, cfg = load_weights(self.teacher_dir, "dit")
+        return save_weights(out_dir / "model", "dit", state_dict, cfg)
 
 
 def distill(teacher_dir: str | Path, latents: str | Path, out: str | Path, train_cfg, pairs: int = 1024,

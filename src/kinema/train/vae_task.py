@@ -115,6 +115,9 @@ class VAETask:
                                                                                      len(self.data)))]
         model.calibrate(torch.cat(means))
 
+    def start(self, out_dir: Path) -> None:
+        """Nothing: the VAE folder is its weights alone (calibrated at export)."""
+
     def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> Path:
         model = VideoVAE(self.model_cfg)
         model.load_state_dict(state_dict)
