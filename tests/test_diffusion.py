@@ -301,3 +301,58 @@ def test_a_loss_weight_counts_errors_at_the_weighted_positions_more():
     assert torch.isclose(plain[0], plain[1], rtol=1e-4)  # the same error, the same plain loss
     assert weighted[0] > 5 * weighted[1]  # weighted: an error at the object costs more
     assert obj.loss(lambda x_t, t: X0, X0, g, weight) < 1e-8
+
+
+def test_weighting_what_the_model_drew_makes_a_copy_cost_what_a_missing_object_does():
+    """With the clip's objects weighted alone, missing an object costs 10x drawing one where there is none (the
+    copies a model unsure of the count learns to draw); weighting the model's drawn objects too evens them."""
+    x0 = torch.full((1, 4, 3, 8, 8), 0.3)  # a flat background
+    x0[..., 1:3, 1:3] = 2.0  # one object
+    missing, copy = x0.clone(), x0.clone()
+    missing[..., 1:3, 1:3] = 0.3  # the object left out
+    copy[..., 5:7, 5:7] = 2.0  # a second one drawn
+    either = latent_foreground_weight(x0, 9.0, estimate=copy)
+    assert torch.equal(either[..., 5:7, 5:7], torch.full((1, 1, 3, 2, 2), 10.0))  # the drawn copy's positions
+    assert torch.equal(either, torch.maximum(latent_foreground_weight(x0, 9.0),
+                                             latent_foreground_weight(copy, 9.0)))  # (both clips' median: 0.3)
+    obj = FlowObjective(prediction="x0")
+
+    def loss(drawn, weight):
+        return obj.loss(lambda x_t, t: drawn, x0, torch.Generator().manual_seed(0), weight)
+
+    clip_only = latent_foreground_weight(x0, 9.0)
+    assert loss(missing, clip_only) > 5 * loss(copy, clip_only)  # the asymmetry
+
+    def drawn_too(estimate):
+        return latent_foreground_weight(x0, 9.0, estimate=estimate)
+
+    # the same error at the same weight (10); the weighted mean's denominators differ by the copy's positions only
+    total = {name: drawn_too(d).expand_as(x0).sum() for name, d in (("missing", missing), ("copy", copy))}
+    assert torch.isclose(loss(missing, drawn_too) * total["missing"], loss(copy, drawn_too) * total["copy"])
+
+
+@pytest.mark.parametrize("objective", [FlowObjective(), FlowObjective(prediction="x0"), EpsilonObjective(),
+                                       EpsilonObjective(prediction="v")], ids=["velocity", "x0", "epsilon", "v"])
+def test_the_clean_estimate_of_the_exact_output_is_the_clean_latent(objective):
+    noise = torch.randn(X0.shape, generator=torch.Generator().manual_seed(1))
+    if isinstance(objective, FlowObjective):
+        t = torch.tensor([0.3, 0.9])
+        x_t = objective.add_noise(X0, noise, t)
+        out = X0 if objective.prediction == "x0" else objective.target(X0, noise)
+    else:
+        t = torch.tensor([100, 700])
+        x_t, out = objective.add_noise(X0, noise, t), objective.target(X0, noise, t)
+    assert torch.allclose(objective.clean_estimate(out, x_t, t), X0, atol=1e-4)
+
+
+def test_a_weight_function_is_given_the_models_clean_estimate_detached():
+    seen = []
+
+    def weight(estimate):
+        seen.append(estimate)
+        return torch.ones(X0.shape[0], 1, *X0.shape[2:])
+
+    out = (X0 + 0.5).requires_grad_()
+    loss = FlowObjective(prediction="x0").loss(lambda x_t, t: out, X0, torch.Generator().manual_seed(0), weight)
+    assert len(seen) == 1 and torch.equal(seen[0], out.detach()) and not seen[0].requires_grad
+    assert loss.requires_grad  # the loss itself still trains the model

@@ -38,6 +38,19 @@ def test_probe_reads_a_known_scene():
         assert (got.shape, got.size, got.motion, got.speed) == (obj.shape, obj.size, obj.motion, obj.speed)
 
 
+def test_the_probe_counts_copies_of_one_color_as_separate_objects():
+    """A scene's colors are distinct, so two blobs of one color are two objects (a model that draws a
+    single-object prompt as copies fails the count), while one object stays one through its whole clip."""
+    frames, scene = make_clip(WorldConfig(max_objects=1, sizes=("small",)), 3)
+    a = frames.numpy()
+    assert probe_clip(a).count == 1
+    shifted = np.roll(a, 32, axis=2)  # the same clip half a frame to the right
+    background = a[:, :1, :1]  # (F, 1, 1, 3): backgrounds are plain
+    copies = np.where((shifted != background).any(-1, keepdims=True), shifted, a)
+    result = probe_clip(copies)
+    assert result.count == 2 and result.by_color()[scene.objects[0].color].pieces == 2
+
+
 def test_prompt_set_is_fixed_and_covers_the_categories():
     a, b = prompt_set(3), prompt_set(3)
     assert [p.prompt for p in a] == [p.prompt for p in b]

@@ -9,19 +9,24 @@ is never asked to predict what it was given, and sampling keeps those frames cle
 (`keep_given`), so training and sampling see the same inputs.
 
 A per-position loss weight (`loss_weight`, (B, 1, F, H, W)) reweights the mean; `latent_foreground_weight` makes
-one that counts a clip's object positions (far from its background latent) more.
+one that counts a clip's object positions (far from its background latent) more. `loss_weight` may also be a
+function of the model's estimate of the clean latent (detached), for a weight that also counts the objects the model
+drew where the clip has none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import torch
 
 from kinema.diffusion.schedules import DDPMSchedule
 
 Model = Callable[..., torch.Tensor]
+# a (B, 1, F, H, W) weight, or a function of the model's clean-latent estimate (B, C, F, H, W) that gives one
+LossWeight: TypeAlias = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
 
 
 def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -49,14 +54,23 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, cond_mask: torch.Tensor
     return (err * w).sum() / w.sum().clamp(min=1.0)
 
 
-def latent_foreground_weight(x0: torch.Tensor, weight: float, threshold: float = 0.5) -> torch.Tensor:
+def latent_foreground_weight(x0: torch.Tensor, weight: float, threshold: float = 0.5,
+                             estimate: torch.Tensor | None = None) -> torch.Tensor:
     """(B, C, F, H, W) normalised latents -> (B, 1, F, H, W): 1 + weight where a position's latent is further than
     `threshold` (RMS over channels) from the clip's per-channel median latent, 1 elsewhere. On a flat background the
     median is the background's latent and the far positions are the objects' (on the s4c8 shapes latent about 10% of
-    them at 0.5; the median distance is 0.08), which plain MSE weighs by their small share of the clip."""
+    them at 0.5; the median distance is 0.08), which plain MSE weighs by their small share of the clip.
+
+    With `estimate` (the model's clean latent, same shape) also where the estimate is far from the clip's background:
+    weighting the clip's objects alone makes a missing object cost `weight + 1` times an extra one, so a model unsure
+    of the count learns to draw copies; counting both makes either mistake cost the same."""
     median = x0.float().flatten(2).median(dim=2).values[..., None, None, None]  # (B, C, 1, 1, 1)
-    far = (x0.float() - median).pow(2).mean(dim=1, keepdim=True).sqrt() > threshold  # (B, 1, F, H, W)
-    return 1.0 + weight * far.float()
+
+    def far(x: torch.Tensor) -> torch.Tensor:  # (B, 1, F, H, W)
+        return (x.float() - median).pow(2).mean(dim=1, keepdim=True).sqrt() > threshold
+
+    fg = far(x0) if estimate is None else far(x0) | far(estimate)
+    return 1.0 + weight * fg.float()
 
 
 def _expand(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -88,12 +102,21 @@ class EpsilonObjective:
         return torch.randint(0, self.schedule.num_train_timesteps, (n,), generator=generator, device=device)
 
     def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator | None = None,
-             loss_weight: torch.Tensor | None = None, **cond) -> torch.Tensor:
+             loss_weight: LossWeight = None, **cond) -> torch.Tensor:
         timesteps = self.sample_timesteps(x0.shape[0], generator, x0.device)
         noise = _randn(x0, generator)
         x_t = keep_given(self.add_noise(x0, noise, timesteps), cond.get("cond"), cond.get("cond_mask"))
         pred = model(x_t, self.schedule.model_time(timesteps), **cond)
+        if callable(loss_weight):
+            loss_weight = loss_weight(self.clean_estimate(pred.detach(), x_t, timesteps))
         return masked_mse(pred, self.target(x0, noise, timesteps), cond.get("cond_mask"), loss_weight)
+
+    def clean_estimate(self, pred: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The x0 the network's output implies (from noise or v); unstable at the noisiest steps, as x0 is there."""
+        a = _expand(self.schedule.alphas_cumprod().to(x_t.device)[timesteps], x_t)
+        if self.prediction == "epsilon":
+            return (x_t - (1 - a).sqrt() * pred) / a.sqrt()
+        return a.sqrt() * x_t - (1 - a).sqrt() * pred
 
 
 X0_MIN_SIGMA = 0.05  # x0 prediction: the smallest sigma the velocity divides by (JiT clips 1 - t at 0.05 too)
@@ -133,12 +156,18 @@ class FlowObjective:
         return torch.sigmoid(z)
 
     def loss(self, model: Model, x0: torch.Tensor, generator: torch.Generator | None = None,
-             loss_weight: torch.Tensor | None = None, **cond) -> torch.Tensor:
+             loss_weight: LossWeight = None, **cond) -> torch.Tensor:
         sigmas = self.sample_sigmas(x0.shape[0], generator, x0.device)
         noise = _randn(x0, generator)
         x_t = keep_given(self.add_noise(x0, noise, sigmas), cond.get("cond"), cond.get("cond_mask"))
-        pred = self.velocity(model(x_t, sigmas, **cond), x_t, sigmas)
-        return masked_mse(pred, self.target(x0, noise), cond.get("cond_mask"), loss_weight)
+        out = model(x_t, sigmas, **cond)
+        if callable(loss_weight):
+            loss_weight = loss_weight(self.clean_estimate(out.detach(), x_t, sigmas))
+        return masked_mse(self.velocity(out, x_t, sigmas), self.target(x0, noise), cond.get("cond_mask"), loss_weight)
+
+    def clean_estimate(self, out: torch.Tensor, x_t: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """The x0 the network's output implies: itself for x0 prediction, x_t - sigma v for velocity."""
+        return out if self.prediction == "x0" else x_t - _expand(sigmas, x_t) * out
 
 
 Objective = EpsilonObjective | FlowObjective

@@ -3,6 +3,8 @@ speed; plus background and object count), so generated videos can be checked aga
 
 Exact geometry where it is reliable: every pixel is labelled with its nearest palette color; an object is
 a color with enough pixels after a 1-pixel erosion (which removes anti-aliased seams between two shapes);
+a scene's objects have distinct colors, so a color drawn as several separate blobs is several objects (copies
+a model drew, or one object it split), and the count says so;
 its centroid track gives motion and speed, its largest area the size. A small CNN, trained on rendered
 shapes-world clips with degradations (`kinema eval train-probe`), reads the shape from the object's mask,
 where geometry alone is fragile (small sizes, overlaps, blur).
@@ -45,6 +47,7 @@ class ProbedObject:
     track: list[tuple[float, float]] = field(repr=False, default_factory=list)  # centroid (x, y) per frame
     presence: float = 1.0  # share of frames where the object is seen
     area_stability: float = 1.0  # 1 - coefficient of variation of its area over those frames
+    pieces: int = 1  # separate blobs of its color (median over frames): >1 when a model draws copies or splits it
 
 
 @dataclass
@@ -54,7 +57,8 @@ class ProbeResult:
 
     @property
     def count(self) -> int:
-        return len(self.objects)
+        """Objects drawn: a world scene's colors are distinct, so copies of one color count once each."""
+        return sum(o.pieces for o in self.objects)
 
     def temporal_consistency(self) -> float:
         """Mean over objects of presence x area stability: 1 when every object stays visible with a constant
@@ -134,6 +138,22 @@ def _erode(mask: torch.Tensor) -> torch.Tensor:
     return -F.max_pool2d(-mask.float()[:, None], 3, stride=1, padding=1)[:, 0] > 0.5
 
 
+def _pieces(core: torch.Tensor, min_pixels: int) -> torch.Tensor:
+    """(F, H, W) boolean masks -> (F,) number of 8-connected blobs of at least `min_pixels` pixels in each frame.
+    Each pixel starts with its own id and takes its neighbourhood's largest until nothing changes (a blob's
+    width in steps; a few dozen at 64x64)."""
+    F_, H, W = core.shape
+    ids = torch.arange(1, H * W + 1, dtype=torch.float32).view(1, H, W).expand(F_, H, W)  # exact in float32
+    label = torch.where(core, ids, 0.0)
+    while True:
+        grown = torch.where(core, F.max_pool2d(label[:, None], 3, stride=1, padding=1)[:, 0], 0.0)
+        if torch.equal(grown, label):
+            break
+        label = grown
+    return torch.tensor([int((label[f][core[f]].unique(return_counts=True)[1] >= min_pixels).sum())
+                         for f in range(F_)])
+
+
 def _motion(track: torch.Tensor, height: int) -> tuple[str, str | None]:
     """Least-squares velocity of a (F, 2) centroid track -> (direction, speed)."""
     if track.shape[0] < 2:
@@ -168,8 +188,8 @@ def find_objects(frames: np.ndarray | torch.Tensor,
     ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
     for k, color in enumerate(colors):
         mask = labels == k  # (F, H, W)
-        core = _erode(mask).sum((1, 2))
-        present = core >= min_pixels
+        core = _erode(mask)
+        present = core.sum((1, 2)) >= min_pixels
         if present.sum() < max(1, F_ // 3):
             continue
         m = mask[present].float()
@@ -178,8 +198,9 @@ def find_objects(frames: np.ndarray | torch.Tensor,
         motion, speed = _motion(track, H)
         area = float(n.max())
         stability = 1.0 - float(n.std() / n.mean()) if len(n) > 1 else 1.0
+        pieces = max(1, int(_pieces(core[present], min_pixels).median()))  # lower median: a brief overlap is one
         objects.append(ProbedObject(color, None, _size(area, H), motion, speed, area, track.tolist(),
-                                    float(present.float().mean()), stability))
+                                    float(present.float().mean()), stability, pieces))
         views = n.argsort(descending=True)[:CROP_VIEWS]  # the frames where the object is least occluded
         crops.append(torch.stack([mask_crop(m[int(v)]) for v in views]))
     return ProbeResult(background, objects), crops

@@ -16,7 +16,7 @@ from torch import nn
 from kinema.config import from_dict, to_dict
 from kinema.data.buckets import batch_indices, bucket_batch_indices
 from kinema.data.latents import LatentDataset
-from kinema.diffusion.objectives import Objective, latent_foreground_weight
+from kinema.diffusion.objectives import LossWeight, Objective, latent_foreground_weight
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.weights import load_weights, save_weights
 from kinema.model_index import model_index_for, write_model_index
@@ -89,6 +89,7 @@ class DiTTask:
     caption_dropout: float = 0.1
     cond_prob: float = 0.3  # share of samples trained with some frames given
     foreground_weight: float = 0.0  # extra loss weight on object positions (latent_foreground_weight); 0: none
+    foreground_of: str = "clip"  # whose objects: "clip" (the clip's), or "either" (also where the model drew one)
     vae_dir: Path | None = None  # for decoding samples and for the exported model folder
     sample_prompts: list[str] = field(default_factory=lambda: list(SAMPLE_PROMPTS))
     sample_steps: int = 30
@@ -96,6 +97,8 @@ class DiTTask:
     name: str = "dit"
 
     def __post_init__(self) -> None:
+        if self.foreground_of not in ("clip", "either"):
+            raise ValueError(f"foreground_of: {self.foreground_of!r}; expected 'clip' or 'either'")
         text_dim = self.data.meta.get("text_dim")
         if text_dim and text_dim != self.model_cfg.text_dim:  # the text width is the cache's text encoder's
             self.model_cfg = dataclasses.replace(self.model_cfg, text_dim=text_dim)
@@ -115,6 +118,8 @@ class DiTTask:
         config = {"dit": to_dict(self.model_cfg), "objective": to_dict(self.objective)}
         if self.foreground_weight:  # written only when set, so runs saved before it existed still resume
             config["foreground_weight"] = self.foreground_weight
+            if self.foreground_of != "clip":
+                config["foreground_of"] = self.foreground_of
         return config
 
     def tokens_per_sample(self) -> int:
@@ -164,10 +169,18 @@ class DiTTask:
                 "cond": b.latents.to(to), "cond_mask": cond_mask.to(to)}
 
     def loss(self, model: nn.Module, batch: dict, generator: torch.Generator):
-        weight = latent_foreground_weight(batch["x0"], self.foreground_weight) if self.foreground_weight else None
-        loss = self.objective.loss(model, batch["x0"], generator, weight, text=batch["text"],
+        loss = self.objective.loss(model, batch["x0"], generator, self._loss_weight(batch["x0"]), text=batch["text"],
                                    text_mask=batch["text_mask"], cond=batch["cond"], cond_mask=batch["cond_mask"])
         return loss, {}
+
+    def _loss_weight(self, x0: torch.Tensor) -> LossWeight:
+        """None (plain MSE), the clip's object positions weighted, or a function of the model's clean estimate that
+        also weights the positions where it drew an object ("either")."""
+        if not self.foreground_weight:
+            return None
+        if self.foreground_of == "clip":
+            return latent_foreground_weight(x0, self.foreground_weight)
+        return lambda estimate: latent_foreground_weight(x0, self.foreground_weight, estimate=estimate)
 
     @torch.no_grad()
     def samples(self, model: nn.Module, step: int, out_dir: Path) -> list[Path]:
