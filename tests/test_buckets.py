@@ -119,7 +119,8 @@ def test_dit_train_flags_reach_the_model_and_the_objective(tiny_latents, tmp_pat
 
     main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--joint-attention",
           "--text-refiner", "1", "--no-pooled-text", "--logit-mean", "0.8", "--shift", "2", "--prediction", "x0",
-          "--foreground-weight", "9", "--foreground-of", "either", "--width", "48", "--depth", "1", "--heads", "3", "--steps", "2",
+          "--foreground-weight", "9", "--foreground-of", "either", "--width", "48", "--depth", "1", "--heads", "3",
+          "--steps", "2",
           "--batch-size", "2", "--ckpt-every", "2", "--sample-every", "0", "--out", str(tmp_path / "run")])
     dit = json.loads((tmp_path / "run" / "model" / "dit.json").read_text())
     assert (dit["joint_attention"], dit["text_refiner"], dit["pooled_text"]) == (True, 1, False)
