@@ -185,6 +185,16 @@ def default_rungs() -> dict[str, Rung]:
     rungs.append(full_two.then("ref-two-s4c8-clauses-full-fgeither", "ref-two-s4c8-clauses-full with object "
                                "positions, the clip's and those the model drew, weighted 10x in the loss",
                                foreground_weight=9.0, foreground_of="either"))
+    # (-fgeither: 6%, count 61%, still copies on its sheet.) The bundled candidate on the plain loss (two-B: 1-3
+    # objects, the caption mix with free and short, 30% frame conditioning, held-out pairs) draws a single-object
+    # prompt as two identical objects in 44% of them at 12000 steps; the exactly-two rungs never see a one-object
+    # prompt. Toward it from -full one factor each: 1-3 objects (judged on 1-3-object prompts, by_count splits them),
+    # then its caption mix
+    full_13 = full_two.then("ref-two-s4c8-clauses-full-13", "ref-two-s4c8-clauses-full with 1-3 objects per clip",
+                            world={"min_objects": 1, "max_objects": 3})
+    rungs += [full_13, full_13.then("ref-two-s4c8-clauses-full-13-mix", "ref-two-s4c8-clauses-full-13 with the bundled "
+                                    "caption mix (detailed .4, free .3, medium .2, short .1)",
+                                    caption_mix={"detailed": 0.4, "free": 0.3, "medium": 0.2, "short": 0.1})]
     # the two-object models memorise once small objects come in: flow loss on fresh scenes over their own training
     # clips (eval.fresh.memorisation) is +6.5% on the simple world, +5.4% with 8 colors, +15% with small objects (+18%
     # after 12000 steps), +13% on the full world; 8192 clips cover few of the two-object combinations. Twice the
