@@ -88,14 +88,18 @@ class EpsilonObjective:
         if self.prediction not in ("epsilon", "v"):
             raise ValueError(f"prediction must be 'epsilon' or 'v', got {self.prediction!r}")
 
+    def _alpha_bar(self, timesteps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """(B,) timesteps -> the cumulative alpha at each, shaped to broadcast over `like`."""
+        return _expand(self.schedule.alphas_cumprod().to(like.device)[timesteps], like)
+
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        a = _expand(self.schedule.alphas_cumprod().to(x0.device)[timesteps], x0)
+        a = self._alpha_bar(timesteps, x0)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         if self.prediction == "epsilon":
             return noise
-        a = _expand(self.schedule.alphas_cumprod().to(x0.device)[timesteps], x0)
+        a = self._alpha_bar(timesteps, x0)
         return a.sqrt() * noise - (1 - a).sqrt() * x0
 
     def sample_timesteps(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -113,7 +117,7 @@ class EpsilonObjective:
 
     def clean_estimate(self, pred: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The x0 the network's output implies (from noise or v); unstable at the noisiest steps, as x0 is there."""
-        a = _expand(self.schedule.alphas_cumprod().to(x_t.device)[timesteps], x_t)
+        a = self._alpha_bar(timesteps, x_t)
         if self.prediction == "epsilon":
             return (x_t - (1 - a).sqrt() * pred) / a.sqrt()
         return a.sqrt() * x_t - (1 - a).sqrt() * pred
