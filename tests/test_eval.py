@@ -75,6 +75,31 @@ def test_adherence_of_the_matching_real_clip_is_about_100_percent(tmp_path):
     assert (tmp_path / "adherence.json").exists()
 
 
+def test_adherence_names_why_a_count_fails():
+    """Each single-object prompt answered with its clip plus a copy reads as copies (not missing or extra); the
+    two-object prompts answered with one object dropped read as missing; the true clips read none of the three."""
+    prompts = [p for p in prompt_set(4) if p.category in ("single", "two")]
+    oracle = _oracle(prompts)
+
+    def wrong(prompt, seed):
+        p = next(q for q in prompts if q.prompt == prompt)
+        clip = oracle(prompt, seed)
+        background = clip[:, :1, :1]  # (F, 1, 1, 3): backgrounds are plain
+        if p.category == "single":  # a copy of the object half a frame to the side
+            shifted = np.roll(clip, 32, axis=2)
+            return np.where((shifted != background).any(-1, keepdims=True), shifted, clip)
+        second = render(Scene.from_dict({**p.scene, "objects": p.scene["objects"][:1]})).numpy()
+        return second  # only the first of the two objects
+
+    true = run_adherence(oracle, prompts, progress=False).by_category
+    assert all(true[c][k] == 0.0 for c in ("single", "two") for k in ("copies", "missing", "extra")), true
+    bad = run_adherence(wrong, prompts, progress=False)
+    got = bad.by_category
+    assert got["single"]["copies"] == 1.0 and got["single"]["missing"] == got["single"]["extra"] == 0.0, got
+    assert got["two"]["missing"] == 1.0 and got["two"]["extra"] == 0.0, got
+    assert any(line.startswith("prompts with single copies") for line in bad.lines())
+
+
 def test_temporal_consistency_drops_when_objects_flicker():
     frames, _ = make_clip(WorldConfig(max_objects=1), 5)
     steady = probe_clip(frames.numpy()).temporal_consistency()

@@ -99,9 +99,22 @@ def score(result: ProbeResult, scene: dict) -> dict[str, list[bool]]:
     return hits
 
 
+COUNT_FAILURES = ("copies", "missing", "extra")
+
+
+def count_failures(result: ProbeResult, scene: dict) -> dict[str, bool]:
+    """Why a count can be wrong, each judged on its own: a prompted object drawn as two or more blobs of its color
+    (copies, or one object split), a prompted object not drawn (missing), a color the prompt does not name (extra)."""
+    wanted = {o["color"] for o in scene["objects"]}
+    found = result.by_color()
+    return {"copies": any(found[c].pieces > 1 for c in wanted if c in found),
+            "missing": any(c not in found for c in wanted),
+            "extra": any(c not in wanted for c in found)}
+
+
 @dataclass
 class AdherenceReport:
-    by_category: dict[str, dict[str, float]]  # category -> attribute accuracy + all_correct + n
+    by_category: dict[str, dict[str, float]]  # category -> attribute accuracy + all_correct + n + COUNT_FAILURES rates
     frechet: float  # generated vs real, in probe feature space
     frechet_real_vs_real: float  # the same distance between two real sets of the same size: the floor
     failures: list[dict]
@@ -115,6 +128,9 @@ class AdherenceReport:
             out.append(f"{cat:<11} {m['n']:>3.0f} {m['all_correct']:>6.1%} "
                        + " ".join(pct(m.get(a, float("nan"))) for a in ATTRIBUTES)
                        + f"  {m['temporal_consistency']:>8.3f}")
+        out.append("prompts with " + "; ".join(
+            f"{cat} " + ", ".join(f"{k} {m[k]:.0%}" for k in COUNT_FAILURES if k in m)
+            for cat, m in self.by_category.items()))
         out.append(f"Fréchet distance (probe features): generated vs real {self.frechet:.3f}; "
                    f"real vs real {self.frechet_real_vs_real:.3f}")
         return out + self.warnings()
@@ -155,6 +171,8 @@ def run_adherence(generate: Generator, prompts: list[AdherencePrompt], out_dir: 
             per_cat[p.category][attr] += verdicts
         ok = all(all(v) for v in hits.values())
         per_cat[p.category]["all_correct"].append(ok)
+        for kind, happened in count_failures(probed, p.scene).items():
+            per_cat[p.category][kind].append(happened)
         generated.append(probe_features(clip))
         real.append(probe_features(render(Scene.from_dict(p.scene)).numpy()))
         if not ok:
