@@ -37,7 +37,8 @@ lint: $(STAMP)
 # The whole stack from scratch: data, VAE, latents, DiT, export, adherence (docs/experiments/learning-efficiency.md,
 # "The from-scratch recipe in under an hour"). The x4-space, 8-channel VAE with object pixels weighted 10x for 6000
 # steps (probe ceiling 98.4% single-object), then the ladder's ref DiT predicting x0 at 80 tokens, 4000 + 8000
-# single-object steps, judged after each stage: 42% then 90% single-object all-correct. On the 2-core Xeon with AMX
+# single-object steps, judged after each stage: 42% then 90% single-object all-correct (88% with the probe that
+# counts copies, session 28). On the 2-core Xeon with AMX
 # (session 23), from each stage's throughput measured alone at two threads: about 50 wall minutes (VAE 14, encode 4,
 # DiT 31), about 90 core-minutes; hosts without AMX take longer (kinema.precision). A last stage (6000 steps, about
 # 16 wall minutes more) trains on the freely phrased caption level as well, for paraphrased prompts. The bundled
