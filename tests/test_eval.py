@@ -88,8 +88,7 @@ def test_adherence_names_why_a_count_fails():
         if p.category == "single":  # a copy of the object half a frame to the side
             shifted = np.roll(clip, 32, axis=2)
             return np.where((shifted != background).any(-1, keepdims=True), shifted, clip)
-        second = render(Scene.from_dict({**p.scene, "objects": p.scene["objects"][:1]})).numpy()
-        return second  # only the first of the two objects
+        return render(Scene.from_dict({**p.scene, "objects": p.scene["objects"][:1]})).numpy()  # the first only
 
     true = run_adherence(oracle, prompts, progress=False).by_category
     assert all(true[c][k] == 0.0 for c in ("single", "two") for k in ("copies", "missing", "extra")), true
