@@ -38,16 +38,20 @@ def test_probe_reads_a_known_scene():
         assert (got.shape, got.size, got.motion, got.speed) == (obj.shape, obj.size, obj.motion, obj.speed)
 
 
+def _with_copy(clip: np.ndarray) -> np.ndarray:
+    """(F, H, W, 3) clip with its objects pasted again half a frame to the right (backgrounds are plain)."""
+    shifted = np.roll(clip, clip.shape[2] // 2, axis=2)
+    background = clip[:, :1, :1]  # (F, 1, 1, 3)
+    return np.where((shifted != background).any(-1, keepdims=True), shifted, clip)
+
+
 def test_the_probe_counts_copies_of_one_color_as_separate_objects():
     """A scene's colors are distinct, so two blobs of one color are two objects (a model that draws a
     single-object prompt as copies fails the count), while one object stays one through its whole clip."""
     frames, scene = make_clip(WorldConfig(max_objects=1, sizes=("small",)), 3)
     a = frames.numpy()
     assert probe_clip(a).count == 1
-    shifted = np.roll(a, 32, axis=2)  # the same clip half a frame to the right
-    background = a[:, :1, :1]  # (F, 1, 1, 3): backgrounds are plain
-    copies = np.where((shifted != background).any(-1, keepdims=True), shifted, a)
-    result = probe_clip(copies)
+    result = probe_clip(_with_copy(a))
     assert result.count == 2 and result.by_color()[scene.objects[0].color].pieces == 2
 
 
@@ -83,11 +87,8 @@ def test_adherence_names_why_a_count_fails():
 
     def wrong(prompt, seed):
         p = next(q for q in prompts if q.prompt == prompt)
-        clip = oracle(prompt, seed)
-        background = clip[:, :1, :1]  # (F, 1, 1, 3): backgrounds are plain
-        if p.category == "single":  # a copy of the object half a frame to the side
-            shifted = np.roll(clip, 32, axis=2)
-            return np.where((shifted != background).any(-1, keepdims=True), shifted, clip)
+        if p.category == "single":
+            return _with_copy(oracle(prompt, seed))
         return render(Scene.from_dict({**p.scene, "objects": p.scene["objects"][:1]})).numpy()  # the first only
 
     true = run_adherence(oracle, prompts, progress=False).by_category
