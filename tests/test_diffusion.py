@@ -12,6 +12,7 @@ from kinema.diffusion.samplers import (
     classifier_free_guidance,
     ddim_sample,
     euler_sample,
+    flow_ancestral_sample,
     noise_to,
     sample,
 )
@@ -104,6 +105,8 @@ def _oracle(obj):
 @pytest.mark.parametrize("obj, sampler, steps, tol", [
     (FlowObjective(), "euler", 10, 1e-4),
     (FlowObjective(prediction="x0"), "euler", 10, 1e-4),
+    (FlowObjective(), "euler-a", 10, 1e-4),
+    (FlowObjective(prediction="x0"), "euler-a", 10, 1e-4),
     (EpsilonObjective(), "ddim", 20, 1e-3),
     (EpsilonObjective(prediction="v"), "ddim", 20, 1e-3),
     (EpsilonObjective(), "ddpm", 50, 0.05),
@@ -115,7 +118,8 @@ def test_oracle_model_drives_each_sampler_to_the_data_point(obj, sampler, steps,
     assert (out - X0).abs().max() < tol
 
 
-@pytest.mark.parametrize("obj, sampler", [(FlowObjective(), "euler"), (EpsilonObjective(), "ddpm")])
+@pytest.mark.parametrize("obj, sampler", [(FlowObjective(), "euler"), (FlowObjective(), "euler-a"),
+                                          (EpsilonObjective(), "ddpm")])
 def test_samplers_reproduce_with_a_seed(obj, sampler):
     model = DiT(DiTConfig(in_channels=4, dim=32, depth=1, heads=2, text_dim=8))
     for p in model.parameters():
@@ -127,6 +131,24 @@ def test_samplers_reproduce_with_a_seed(obj, sampler):
         noise = torch.randn(X0.shape, generator=g)
         return sample(obj, lambda x, t: model(x, t, text, mask), noise, 5, sampler, generator=g)
     assert torch.equal(run(1), run(1)) and not torch.equal(run(1), run(2))
+
+
+def test_flow_ancestral_without_fresh_noise_is_euler_and_with_it_keeps_the_marginal():
+    """eta = 0 is the Euler step exactly; eta = 1 on a point mass keeps x at (1 - s) x0 + s * unit noise at every
+    level, the marginal the flow path prescribes."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(X0.shape, generator=g)
+    sigmas = flow_sigmas(8, 3.0)
+    field = lambda x, t: torch.sin(x) + t.view(-1, 1, 1, 1, 1)  # any velocity field  # noqa: E731
+    assert torch.allclose(flow_ancestral_sample(field, x, sigmas, eta=0.0), euler_sample(field, x, sigmas), atol=1e-5)
+
+    x0 = torch.full((4000, 1, 1, 1, 1), 0.5)
+    oracle = lambda x, t: (x - x0) / t.view(-1, 1, 1, 1, 1)  # noqa: E731
+    seen = []
+    flow_ancestral_sample(oracle, torch.randn(x0.shape, generator=g), sigmas, eta=1.0, generator=g,
+                          callback=lambda i, x: seen.append(x))
+    for s, x in zip(sigmas[1:-1].tolist(), seen, strict=False):
+        assert abs(x.mean().item() - (1 - s) * 0.5) < 0.05 and abs(x.std().item() - s) < 0.05
 
 
 def test_sdedit_start_zero_noise_returns_input():

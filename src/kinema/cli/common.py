@@ -126,6 +126,12 @@ def add_model_flag(p: argparse.ArgumentParser, what: str = "model folder") -> No
     p.add_argument("--model", help=f"{what} (default: the bundled model, models/shapes-64)")
 
 
+def add_sampler_flag(p: argparse.ArgumentParser) -> None:
+    from kinema.diffusion.samplers import SAMPLERS, sampler_help
+
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), help=f"(default: the model's first) {sampler_help()}")
+
+
 def eval_pipeline(args: argparse.Namespace):
     """The pipeline of --model (or the bundled model), for the eval commands."""
     from kinema.generate import default_model

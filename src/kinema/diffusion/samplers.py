@@ -2,6 +2,7 @@
 (t in [0, 1]); conditioning and classifier-free guidance are bound into that callable beforehand.
 
     euler  (flow)      x <- x + (s_next - s) * v
+    euler-a (flow)     ancestral: x <- (1 - s_next) x0 + sqrt(s_next^2 - var) eps + sqrt(var) z  (DDPM's posterior)
     ddim   (DDPM)      x <- sqrt(a_prev) x0 + sqrt(1 - a_prev - var) eps [+ sqrt(var) z]
     ddpm   (DDPM)      ancestral: x <- posterior mean(x, x0) + sqrt(posterior var) z
 
@@ -71,6 +72,31 @@ def euler_sample(fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, start: int 
     for i in range(start, len(sigmas) - 1):
         v = fn(x, _full(x, sigmas[i]))
         x = x + (sigmas[i + 1] - sigmas[i]) * v
+        if callback:
+            callback(i, x)
+    return x
+
+
+@torch.no_grad()
+def flow_ancestral_sample(fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, eta: float = 1.0,
+                          generator: torch.Generator | None = None, start: int = 0,
+                          callback: Callback = None) -> torch.Tensor:
+    """DDIM's step on the flow path x = (1 - s) x0 + s eps: the velocity gives x0 = x - s v and eps = x + (1 - s) v;
+    the next state keeps a share of eps and draws the rest afresh. eta = 0 is exactly the Euler step, eta = 1 the
+    posterior q(x_next | x, x0) of ancestral DDPM: fresh noise at every step lets a later step undo an earlier
+    one's mistake instead of sharpening it."""
+    sigmas = sigmas.tolist()
+    for i in range(start, len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        v = fn(x, _full(x, s))
+        x0, eps = x - s * v, x + (1 - s) * v
+        # the posterior variance for (alpha, sigma) -> (alpha', sigma'), alpha = 1 - s: DDIM's formula, written
+        # without alphas_cumprod
+        ratio = (1 - s) * s_next / ((1 - s_next) * s) if s_next > 0 else 0.0
+        var = eta**2 * s_next**2 * (1 - ratio**2)
+        x = (1 - s_next) * x0 + (s_next**2 - var) ** 0.5 * eps
+        if var > 0:
+            x = x + var**0.5 * _noise(x, generator)
         if callback:
             callback(i, x)
     return x
@@ -158,6 +184,12 @@ def default_sampler(obj: Objective) -> str:
 @register_sampler("euler", "flow", "Euler steps along the predicted velocity (flow matching)")
 def _euler(obj, fn, x, levels, generator, start, callback):
     return euler_sample(lambda x, t: obj.velocity(fn(x, t), x, t), x, torch.tensor(levels), start, callback)
+
+
+@register_sampler("euler-a", "flow", "ancestral steps: DDPM's posterior noise on the flow path (stochastic)")
+def _euler_ancestral(obj, fn, x, levels, generator, start, callback):
+    return flow_ancestral_sample(lambda x, t: obj.velocity(fn(x, t), x, t), x, torch.tensor(levels), 1.0, generator,
+                                 start, callback)
 
 
 @register_sampler("ddim", "ddpm", "deterministic DDIM (epsilon / v models)")
