@@ -183,6 +183,15 @@ def test_cfg_batch_equals_separate_passes():
     cond, uncond = model(X0, t, text, mask), model(X0, t, null_text, null_mask)
     assert torch.allclose(fn(X0, t), uncond + 4.0 * (cond - uncond), atol=1e-5)
 
+    # guidance in an interval: per sample, guided inside [lo, hi], the conditional output outside
+    t = torch.tensor([0.1, 0.5])
+    fn = classifier_free_guidance(model, {"text": text, "text_mask": mask},
+                                  {"text": null_text, "text_mask": null_mask}, scale=4.0, interval=(0.2, 0.8))
+    cond, uncond = model(X0, t, text, mask), model(X0, t, null_text, null_mask)
+    out = fn(X0, t)
+    assert torch.allclose(out[0], cond[0], atol=1e-5)
+    assert torch.allclose(out[1], (uncond + 4.0 * (cond - uncond))[1], atol=1e-5)
+
 
 # ---------------------------------------------------------------------------------------------------
 # Parity with diffusers' schedulers on the same model outputs

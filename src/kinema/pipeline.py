@@ -187,6 +187,7 @@ class TextToVideoPipeline:
         guidance: float | None = None,
         seed: int = 0,
         sampler: str | None = None,
+        guidance_interval: tuple[float, float] | None = None,
         condition: FrameCondition | None = None,
         callback: Callable[[int, np.ndarray], None] | None = None,
         progress: Callable[[int, int], None] | None = None,
@@ -222,7 +223,8 @@ class TextToVideoPipeline:
 
             # 3. denoise with classifier-free guidance
             fn = classifier_free_guidance(self.dit, {"text": text, "text_mask": mask, **kwargs},
-                                          {"text": null_text, "text_mask": null_mask, **kwargs}, guidance)
+                                          {"text": null_text, "text_mask": null_mask, **kwargs}, guidance,
+                                          guidance_interval)
             if "cond" in kwargs and self.given_clean:  # the given frames enter every step clean, as in training
                 guided = fn
                 fn = lambda x, t: guided(keep_given(x, kwargs["cond"], kwargs["cond_mask"]), t)  # noqa: E731

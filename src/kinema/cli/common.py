@@ -71,6 +71,17 @@ def parse_range(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected N or LO-HI, like 2 or 1-3; got {text!r}") from None
 
 
+def parse_range_float(text: str) -> tuple[float, float]:
+    """'0.2,0.8' -> (0.2, 0.8): a noise-level interval, 0 <= LO <= HI <= 1."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI, like 0.2,0.8; got {text!r}") from None
+    if not 0 <= lo <= hi <= 1:
+        raise argparse.ArgumentTypeError(f"expected 0 <= LO <= HI <= 1; got {text!r}")
+    return lo, hi
+
+
 def train_config(preset, args: argparse.Namespace):
     """The preset's TrainConfig with the flags the user gave on top."""
     import dataclasses

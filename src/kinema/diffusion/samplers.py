@@ -29,16 +29,25 @@ Callback = Callable[[int, torch.Tensor], None] | None
 DEFAULT_GUIDANCE = 7.0
 
 
-def classifier_free_guidance(model: Callable[..., torch.Tensor], cond: dict, uncond: dict, scale: float) -> ModelFn:
+def classifier_free_guidance(model: Callable[..., torch.Tensor], cond: dict, uncond: dict, scale: float,
+                             interval: tuple[float, float] | None = None) -> ModelFn:
     """fn(x, t) = uncond + scale * (cond - uncond), both halves in one batched call.
-    `cond` / `uncond` are the model's keyword arguments (text, text_mask, ...) for each half."""
+    `cond` / `uncond` are the model's keyword arguments (text, text_mask, ...) for each half.
+    `interval` (lo, hi) guides only where lo <= t <= hi and gives the conditional output elsewhere (guidance in a
+    limited interval, Kynkaanniemi et al. 2024): strong guidance at the highest noise levels commits a sample to the
+    prompt's features before there is a layout to put them in."""
     if scale == 1.0:
         return lambda x, t: model(x, t, **cond)
     both = {k: _cat_padded(cond[k], uncond[k]) if cond[k] is not None else None for k in cond}
+    lo, hi = interval if interval is not None else (float("-inf"), float("inf"))
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        inside = (t >= lo) & (t <= hi)  # (B,)
+        if not inside.any():
+            return model(x, t, **cond)
         out_cond, out_uncond = model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
-        return out_uncond + scale * (out_cond - out_uncond)
+        out = out_uncond + scale * (out_cond - out_uncond)
+        return torch.where(inside.view(-1, *[1] * (x.dim() - 1)), out, out_cond)
 
     return guided
 
