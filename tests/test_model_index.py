@@ -25,11 +25,12 @@ def test_model_index_round_trips_and_names_bad_fields(tmp_path):
     assert "distilled" not in raw  # unset provenance is not written
     for bad, needle in (({"frames": 17}, "missing field"), ({**raw, "steps": "30"}, "'steps'"),
                         ({**raw, "fps": True}, "'fps'"), ({**raw, "colour": 1}, "unknown field"),
-                        ({**raw, "frames": 0}, "frames")):
+                        ({**raw, "frames": 0}, "frames"), ({**raw, "sampler": "heun"}, "sampler"),
+                        ({**raw, "guidance_interval": [0.9, 0.1]}, "guidance_interval")):
         (tmp_path / "model_index.json").write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=needle) as e:
             read_model_index(tmp_path)
-        assert "model_index.json" in str(e.value) or needle == "frames"
+        assert "model_index.json" in str(e.value) or needle in ("frames", "sampler", "guidance_interval")
 
 
 def test_the_bundled_model_index_reads():
@@ -88,7 +89,7 @@ def test_generate_options_checks_before_anything_loads():
     for kwargs, needle in (({"steps": 0}, "steps"), ({"guidance": float("nan")}, "guidance"),
                            ({"guidance": -1.0}, "guidance"), ({"frames": 0}, "frames"), ({"size": (0, 64)}, "size"),
                            ({"steps": True}, "steps"), ({"image": "a", "connect": ("b", "c")}, "use one of"),
-                           ({"strength": 2.0}, "strength")):
+                           ({"strength": 2.0}, "strength"), ({"guidance_interval": (0.5, 0.2)}, "interval")):
         with pytest.raises(ValueError, match=needle):
             GenerateOptions("a red circle", **kwargs)
     for prompt in ("", "   ", "x" * 2000, "bad \udcff byte"):

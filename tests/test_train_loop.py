@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -232,3 +233,15 @@ def test_a_stopped_run_exports_its_latest_checkpoint_as_a_model_folder(tiny_late
     video = TextToVideoPipeline.from_pretrained(tmp_path / "mid")("a red circle moving left", steps=2, seed=0)
     assert video.ndim == 4 and video.shape[-1] == 3
     assert main(["dit", "export", "--run", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) != 0
+
+    # sampling defaults chosen at export are what the folder samples with when a caller names none
+    assert main(["dit", "export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "tuned"), "--steps", "3",
+                 "--guidance", "4", "--sampler", "euler-a", "--guidance-interval", "0,0.8"]) == 0
+    index = json.loads((tmp_path / "tuned" / "model_index.json").read_text())
+    assert (index["steps"], index["guidance"], index["sampler"], index["guidance_interval"]) == (3, 4.0, "euler-a",
+                                                                                                [0.0, 0.8])
+    tuned = TextToVideoPipeline.from_pretrained(tmp_path / "tuned")("a red circle moving left", seed=0)
+    mid = TextToVideoPipeline.from_pretrained(tmp_path / "mid")
+    assert np.array_equal(tuned, mid("a red circle moving left", steps=3, guidance=4.0, sampler="euler-a",
+                                     guidance_interval=(0.0, 0.8), seed=0))
+    assert not np.array_equal(tuned, mid("a red circle moving left", steps=3, guidance=4.0, seed=0))

@@ -50,6 +50,7 @@ class GenerateOptions:
     frames: int | None = None
     size: tuple[int, int] | None = None  # (height, width)
     sampler: str | None = None
+    guidance_interval: tuple[float, float] | None = None  # guide only at noise levels t in [lo, hi]
     expand: bool = True  # rewrite a short prompt into a training-style caption (text/expand.py)
     fp32: bool = False  # float32 instead of bf16 autocast where that is fast
     image: str | None = None  # image-to-video: the first frame
@@ -74,6 +75,9 @@ class GenerateOptions:
             raise ValueError(f"guidance must be a finite number in [0, {MAX_GUIDANCE:g}], got {self.guidance!r}")
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {self.strength}")
+        if self.guidance_interval is not None and not (
+                len(self.guidance_interval) == 2 and 0 <= self.guidance_interval[0] <= self.guidance_interval[1] <= 1):
+            raise ValueError(f"guidance interval must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.guidance_interval}")
         given = [name for name in CONDITIONING if getattr(self, name)]
         if len(given) > 1:
             flags = ", ".join("--" + n.replace("_", "-") for n in CONDITIONING)
@@ -198,7 +202,8 @@ def generate(pipe: TextToVideoPipeline, opts: GenerateOptions, progress: Callabl
     trajectory: list[np.ndarray] = []
     every = max(1, steps // trajectory_frames) if trajectory_frames else 1
     video = pipe(prompt, negative_prompt=opts.negative_prompt, frames=frames, height=height, width=width,
-                 steps=steps, guidance=opts.guidance, seed=opts.seed, sampler=opts.sampler, condition=condition,
+                 steps=steps, guidance=opts.guidance, seed=opts.seed, sampler=opts.sampler,
+                 guidance_interval=opts.guidance_interval, condition=condition,
                  callback=(lambda i, x: trajectory.append(x)) if trajectory_frames else None,
                  progress=progress, callback_every=every)
     if source is not None and not opts.only_new:  # the source with its new frames, as Sora extends

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kinema.config import from_dict, load_json, to_dict
-from kinema.diffusion.samplers import DEFAULT_GUIDANCE
+from kinema.diffusion.samplers import DEFAULT_GUIDANCE, SAMPLERS
 from kinema.text.encoder import MINILM
 
 
@@ -31,6 +31,8 @@ class ModelIndex:
     fps: int = 8
     steps: int = 30  # default sampling steps and guidance
     guidance: float = DEFAULT_GUIDANCE
+    sampler: str | None = None  # default sampler (None: the objective's first, euler / ddim)
+    guidance_interval: tuple[float, float] | None = None  # guide only at noise levels t in [lo, hi] (None: all)
     trained_steps: int | None = None  # provenance, written by export
     weights: str | None = None  # "model" or "ema"
     init_from: str | None = None  # this run started from that model's weights
@@ -49,6 +51,14 @@ class ModelIndex:
             raise ValueError(f"ModelIndex.given_frames must be 'clean' or 'noised', got {self.given_frames!r}")
         if not 0 <= self.guidance < float("inf"):
             raise ValueError(f"ModelIndex.guidance must be a finite number >= 0, got {self.guidance}")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise ValueError(f"ModelIndex.sampler: {self.sampler!r}; expected one of {sorted(SAMPLERS)}")
+        if self.guidance_interval is not None:  # JSON gives a list
+            object.__setattr__(self, "guidance_interval", tuple(self.guidance_interval))
+        if self.guidance_interval is not None and not (
+                len(self.guidance_interval) == 2 and 0 <= self.guidance_interval[0] <= self.guidance_interval[1] <= 1):
+            raise ValueError(f"ModelIndex.guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1, "
+                             f"got {self.guidance_interval}")
 
     def replace(self, **changes) -> ModelIndex:
         return dataclasses.replace(self, **changes)

@@ -201,6 +201,8 @@ class TextToVideoPipeline:
         frames, height, width = frames or d.frames, height or d.height, width or d.width
         steps = d.steps if steps is None else steps
         guidance = d.guidance if guidance is None else guidance
+        sampler = sampler or d.sampler
+        guidance_interval = guidance_interval or d.guidance_interval
         self.check(prompt, frames, height, width, steps, guidance, sampler)
 
         # 1. encode the prompt (and the negative prompt, or the empty caption, for guidance)

@@ -137,10 +137,13 @@ def add_model_flag(p: argparse.ArgumentParser, what: str = "model folder") -> No
     p.add_argument("--model", help=f"{what} (default: the bundled model, models/shapes-64)")
 
 
-def add_sampler_flag(p: argparse.ArgumentParser) -> None:
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """--sampler and --guidance-interval (each defaults to the model folder's, in its model_index.json)."""
     from kinema.diffusion.samplers import SAMPLERS, sampler_help
 
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), help=f"(default: the model's first) {sampler_help()}")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), help=f"(default: the model's) {sampler_help()}")
+    p.add_argument("--guidance-interval", type=parse_range_float, metavar="LO,HI",
+                   help="guide only at noise levels t in [LO, HI] (1 = pure noise; default: the model's, else all)")
 
 
 def eval_pipeline(args: argparse.Namespace):

@@ -7,7 +7,15 @@ import dataclasses
 import os
 from pathlib import Path
 
-from kinema.cli.common import add_model_flag, add_train_flags, bundled_model, parse_fhw, parse_size, train_config
+from kinema.cli.common import (
+    add_model_flag,
+    add_sampling_flags,
+    add_train_flags,
+    bundled_model,
+    parse_fhw,
+    parse_size,
+    train_config,
+)
 
 
 def cmd_dit_train(args: argparse.Namespace) -> None:
@@ -171,7 +179,8 @@ def _plan_or_refuse(args: argparse.Namespace, cfg, data) -> None:
 def cmd_dit_export(args: argparse.Namespace) -> None:
     from kinema.train.export import export_model_folder
 
-    out = export_model_folder(args.run, args.out, weights=args.weights, half=args.fp16)
+    out = export_model_folder(args.run, args.out, weights=args.weights, half=args.fp16, steps=args.steps,
+                              guidance=args.guidance, sampler=args.sampler, guidance_interval=args.guidance_interval)
     print(f"wrote model folder {out}")
 
 
@@ -247,4 +256,7 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--weights", choices=["model", "ema"], default="ema")
     p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size)")
+    p.add_argument("--steps", type=int, help="the folder's default sampling steps (default: 30)")
+    p.add_argument("--guidance", type=float, help="its default guidance scale")
+    add_sampling_flags(p)
     p.set_defaults(func=cmd_dit_export)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kinema.cli.common import add_model_flag, add_sampler_flag, eval_pipeline, parse_range_float
+from kinema.cli.common import add_model_flag, add_sampling_flags, eval_pipeline
 
 
 def cmd_eval_adherence(args: argparse.Namespace) -> None:
@@ -89,9 +89,7 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
                    cmd_eval_adherence)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--guidance", type=float)
-    add_sampler_flag(p)
-    p.add_argument("--guidance-interval", type=parse_range_float, metavar="LO,HI",
-                   help="guide only at noise levels t in [LO, HI] (1 = pure noise), e.g. 0.2,0.8")
+    add_sampling_flags(p)
     p.add_argument("--lora", help="a LoRA adapter folder (`kinema dit finetune`) added to the model")
     p.add_argument("--lora-scale", type=float, default=1.0)
     p.add_argument("--concept", help="also judge prompts with this new color (a category 'new'; the probe reads it "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kinema.cli.common import add_model_flag, add_sampler_flag, parse_size
+from kinema.cli.common import add_model_flag, add_sampling_flags, parse_size
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -25,7 +25,7 @@ def add_generate_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frames", type=int, help="frames, 1 + 4k for x4-time VAEs (default: the model's)")
     p.add_argument("--size", type=parse_size, help="H or HxW (default: the model's)")
-    add_sampler_flag(p)
+    add_sampling_flags(p)
     p.add_argument("--gif", action="store_true", help="also write a .gif beside the mp4")
     p.add_argument("--show-steps", action="store_true", help="also write the denoising trajectory as a PNG sheet")
     p.add_argument("--image", help="image-to-video: an image file used as the first frame")

@@ -26,10 +26,12 @@ def latest_weights(run: str | Path, weights: str = "ema") -> tuple[dict, dict[st
     return ckpt, ckpt[weights] or ckpt["model"]
 
 
-def export_model_folder(run: str | Path, out: str | Path, weights: str = "ema", half: bool = False) -> Path:
+def export_model_folder(run: str | Path, out: str | Path, weights: str = "ema", half: bool = False,
+                        **sampling) -> Path:
     """Copy the run's model_index.json and VAE (its `model/` folder, written when the run starts), and write its
     latest checkpoint's `weights` ("model" or "ema") as dit.safetensors (float16 when `half`; loading casts back
-    to float32): a model folder from a run that is still training, or one that was stopped."""
+    to float32): a model folder from a run that is still training, or one that was stopped. `sampling` sets the
+    folder's sampling defaults (steps, guidance, sampler, guidance_interval; None keeps the run's)."""
     run, out = Path(run), Path(out)
     if not (run / "model" / "model_index.json").exists():  # a run writes it before its first step
         raise FileNotFoundError(f"{run}/model/model_index.json: missing; not a `kinema dit train` run folder, or "
@@ -51,7 +53,8 @@ def export_model_folder(run: str | Path, out: str | Path, weights: str = "ema", 
             save_weights(out, "vae", vae, json.loads((run / "model" / "vae.json").read_text()))
         elif not (name == "vae.json" and half):
             shutil.copyfile(src, out / name)
-    write_model_index(out, index.replace(trained_steps=ckpt["step"], weights=weights))
+    chosen = {k: v for k, v in sampling.items() if v is not None}
+    write_model_index(out, index.replace(trained_steps=ckpt["step"], weights=weights, **chosen))
     return out
 
 
