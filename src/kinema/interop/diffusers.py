@@ -18,7 +18,9 @@ with their content hashes, so there is one copy of each fact):
                          text encoder (`kinema_text_encoder`)
 
 The components are diffusers `ModelMixin`s whose `from_pretrained` reads those kinema files; the denoising loop
-runs on diffusers' scheduler (set to kinema's sigma schedule, so it matches `kinema generate --sampler euler`).
+runs on diffusers' scheduler (set to kinema's sigma schedule, so it matches `kinema generate --sampler euler`): a
+folder whose default sampler is another (model_index.json `sampler`, e.g. euler-a) samples with Euler here, with the
+folder's guidance and guidance interval.
 Only flow-matching models export (the DDPM objective has no kinema-schedule twin in diffusers' config here).
 """
 
@@ -161,7 +163,7 @@ class KinemaPipeline(DiffusionPipeline):
         guided = classifier_free_guidance(self.transformer, {"encoder_hidden_states": text,
                                                              "encoder_attention_mask": mask},
                                           {"encoder_hidden_states": null_text, "encoder_attention_mask": null_mask},
-                                          guidance)
+                                          guidance, d.guidance_interval)
         shape = (1, *self.vae.model.cfg.latent_shape(frames, height, width))
         x = torch.randn(shape, generator=generator)
         # kinema's schedule: n equal steps from 1 to 0 (the scheduler applies the shift, as kinema's flow_sigmas do)
