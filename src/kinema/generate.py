@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kinema.diffusion.samplers import check_guidance_interval
 from kinema.io.video import contact_sheet, read_video, save_image, write_gif, write_mp4
 from kinema.pipeline import MAX_PROMPT_CHARS, FrameCondition, TextToVideoPipeline
 
@@ -75,9 +76,8 @@ class GenerateOptions:
             raise ValueError(f"guidance must be a finite number in [0, {MAX_GUIDANCE:g}], got {self.guidance!r}")
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {self.strength}")
-        if self.guidance_interval is not None and not (
-                len(self.guidance_interval) == 2 and 0 <= self.guidance_interval[0] <= self.guidance_interval[1] <= 1):
-            raise ValueError(f"guidance interval must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.guidance_interval}")
+        if self.guidance_interval is not None:
+            check_guidance_interval(self.guidance_interval)
         given = [name for name in CONDITIONING if getattr(self, name)]
         if len(given) > 1:
             flags = ", ".join("--" + n.replace("_", "-") for n in CONDITIONING)

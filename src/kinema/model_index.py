@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kinema.config import from_dict, load_json, to_dict
-from kinema.diffusion.samplers import DEFAULT_GUIDANCE, SAMPLERS
+from kinema.diffusion.samplers import DEFAULT_GUIDANCE, SAMPLERS, check_guidance_interval
 from kinema.text.encoder import MINILM
 
 
@@ -54,11 +54,8 @@ class ModelIndex:
         if self.sampler is not None and self.sampler not in SAMPLERS:
             raise ValueError(f"ModelIndex.sampler: {self.sampler!r}; expected one of {sorted(SAMPLERS)}")
         if self.guidance_interval is not None:  # JSON gives a list
-            object.__setattr__(self, "guidance_interval", tuple(self.guidance_interval))
-        if self.guidance_interval is not None and not (
-                len(self.guidance_interval) == 2 and 0 <= self.guidance_interval[0] <= self.guidance_interval[1] <= 1):
-            raise ValueError(f"ModelIndex.guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1, "
-                             f"got {self.guidance_interval}")
+            object.__setattr__(self, "guidance_interval",
+                               check_guidance_interval(self.guidance_interval, "ModelIndex.guidance_interval"))
 
     def replace(self, **changes) -> ModelIndex:
         return dataclasses.replace(self, **changes)

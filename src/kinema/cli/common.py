@@ -73,13 +73,13 @@ def parse_range(text: str) -> tuple[int, int]:
 
 def parse_range_float(text: str) -> tuple[float, float]:
     """'0.2,0.8' -> (0.2, 0.8): a noise-level interval, 0 <= LO <= HI <= 1."""
+    from kinema.diffusion.samplers import check_guidance_interval
+
     try:
-        lo, hi = (float(v) for v in text.split(","))
+        return check_guidance_interval(text.split(","), "LO,HI")
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LO,HI, like 0.2,0.8; got {text!r}") from None
-    if not 0 <= lo <= hi <= 1:
-        raise argparse.ArgumentTypeError(f"expected 0 <= LO <= HI <= 1; got {text!r}")
-    return lo, hi
+        raise argparse.ArgumentTypeError(f"expected LO,HI with 0 <= LO <= HI <= 1 (noise levels), like 0.2,0.8; "
+                                         f"got {text!r}") from None
 
 
 def train_config(preset, args: argparse.Namespace):

@@ -29,6 +29,17 @@ Callback = Callable[[int, torch.Tensor], None] | None
 DEFAULT_GUIDANCE = 7.0
 
 
+def check_guidance_interval(interval, what: str = "guidance interval") -> tuple[float, float]:
+    """(lo, hi) with 0 <= lo <= hi <= 1 as a tuple of floats, or a ValueError naming `what`."""
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        lo = hi = float("nan")
+    if not 0 <= lo <= hi <= 1:
+        raise ValueError(f"{what} must be [lo, hi] with 0 <= lo <= hi <= 1 (noise levels), got {interval!r}")
+    return lo, hi
+
+
 def classifier_free_guidance(model: Callable[..., torch.Tensor], cond: dict, uncond: dict, scale: float,
                              interval: tuple[float, float] | None = None) -> ModelFn:
     """fn(x, t) = uncond + scale * (cond - uncond), both halves in one batched call.
