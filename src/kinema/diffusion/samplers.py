@@ -24,9 +24,10 @@ from kinema.diffusion.schedules import ddim_timesteps, flow_sigmas
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, torch.Tensor], None] | None
-# the guidance scale a trained model's folder samples with by default: 7 beat 4 on every attribute of the bundled
-# model at 30 steps (models/shapes-64/README.md, "Sampling settings")
-DEFAULT_GUIDANCE = 7.0
+# the guidance scale a new model folder samples with by default: 4 beat 7 on the three models judged in session 29
+# (bundled v6: single-object 95.5 vs 92.0% at Euler over four prompt sets; the 1-3-object candidate and the
+# from-scratch stage alike; docs/experiments/learning-efficiency.md). 7 had won on the stage-1 model (2026-12-01).
+DEFAULT_GUIDANCE = 4.0
 
 
 def check_guidance_interval(interval, what: str = "guidance interval") -> tuple[float, float]:
