@@ -50,7 +50,8 @@ def main() -> None:
     peer = wan_pipeline(pipe)
     text, _ = pipe.encode_prompt([PROMPT])
     bf16 = use_bf16(pipe.bf16, pipe.device)
-    print(f"machine: {machine()}; 17x64x64, guidance {guidance}, {'bf16 autocast' if bf16 else 'float32'}")
+    print(f"machine: {machine()}; 17x64x64, guidance {guidance}, sampler {pipe.index.sampler or 'euler'} (the peer: "
+          f"Euler; the same model calls per step), {'bf16 autocast' if bf16 else 'float32'}")
 
     def peer_call(n: int, g: float):
         with autocast(pipe.device, bf16):
