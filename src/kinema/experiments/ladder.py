@@ -195,6 +195,11 @@ def default_rungs() -> dict[str, Rung]:
     rungs += [full_13, full_13.then("ref-two-s4c8-clauses-full-13-mix", "ref-two-s4c8-clauses-full-13 with the bundled "
                                     "caption mix (detailed .4, free .3, medium .2, short .1)",
                                     caption_mix={"detailed": 0.4, "free": 0.3, "medium": 0.2, "short": 0.1})]
+    # two-B's twins sit about half a frame from the prompted object (session 29 sheets). Each RoPE axis of a 32-dim
+    # head has 5 frequency pairs; at theta 10000 over 4 token rows they turn 3, 0.47, 0.075, 0.012 and 0.002 rad end
+    # to end, so one pair carries nearly all of a token's row. theta 100 spreads them (3, 1.2, 0.47, 0.19, 0.075 rad):
+    rungs.append(full_13.then("ref-two-s4c8-clauses-full-13-theta100", "ref-two-s4c8-clauses-full-13 with RoPE theta "
+                              "100 (10000 before)", dit={"rope_theta": 100.0}))
     # the two-object models memorise once small objects come in: flow loss on fresh scenes over their own training
     # clips (eval.fresh.memorisation) is +6.5% on the simple world, +5.4% with 8 colors, +15% with small objects (+18%
     # after 12000 steps), +13% on the full world; 8192 clips cover few of the two-object combinations. Twice the
