@@ -104,3 +104,15 @@ def test_memorisation_is_zero_when_the_fresh_scenes_are_the_training_clips(tiny_
     monkeypatch.setattr(fresh, "caption", lambda s, level, i: s.captions[level])
     assert fresh.memorisation(pipe, world, "medium", train_seed=DATA_SEED, n=3) == 0.0
     assert fresh.memorisation(pipe, world, "medium", train_seed=DATA_SEED + 1, n=3) != 0.0  # other clips, other loss
+
+
+def test_fresh_scene_scoring_samples_with_the_sampler_it_is_given(tiny_model_dir, tmp_path):
+    import pytest
+
+    from kinema.eval.fresh import evaluate
+
+    world = WorldConfig(frames=5, height=32, width=32)
+    with pytest.raises(ValueError, match="does not fit"):  # a DDPM sampler on this flow model reaches the pipeline
+        evaluate(tiny_model_dir, world, "medium", 1, 2, 4.0, tmp_path, sampler="ddim")
+    scores = evaluate(tiny_model_dir, world, "medium", 1, 2, 4.0, tmp_path, sampler="euler-a")
+    assert 0.0 <= scores["all_correct"] <= 1.0 and scores["n"] == 1

@@ -111,11 +111,11 @@ def memorisation(pipe, world: WorldConfig, level: str, train_seed: int, n: int =
 
 
 def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int, guidance: float,
-             out: Path, train_data: tuple[int, int] | None = None) -> dict:
+             out: Path, train_data: tuple[int, int] | None = None, sampler: str | None = None) -> dict:
     """Generate one clip per fresh scene's caption, judge it; per-attribute accuracy, all-correct, temporal
     consistency, the word-swap sensitivity, and a contact sheet of the first 8; given the training data as (seed,
     clips) of a synthesised world, also how much more the model's loss is on fresh scenes than on its own clips
-    (`memorisation`, on min(n, clips) of each)."""
+    (`memorisation`, on min(n, clips) of each). `sampler` None: the model folder's."""
     from kinema.eval.adherence import score
     from kinema.eval.probe import probe_clip
     from kinema.io.video import contact_sheet, save_image
@@ -130,7 +130,7 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
     for i, scene in enumerate(scenes):
         prompt = caption(scene, level, i)
         clip = pipe(prompt, frames=world.frames, height=world.height, width=world.width, steps=steps,
-                    guidance=guidance, seed=i)
+                    guidance=guidance, seed=i, sampler=sampler)
         probed = probe_clip(clip)
         verdicts = score(probed, scene.to_dict())
         for a in attributes:
