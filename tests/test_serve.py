@@ -159,6 +159,7 @@ def test_model_defaults_and_limits(tiny_model_dir):
     pipe = TextToVideoPipeline.from_pretrained(tiny_model_dir)
     m = TestClient(create_app(pipe=pipe, runner=_fake_runner())).get("/v1/model").json()
     assert m["defaults"]["steps"] == pipe.index.steps and m["defaults"]["guidance"] == pipe.index.guidance
+    assert m["defaults"]["sampler"] == "euler"  # a folder that names none: its objective's first
     assert m["limits"]["prompt_chars"] == 500
 
 
