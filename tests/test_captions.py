@@ -88,3 +88,27 @@ def test_vocabulary_is_complete():
         assert parse_caption(f"a red {shape}").objects[0].shape == shape
     for color in COLORS:
         assert parse_caption(f"a {color} circle").objects[0].color == color
+
+
+def test_stated_count_opens_every_level_but_short_and_parses_back():
+    from kinema.data.captions import COUNT_WORDS
+
+    for seed in range(60):
+        scene = sample_scene(CFG, seed)
+        plain = caption_scene(scene, random.Random(seed))
+        counted = caption_scene(scene, random.Random(seed), state_count=True)
+        assert counted["short"] == plain["short"]  # the same draws, alt text left as it is
+        for level in ("medium", "detailed", "free"):
+            head, _, rest = counted[level].partition(": ")
+            assert head == COUNT_WORDS[len(scene.objects)] and rest.lower() == plain[level].lower()
+            parsed = parse_caption(counted[level])  # "two objects" is no object of its own
+            assert [(o.color, o.shape) for o in parsed.objects] == [(o.color, o.shape) for o in scene.objects]
+
+
+def test_a_world_that_states_the_count_writes_it_into_its_clips():
+    from kinema.text.encoder import split_clauses
+
+    _, scene = make_clip(WorldConfig(min_objects=2, max_objects=2, state_count=True), 4)
+    assert scene.captions["medium"].startswith("two objects: ")
+    assert split_clauses(scene.captions["medium"])[0] == "two objects"  # its own clause token
+    assert not make_clip(WorldConfig(min_objects=2, max_objects=2), 4)[1].captions["medium"].startswith("two")

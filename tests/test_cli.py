@@ -52,6 +52,19 @@ def test_synth_narrows_the_world_to_the_factors_given(tmp_path, capsys):
     assert "shapes" in capsys.readouterr().err
 
 
+def test_synth_states_the_count_when_asked(tmp_path):
+    import json
+
+    assert main(["data", "synth", "--n", "6", "--out", str(tmp_path / "d"), "--frames", "5", "--size", "32",
+                 "--objects", "1-3", "--state-count"]) == 0
+    assert json.loads((tmp_path / "d" / "meta.json").read_text())["world"]["state_count"] is True
+    from kinema.data.captions import COUNT_WORDS, parse_caption
+
+    for line in (tmp_path / "d" / "captions.jsonl").open():
+        medium = json.loads(line)["captions"]["medium"]
+        assert medium.startswith(f"{COUNT_WORDS[len(parse_caption(medium).objects)]}: "), medium
+
+
 def test_demo_writes_a_playable_mp4_and_sheet(tmp_path):
     assert main(["demo", "--out", str(tmp_path)]) == 0  # with the bundled model when it is there
     frames = read_video(tmp_path / "shapes.mp4")

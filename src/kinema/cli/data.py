@@ -23,7 +23,8 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
                                                     ("backgrounds", "backgrounds")) if (v := getattr(args, flag))}
     cfg = WorldConfig(frames=args.frames, height=h, width=w, min_objects=lo, max_objects=hi,
                       holdout=tuple(args.holdout or ()), colors=tuple(dict.fromkeys(colors + featured)),
-                      featured=featured, featured_share=args.featured_share if featured else 0.0, **narrowed)
+                      featured=featured, featured_share=args.featured_share if featured else 0.0,
+                      state_count=args.state_count, **narrowed)
     out = synth_dataset(args.out, args.n, cfg, seed=args.seed, shard_size=args.shard_size,
                         overwrite=args.overwrite, sizes=args.sizes)
     print(f"wrote {args.n} clips to {out}")
@@ -86,6 +87,8 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--featured-share", type=float, default=0.5, help="share of clips with a featured color")
     p.add_argument("--sizes", nargs="+", type=parse_fhw, metavar="FxHxW",
                    help="mixed durations/sizes: each clip gets one of these, e.g. 17x64x64 17x64x96 33x64x64")
+    p.add_argument("--state-count", action="store_true", help="captions (all levels but short) open with the "
+                   "number of objects: 'two objects: a large red circle ...'")
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--overwrite", action="store_true", help="replace a dataset made with other settings")
     p.set_defaults(func=cmd_data_synth)

@@ -151,10 +151,25 @@ def free_caption(scene: Scene, rng: random.Random) -> str:
                         d=backdrop)
 
 
-def caption_scene(scene: Scene, rng: random.Random) -> dict[str, str]:
+COUNT_WORDS = {1: "one object", 2: "two objects", 3: "three objects"}
+
+
+def with_count(caption: str, count: int) -> str:
+    """The caption opened by its number of objects: "two objects: a large red circle moving left and ..."."""
+    if count not in COUNT_WORDS:
+        raise ValueError(f"with_count: a count of 1 to 3 objects, got {count}")
+    return f"{COUNT_WORDS[count]}: {caption[:1].lower()}{caption[1:]}"
+
+
+def caption_scene(scene: Scene, rng: random.Random, state_count: bool = False) -> dict[str, str]:
+    """Every level's caption of the scene; with `state_count`, each level but short (alt text, which has its own
+    "2 objects" form) opens with the number of objects (`with_count`). The draws from rng are the same either way."""
     # free is drawn last, so the other levels are the same draws as before it existed
-    return {"short": short_caption(scene, rng), "medium": medium_caption(scene, rng),
-            "detailed": detailed_caption(scene, rng), "free": free_caption(scene, rng)}
+    captions = {"short": short_caption(scene, rng), "medium": medium_caption(scene, rng),
+                "detailed": detailed_caption(scene, rng), "free": free_caption(scene, rng)}
+    if state_count:
+        captions |= {k: with_count(v, len(scene.objects)) for k, v in captions.items() if k != "short"}
+    return captions
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def clip_seed(dataset_seed: int, index: int) -> int:
 def make_clip(cfg: WorldConfig, seed: int) -> tuple[torch.Tensor, Scene]:
     """One captioned clip: frames (F, H, W, 3) uint8 and its scene, captions filled in."""
     scene = sample_scene(cfg, seed)
-    scene.captions = caption_scene(scene, random.Random(seed ^ 0x5EED))
+    scene.captions = caption_scene(scene, random.Random(seed ^ 0x5EED), cfg.state_count)
     return render(scene), scene
 
 

@@ -88,6 +88,9 @@ class WorldConfig:
     # `featured` colors, the other clips none of them
     featured: tuple[str, ...] = ()
     featured_share: float = 0.0
+    # every caption level but short opens with the number of objects ("two objects: a large red circle ..."), so
+    # the count is a word of the caption and not only the number of object phrases in it
+    state_count: bool = False
 
     def __post_init__(self) -> None:
         for name in ("shapes", "colors", "backgrounds", "sizes", "motions", "speeds", "holdout", "featured"):

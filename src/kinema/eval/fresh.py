@@ -32,10 +32,10 @@ def eval_scenes(world: WorldConfig, n: int, seed: int = 9_000_000) -> list:
     return [sample_scene(world, seed + i) for i in range(n)]
 
 
-def caption(scene, level: str, seed: int) -> str:
+def caption(scene, level: str, seed: int, state_count: bool = False) -> str:
     from kinema.data.captions import caption_scene
 
-    return caption_scene(scene, random.Random(seed))[level]
+    return caption_scene(scene, random.Random(seed), state_count)[level]
 
 
 def swapped(scene):
@@ -82,14 +82,15 @@ def _flow_loss(pipe, x0: torch.Tensor, prompts: list[str], draws: int) -> float:
     return total
 
 
-def word_swap_sensitivity(pipe, scenes: list, level: str, draws: int = 4) -> float:
+def word_swap_sensitivity(pipe, scenes: list, level: str, draws: int = 4, state_count: bool = False) -> float:
     """Relative rise of the flow loss on real clips when the caption's direction words are reversed (same noise,
     same noise levels): 0 means the model ignores the direction words."""
     from kinema.data.world import render
 
     moving = [(i, s) for i, s in enumerate(scenes) if any(o.motion in SWAP for o in s.objects)]
     x0 = _latents(pipe, [render(s).numpy() for _, s in moving])
-    losses = [_flow_loss(pipe, x0, [caption(s, level, i) for (i, _), s in zip(moving, scene_list, strict=True)],
+    losses = [_flow_loss(pipe, x0, [caption(s, level, i, state_count) for (i, _), s in zip(moving, scene_list,
+                                                                                               strict=True)],
                          draws) for scene_list in ([s for _, s in moving], [swapped(s) for _, s in moving])]
     return losses[1] / losses[0] - 1
 
@@ -106,7 +107,7 @@ def memorisation(pipe, world: WorldConfig, level: str, train_seed: int, n: int =
     train_loss = _flow_loss(pipe, _latents(pipe, [v.numpy() for v, _ in seen]),
                             [s.captions[level] for _, s in seen], draws)
     fresh_loss = _flow_loss(pipe, _latents(pipe, [render(s).numpy() for s in fresh]),
-                            [caption(s, level, i) for i, s in enumerate(fresh)], draws)
+                            [caption(s, level, i, world.state_count) for i, s in enumerate(fresh)], draws)
     return fresh_loss / train_loss - 1
 
 
@@ -128,7 +129,7 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
     correct, temporal, shown, prompts = [], [], [], []
     motion_at: dict[int, list[bool]] = {}  # object index in the caption's order -> its motion verdicts
     for i, scene in enumerate(scenes):
-        prompt = caption(scene, level, i)
+        prompt = caption(scene, level, i, world.state_count)
         clip = pipe(prompt, frames=world.frames, height=world.height, width=world.width, steps=steps,
                     guidance=guidance, seed=i, sampler=sampler)
         probed = probe_clip(clip)
@@ -151,8 +152,9 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
     mixes = ["+".join(sorted(o.size for o in s.objects)) for s in scenes]
     by_sizes = {m: {"all_correct": float(np.mean([c for c, k in zip(correct, mixes, strict=True) if k == m])),
                     "n": mixes.count(m)} for m in sorted(set(mixes))}
+    swap = word_swap_sensitivity(pipe, scenes, level, state_count=world.state_count)
     return {"all_correct": float(np.mean(correct)), **{a: float(np.mean(v)) for a, v in hits.items()},
-            "temporal": float(np.mean(temporal)), "word_swap": word_swap_sensitivity(pipe, scenes, level), "n": n,
+            "temporal": float(np.mean(temporal)), "word_swap": swap, "n": n,
             **({} if train_data is None else
                {"memorisation": memorisation(pipe, world, level, train_data[0], min(n, train_data[1]))}),
             "by_count": by_count, "by_sizes": by_sizes,
