@@ -1,5 +1,6 @@
 """The learning-efficiency ladder: rungs compose one factor at a time; a rung trains, scores and reports."""
 
+import dataclasses
 import json
 
 from kinema.data.world import WorldConfig, sample_scene
@@ -59,6 +60,15 @@ def test_a_rung_trains_scores_and_reports_then_reads_back(tiny_vae_dir, tmp_path
         in report_table([result])
     assert "| - | - | - |" in report_table([result])  # size, speed, background: fixed in this world
 
+    # another sampler scores the trained rung again, into its own files; the training is reused, not run again
+    metrics = (tmp_path / "tiny" / "metrics.jsonl").read_text()
+    ancestral = run_rung(dataclasses.replace(exp, sampler="euler-a"), rung)
+    assert (ancestral["sampler"], result["sampler"]) == ("euler-a", "euler") and ancestral["n"] == 3
+    assert (tmp_path / "tiny" / "metrics.jsonl").read_text() == metrics
+    assert json.loads((tmp_path / "tiny" / "result-euler-a.json").read_text()) == ancestral
+    assert (tmp_path / "tiny" / "eval-euler-a.png").exists()
+    assert json.loads((tmp_path / "tiny" / "result.json").read_text()) == result
+
     # a curriculum rung starts from the finished rung's model and counts its steps and minutes too
     cur = rung.then("tiny-cur", "tiny, continued", init_from="tiny")
     second = run_rung(exp, cur, {"tiny": rung})
@@ -101,7 +111,7 @@ def test_memorisation_is_zero_when_the_fresh_scenes_are_the_training_clips(tiny_
     world = world_config(rung, exp.frames, exp.size)
     seen = [make_clip(world, clip_seed(DATA_SEED, i))[1] for i in range(3)]
     monkeypatch.setattr(fresh, "eval_scenes", lambda w, n: seen)
-    monkeypatch.setattr(fresh, "caption", lambda s, level, i: s.captions[level])
+    monkeypatch.setattr(fresh, "caption", lambda s, level, i, state_count=False: s.captions[level])
     assert fresh.memorisation(pipe, world, "medium", train_seed=DATA_SEED, n=3) == 0.0
     assert fresh.memorisation(pipe, world, "medium", train_seed=DATA_SEED + 1, n=3) != 0.0  # other clips, other loss
 

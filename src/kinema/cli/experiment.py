@@ -7,6 +7,7 @@ from pathlib import Path
 
 from kinema.cli.common import parse_fhw
 from kinema.data.captions import SHAPES_LEVELS
+from kinema.diffusion.samplers import samplers_for
 
 
 def cmd_experiment_recaption(args: argparse.Namespace) -> None:
@@ -49,7 +50,7 @@ def cmd_experiment_ladder(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     exp = LadderExperiment(Path(args.out), tuple(args.rungs), args.steps, args.batch_size, eval_n=args.eval_n,
-                           guidance=args.guidance)
+                           guidance=args.guidance, sampler=args.sampler)
     for r in run_ladder(exp, Path(args.doc) if args.doc else None):
         print(f"{r['rung']['name']:<14} all-correct {r['all_correct']:.0%}  color {r['color']:.0%}  shape "
               f"{r['shape']:.0%}  motion {r['motion']:.0%}  temporal {r['temporal']:.3f}  word swap "
@@ -121,6 +122,8 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-n", type=int, default=64, help="fresh prompts per rung")
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--threads", type=int, help="torch threads (1 to run two rungs side by side)")
+    p.add_argument("--sampler", choices=samplers_for("flow"), help="score with this sampler into each rung's "
+                   "result-SAMPLER.json, a trained rung's model reused (default: Euler, into result.json)")
     p.add_argument("--doc", help="write the table of every rung run so far here (markdown)")
     p.set_defaults(func=cmd_experiment_ladder)
     p = ex.add_parser("lora", help="teach the bundled model a new color with a LoRA adapter; adherence on the new "

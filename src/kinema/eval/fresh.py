@@ -144,7 +144,8 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
         temporal.append(probed.temporal_consistency())
         if len(shown) < 8:
             shown.append((clip, prompt))
-    save_image(out / "eval.png", contact_sheet([c for c, _ in shown], [p for _, p in shown], scale=2))
+    sheet = contact_sheet([c for c, _ in shown], [p for _, p in shown], scale=2)
+    save_image(out / ("eval.png" if sampler is None else f"eval-{sampler}.png"), sheet)
     counts = [len(s.objects) for s in scenes]
     by_count = {str(k): {"all_correct": float(np.mean([c for c, m in zip(correct, counts, strict=True) if m == k])),
                          "n": counts.count(k)} for k in sorted(set(counts))}
