@@ -27,7 +27,8 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
 
     cfg = train_config(lookup(DIT_TRAIN, args.preset, "dit"), args)
     data = LatentDataset(args.latents)
-    sizes = {k: v for k, v in (("dim", args.width), ("depth", args.depth), ("heads", args.heads)) if v is not None}
+    sizes = {k: v for k, v in (("dim", args.width), ("depth", args.depth), ("heads", args.heads),
+                               ("rope_theta", args.rope_theta)) if v is not None}
     model_cfg = dataclasses.replace(dit_preset(args.preset, data.latent_shape[0], args.patch),
                                     text_refiner=args.text_refiner, pooled_text=not args.no_pooled_text,
                                     joint_attention=args.joint_attention, **sizes)
@@ -210,6 +211,9 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--width", type=int, help="the DiT's width (default: the preset's; e.g. ref 192)")
     p.add_argument("--depth", type=int, help="the number of DiT blocks (default: the preset's)")
     p.add_argument("--heads", type=int, help="attention heads (default: the preset's; must divide the width)")
+    p.add_argument("--rope-theta", type=float, help="base of the RoPE frequencies (default: the preset's, 10000; the "
+                   "ladder's -full-13-theta100: 100 spreads a 4x4-token frame's rows and columns over more of "
+                   "them, docs/experiments/learning-efficiency.md)")
     p.add_argument("--init-from", help="start from a model folder's DiT weights (a wider text input is zero-padded, "
                                        "so the start computes what that model computed)")
     p.add_argument("--force", action="store_true", help="train even when the plan says it cannot fit")
