@@ -21,7 +21,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, median_seconds, params  # noqa: E402
 from dit import wan_like  # noqa: E402
-from kinema.diffusion.samplers import default_sampler  # noqa: E402
 from kinema.generate import default_model  # noqa: E402
 from kinema.pipeline import TextToVideoPipeline  # noqa: E402
 from kinema.precision import autocast, use_bf16  # noqa: E402
@@ -48,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     pipe = TextToVideoPipeline.from_pretrained(args.model or default_model())
     steps, guidance = pipe.index.steps, pipe.index.guidance
-    sampler = pipe.index.sampler or default_sampler(pipe.objective)
+    sampler = pipe.sampler_for()
     peer = wan_pipeline(pipe)
     text, _ = pipe.encode_prompt([PROMPT])
     bf16 = use_bf16(pipe.bf16, pipe.device)

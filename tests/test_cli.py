@@ -55,11 +55,11 @@ def test_synth_narrows_the_world_to_the_factors_given(tmp_path, capsys):
 def test_synth_states_the_count_when_asked(tmp_path):
     import json
 
+    from kinema.data.captions import COUNT_WORDS, parse_caption
+
     assert main(["data", "synth", "--n", "6", "--out", str(tmp_path / "d"), "--frames", "5", "--size", "32",
                  "--objects", "1-3", "--state-count"]) == 0
     assert json.loads((tmp_path / "d" / "meta.json").read_text())["world"]["state_count"] is True
-    from kinema.data.captions import COUNT_WORDS, parse_caption
-
     for line in (tmp_path / "d" / "captions.jsonl").open():
         medium = json.loads(line)["captions"]["medium"]
         assert medium.startswith(f"{COUNT_WORDS[len(parse_caption(medium).objects)]}: "), medium

@@ -126,3 +126,4 @@ def test_fresh_scene_scoring_samples_with_the_sampler_it_is_given(tiny_model_dir
         evaluate(tiny_model_dir, world, "medium", 1, 2, 4.0, tmp_path, sampler="ddim")
     scores = evaluate(tiny_model_dir, world, "medium", 1, 2, 4.0, tmp_path, sampler="euler-a")
     assert 0.0 <= scores["all_correct"] <= 1.0 and scores["n"] == 1
+    assert scores["sampler"] == "euler-a"  # the result names the sampler it was scored with

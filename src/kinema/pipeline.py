@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from kinema.diffusion.objectives import Objective, keep_given, objective_from_dict
-from kinema.diffusion.samplers import classifier_free_guidance, noise_to, sample, samplers_for
+from kinema.diffusion.samplers import classifier_free_guidance, default_sampler, noise_to, sample, samplers_for
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.video import to_frames, to_tensor
 from kinema.io.weights import WeightsError, load_model, load_weights, weights_sha256
@@ -109,6 +109,10 @@ class TextToVideoPipeline:
     # -----------------------------------------------------------------------------------------------
     # Checks
     # -----------------------------------------------------------------------------------------------
+
+    def sampler_for(self, sampler: str | None = None) -> str:
+        """The sampler a call samples with: the one named, else the model folder's, else its objective's first."""
+        return sampler or self.index.sampler or default_sampler(self.objective)
 
     def check(self, prompt: str, frames: int, height: int, width: int, steps: int, guidance: float,
               sampler: str | None) -> None:
@@ -201,7 +205,7 @@ class TextToVideoPipeline:
         frames, height, width = frames or d.frames, height or d.height, width or d.width
         steps = d.steps if steps is None else steps
         guidance = d.guidance if guidance is None else guidance
-        sampler = sampler or d.sampler
+        sampler = self.sampler_for(sampler)
         guidance_interval = guidance_interval or d.guidance_interval
         self.check(prompt, frames, height, width, steps, guidance, sampler)
 

@@ -116,7 +116,7 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
     """Generate one clip per fresh scene's caption, judge it; per-attribute accuracy, all-correct, temporal
     consistency, the word-swap sensitivity, and a contact sheet of the first 8; given the training data as (seed,
     clips) of a synthesised world, also how much more the model's loss is on fresh scenes than on its own clips
-    (`memorisation`, on min(n, clips) of each). `sampler` None: the model folder's."""
+    (`memorisation`, on min(n, clips) of each). `sampler` None: the model folder's; the one used is recorded."""
     from kinema.eval.adherence import score
     from kinema.eval.probe import probe_clip
     from kinema.io.video import contact_sheet, save_image
@@ -155,7 +155,7 @@ def evaluate(model_dir: Path, world: WorldConfig, level: str, n: int, steps: int
                     "n": mixes.count(m)} for m in sorted(set(mixes))}
     swap = word_swap_sensitivity(pipe, scenes, level, state_count=world.state_count)
     return {"all_correct": float(np.mean(correct)), **{a: float(np.mean(v)) for a, v in hits.items()},
-            "temporal": float(np.mean(temporal)), "word_swap": swap, "n": n,
+            "temporal": float(np.mean(temporal)), "word_swap": swap, "n": n, "sampler": pipe.sampler_for(sampler),
             **({} if train_data is None else
                {"memorisation": memorisation(pipe, world, level, train_data[0], min(n, train_data[1]))}),
             "by_count": by_count, "by_sizes": by_sizes,

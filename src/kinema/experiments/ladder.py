@@ -361,8 +361,9 @@ class LadderExperiment:
     eval_steps: int = 25
     guidance: float = 4.0
     seed: int = 0
-    # the sampler the rungs are scored with; None: the model's default (Euler for these flow models), recorded in
-    # result.json; another name scores each trained rung again into result-<sampler>.json (training is reused)
+    # the sampler the rungs are scored with; None: the model's default (Euler for these flow models), into
+    # result.json; another name scores each trained rung again into result-<sampler>.json (training is reused);
+    # either way the result names the sampler used
     sampler: str | None = None
 
     def __post_init__(self) -> None:
@@ -403,13 +404,13 @@ def run_rung(exp: LadderExperiment, rung: Rung, rungs: dict[str, Rung] | None = 
                    foreground_weight=rung.foreground_weight, foreground_of=rung.foreground_of,
                    sample_steps=exp.eval_steps,
                    init_from=None if rung.init_from is None else exp.out / rung.init_from / "model")
-    train(task, train_cfg, run, progress=False)  # a finished run resumes at its last step: nothing left to do
+    if not (run / "result.json").exists():  # scored once already: trained, its model is there to score again
+        train(task, train_cfg, run, progress=False)
     minutes = init_minutes + training_minutes(run / "metrics.jsonl", train_cfg.batch_size)
     world = world_config(rung, exp.frames, exp.size)
     scores = evaluate(run / "model", world, rung.eval_level, exp.eval_n, exp.eval_steps, exp.guidance, run,
                       train_data=(DATA_SEED, rung.clips), sampler=exp.sampler)
     result = {"rung": dataclasses.asdict(rung), "steps": exp.steps, "total_steps": init_steps + exp.steps,
-              "sampler": exp.sampler or "euler",
               "train_minutes": minutes,
               "threads": torch.get_num_threads(), "params": sum(p.numel() for p in task.build_model().parameters()),
               **scores, "ceiling": rung_ceiling(exp, rung)}
