@@ -40,6 +40,12 @@ def test_the_bundled_model_index_reads():
     assert index.objective["kind"] == "flow" and (index.frames, index.height) == (17, 64)
 
 
+def test_default_sampler_is_the_folders_else_its_objectives_first():
+    assert ModelIndex(objective={"kind": "flow"}).default_sampler == samplers_for("flow")[0] == "euler"
+    assert ModelIndex(objective={"kind": "ddpm"}).default_sampler == samplers_for("ddpm")[0] == "ddim"
+    assert ModelIndex(objective={"kind": "flow"}, sampler="euler-a").default_sampler == "euler-a"
+
+
 def test_from_dict_rejects_bools_as_ints_but_takes_ints_as_floats():
     assert from_dict(ModelIndex, {"objective": {"kind": "flow"}, "guidance": 4}).guidance == 4
     with pytest.raises(ValueError, match="'frames'"):

@@ -36,6 +36,13 @@ def test_bad_arguments_give_clear_errors(pipe, kwargs, message):
         pipe("a red circle", **kwargs)
 
 
+def test_an_objective_that_differs_from_the_index_is_refused(pipe):
+    from kinema.diffusion.objectives import EpsilonObjective
+
+    with pytest.raises(ValueError, match="differs from the model index"):
+        TextToVideoPipeline(pipe.dit, pipe.vae, pipe.text_encoder, EpsilonObjective(), pipe.index)
+
+
 def test_empty_prompt_is_refused(pipe):
     with pytest.raises(ValueError, match="non-empty"):
         pipe("   ")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kinema.config import from_dict, load_json, to_dict
-from kinema.diffusion.samplers import DEFAULT_GUIDANCE, SAMPLERS, check_guidance_interval
+from kinema.diffusion.samplers import DEFAULT_GUIDANCE, SAMPLERS, check_guidance_interval, samplers_for
 from kinema.text.encoder import MINILM
 
 
@@ -43,7 +43,7 @@ class ModelIndex:
 
     def __post_init__(self) -> None:
         if "kind" not in self.objective:
-            raise ValueError(f"ModelIndex.objective needs a 'kind' (flow or epsilon), got {self.objective}")
+            raise ValueError(f"ModelIndex.objective needs a 'kind' (flow or ddpm), got {self.objective}")
         for name in ("frames", "height", "width", "fps", "steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelIndex.{name} must be >= 1, got {getattr(self, name)}")
@@ -56,6 +56,11 @@ class ModelIndex:
         if self.guidance_interval is not None:  # JSON gives a list
             object.__setattr__(self, "guidance_interval",
                                check_guidance_interval(self.guidance_interval, "ModelIndex.guidance_interval"))
+
+    @property
+    def default_sampler(self) -> str:
+        """The sampler a call samples with when it names none: the folder's, else its objective's first."""
+        return self.sampler or samplers_for(self.objective["kind"])[0]
 
     def replace(self, **changes) -> ModelIndex:
         return dataclasses.replace(self, **changes)

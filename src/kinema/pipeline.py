@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from kinema.diffusion.objectives import Objective, keep_given, objective_from_dict
-from kinema.diffusion.samplers import classifier_free_guidance, default_sampler, noise_to, sample, samplers_for
+from kinema.diffusion.samplers import classifier_free_guidance, noise_to, sample, samplers_for
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.video import to_frames, to_tensor
 from kinema.io.weights import WeightsError, load_model, load_weights, weights_sha256
@@ -57,7 +57,10 @@ class TextToVideoPipeline:
     def __init__(self, dit: DiT, vae: VideoVAE, text_encoder: TextEncoder, objective: Objective,
                  index: ModelIndex):
         self.dit, self.vae, self.text_encoder, self.objective = dit.eval(), vae.eval(), text_encoder, objective
-        self.index = index  # the folder's model_index.json: default size, steps, guidance, fps
+        self.index = index  # the folder's model_index.json: default size, steps, guidance, fps, sampler
+        if index.objective.get("kind") != objective.kind:  # the index's default sampler is for its own objective
+            raise ValueError(f"objective {objective.kind!r} differs from the model index's "
+                             f"{index.objective.get('kind')!r}")
         self.device = torch.device("cpu")
         # the DiT and VAE run under bf16 autocast where the hardware is fast at it ("auto": GPUs, CPUs with AMX,
         # measured ~1.4x DiT and ~6x VAE decode there; elsewhere float32, since emulated bf16 is far slower); the
@@ -112,7 +115,7 @@ class TextToVideoPipeline:
 
     def sampler_for(self, sampler: str | None = None) -> str:
         """The sampler a call samples with: the one named, else the model folder's, else its objective's first."""
-        return sampler or self.index.sampler or default_sampler(self.objective)
+        return sampler or self.index.default_sampler
 
     def check(self, prompt: str, frames: int, height: int, width: int, steps: int, guidance: float,
               sampler: str | None) -> None:

@@ -186,8 +186,6 @@ def create_app(pipe=None, model_dir: str | Path | None = None, max_queued: int =
                checker=None) -> FastAPI:
     """The app. Pass a pipeline, a model folder, or (for tests) a `runner(job) -> mp4 bytes`. Jobs are kept in
     `state_dir` (a temporary folder when not given, so they last as long as the process)."""
-    from kinema.diffusion.objectives import objective_from_dict
-    from kinema.diffusion.samplers import default_sampler
     from kinema.model_index import ModelIndex
 
     if runner is None:
@@ -220,7 +218,7 @@ def create_app(pipe=None, model_dir: str | Path | None = None, max_queued: int =
     def model() -> dict:
         return {"defaults": {"frames": index.frames, "height": index.height, "width": index.width,
                              "steps": index.steps, "guidance": index.guidance, "fps": index.fps,
-                             "sampler": index.sampler or default_sampler(objective_from_dict(index.objective))},
+                             "sampler": index.default_sampler},
                 "limits": {"prompt_chars": MAX_PROMPT, "steps": [1, 200], "guidance": [0, 30], "frames": [1, 65],
                            "size": [16, 256], "image_bytes": MAX_IMAGE_BYTES, "queue": max_queued},
                 "objective": index.objective.get("kind"), "text_encoder": index.text_encoder}
