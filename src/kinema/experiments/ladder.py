@@ -219,6 +219,16 @@ def default_rungs() -> dict[str, Rung]:
     # (MM-DiT) each clause token also reads every video token and can say where its object is:
     rungs.append(theta100.then("ref-two-s4c8-clauses-full-13-theta100-joint", "ref-two-s4c8-clauses-full-13-theta100 "
                                "with joint text-video attention (MM-DiT blocks)", dit={"joint_attention": True}))
+    # (-theta100-joint, session 32: worse everywhere, one-object prompts 37% right against 67%, count missed in 43
+    # of 122 against 17, its loss 8% higher at equal steps: a clause token that reads the video is no help.) Back to
+    # the one lever that cut the twins, the position code: at theta 10 every one of an axis's 5 frequency pairs turns
+    # at least 0.48 rad over a frame's 4 token rows (at 100 the last two turn 0.19 and 0.075)
+    rungs.append(theta100.then("ref-two-s4c8-clauses-full-13-theta10", "ref-two-s4c8-clauses-full-13 with RoPE theta "
+                               "10", dit={"rope_theta": 10.0}))
+    # and depth: keeping one copy of an object where the noisy latent hints at two is a comparison between positions
+    # (which mark is stronger), more rounds of self-attention than 4 blocks may be what that takes
+    rungs.append(theta100.then("ref-two-s4c8-clauses-full-13-theta100-d6", "ref-two-s4c8-clauses-full-13-theta100 "
+                               "at depth 6 (4 before)", dit={"depth": 6}))
     # the two-object models memorise once small objects come in: flow loss on fresh scenes over their own training
     # clips (eval.fresh.memorisation) is +6.5% on the simple world, +5.4% with 8 colors, +15% with small objects (+18%
     # after 12000 steps), +13% on the full world; 8192 clips cover few of the two-object combinations. Twice the
