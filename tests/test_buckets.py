@@ -120,13 +120,14 @@ def test_dit_train_flags_reach_the_model_and_the_objective(tiny_latents, tmp_pat
     main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--joint-attention",
           "--text-refiner", "1", "--no-pooled-text", "--logit-mean", "0.8", "--shift", "2", "--prediction", "x0",
           "--foreground-weight", "9", "--foreground-of", "either", "--width", "48", "--depth", "1", "--heads", "3",
-          "--rope-theta", "100", "--steps", "2",
+          "--rope-theta", "100", "--input-perturbation", "0.1", "--steps", "2",
           "--batch-size", "2", "--ckpt-every", "2", "--sample-every", "0", "--out", str(tmp_path / "run")])
     dit = json.loads((tmp_path / "run" / "model" / "dit.json").read_text())
     assert (dit["joint_attention"], dit["text_refiner"], dit["pooled_text"]) == (True, 1, False)
     assert (dit["dim"], dit["depth"], dit["heads"], dit["rope_theta"]) == (48, 1, 3, 100.0)
     objective = json.loads((tmp_path / "run" / "model" / "model_index.json").read_text())["objective"]
     assert (objective["logit_mean"], objective["shift"], objective["prediction"]) == (0.8, 2.0, "x0")
+    assert objective["input_perturbation"] == 0.1
     # the loss weight is part of the run's identity (a resume with another weight is refused), only when set
     model = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
     assert (model["foreground_weight"], model["foreground_of"]) == (9.0, "either")
@@ -134,7 +135,7 @@ def test_dit_train_flags_reach_the_model_and_the_objective(tiny_latents, tmp_pat
     assert pipe.objective.shift == 2.0 and pipe.dit.blocks[0].__class__.__name__ == "JointBlock"
     assert pipe("a red circle moving left", steps=2, seed=0).ndim == 4
     assert main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--objective", "epsilon",
-                 "--shift", "2", "--out", str(tmp_path / "bad")]) == 2
+                 "--input-perturbation", "0.1", "--out", str(tmp_path / "bad")]) == 2
     assert "use --objective flow" in capsys.readouterr().err
     assert main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--width", "50", "--heads", "3",
                  "--out", str(tmp_path / "bad")]) == 2

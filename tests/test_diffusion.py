@@ -83,6 +83,40 @@ def test_x0_prediction_is_the_velocity_through_the_noised_point():
         FlowObjective(prediction="epsilon")
 
 
+
+def test_input_perturbation_adds_noise_to_what_the_network_reads_and_not_to_the_target():
+    seen = {}
+
+    def record(x_t, t):
+        seen["x"], seen["t"] = x_t, t
+        return torch.zeros_like(x_t)
+
+    plain, perturbed = FlowObjective(prediction="x0"), FlowObjective(prediction="x0", input_perturbation=0.1)
+    torch.manual_seed(0)
+    x0 = torch.randn(256, 2, 3, 4, 4)
+    loss_plain = plain.loss(record, x0, torch.Generator().manual_seed(5))
+    x_plain = seen["x"]
+    loss_perturbed = perturbed.loss(record, x0, torch.Generator().manual_seed(5))
+    s = seen["t"].view(-1, 1, 1, 1, 1)
+    extra = seen["x"] - x_plain  # the same levels and path noise: the difference is the extra noise alone
+    assert torch.equal(seen["t"], torch.sigmoid(torch.randn(256, generator=torch.Generator().manual_seed(5))))
+    assert abs((extra / s).std().item() - 0.1) < 0.005  # gamma * sigma per element
+    # the target is the path's own: an all-zero x0 guess costs |x0|^2 / sigma^2 with or without the extra input noise
+    assert torch.allclose(loss_plain, loss_perturbed)
+    # an x0 model that knows the clean latent is exact either way (the target is x0); a velocity model that answers
+    # the velocity through the point it reads is exact only when that point is on the path
+    knows = [obj.loss(lambda x_t, t, data: data, x0, torch.Generator().manual_seed(1), data=x0)
+             for obj in (plain, perturbed)]
+    assert torch.equal(*knows) and knows[0] < 1e-3  # (not 0: sigma is floored at 0.05 in the velocity)
+    def through(x_t, t, data):
+        return (x_t - data) / t.view(-1, 1, 1, 1, 1)
+
+    assert FlowObjective().loss(through, x0, torch.Generator().manual_seed(1), data=x0) < 1e-8
+    loss = FlowObjective(input_perturbation=0.1).loss(through, x0, torch.Generator().manual_seed(1), data=x0)
+    assert abs(loss.item() - 0.01) < 0.001  # the extra noise / sigma: gamma^2 per element
+    with pytest.raises(ValueError, match="input_perturbation"):
+        FlowObjective(input_perturbation=-0.1)
+
 # ---------------------------------------------------------------------------------------------------
 # Samplers: an oracle model drives each to the data point; seeds reproduce
 # ---------------------------------------------------------------------------------------------------

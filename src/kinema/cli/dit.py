@@ -33,10 +33,11 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
                                     text_refiner=args.text_refiner, pooled_text=not args.no_pooled_text,
                                     joint_attention=args.joint_attention, **sizes)
     objective = make_objective(args.objective)
-    given = {k: v for k, v in (("logit_mean", args.logit_mean), ("shift", args.shift), ("prediction", args.prediction))
-             if v is not None}
+    given = {k: v for k, v in (("logit_mean", args.logit_mean), ("shift", args.shift), ("prediction", args.prediction),
+                               ("input_perturbation", args.input_perturbation)) if v is not None}
     if given and args.objective != "flow":
-        raise ValueError("--logit-mean, --shift and --prediction set the flow objective; use --objective flow")
+        raise ValueError("--logit-mean, --shift, --prediction and --input-perturbation set the flow objective; "
+                         "use --objective flow")
     if args.objective == "flow":
         objective = dataclasses.replace(objective, **(FLOW_NOISE | given))
     task = DiTTask(data, model_cfg, objective, cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
@@ -224,6 +225,9 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prediction", choices=["velocity", "x0"], help="flow: what the DiT outputs (default velocity; "
                    "x0 predicts the clean latent, turned into a velocity for the loss and the sampler: for large "
                    "patches, whose tokens have many values)")
+    p.add_argument("--input-perturbation", type=float, metavar="GAMMA", help="flow: train on inputs with GAMMA x "
+                   "sigma more noise than their level, the target unchanged (DDPM-IP, against exposure bias; 0.1 "
+                   "is typical; default 0)")
     p.add_argument("--joint-attention", action="store_true", help="MM-DiT blocks: the prompt is a second stream and "
                    "one attention runs over prompt and video (instead of cross-attention)")
     p.add_argument("--text-refiner", type=int, default=0, metavar="N", help="N trainable layers over the prompt "

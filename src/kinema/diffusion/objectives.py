@@ -134,11 +134,17 @@ class FlowObjective:
     # what the network outputs: "velocity" (noise - x0), or "x0", the clean latent, turned into a velocity for the
     # loss and the sampler (JiT, Li & He 2025: high-dimensional tokens are easier to denoise than to predict noise for)
     prediction: str = "velocity"
+    # training only: the network's input gets gamma * sigma more noise than its level says while the target stays
+    # the path's own (DDPM-IP, Ning et al. 2023): it learns to denoise states a little off the path, as a sampler's
+    # own states are after imperfect steps (exposure bias). Typical gamma 0.1; 0 is off
+    input_perturbation: float = 0.0
     kind: str = "flow"
 
     def __post_init__(self) -> None:
         if self.prediction not in ("velocity", "x0"):
             raise ValueError(f"FlowObjective.prediction: {self.prediction!r}; expected 'velocity' or 'x0'")
+        if not 0 <= self.input_perturbation < 1:
+            raise ValueError(f"FlowObjective.input_perturbation: {self.input_perturbation}; expected 0 <= gamma < 1")
 
     def velocity(self, out: torch.Tensor, x_t: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
         """The network's output as the velocity samplers integrate; for x0 prediction v = (x_t - x0) / sigma, with
@@ -164,9 +170,14 @@ class FlowObjective:
         sigmas = self.sample_sigmas(x0.shape[0], generator, x0.device)
         noise = _randn(x0, generator)
         x_t = keep_given(self.add_noise(x0, noise, sigmas), cond.get("cond"), cond.get("cond_mask"))
-        out = model(x_t, sigmas, **cond)
+        seen = x_t  # what the network reads: x_t, or x_t with the extra noise of input_perturbation
+        if self.input_perturbation:
+            extra = _expand(sigmas, x0) * self.input_perturbation * _randn(x0, generator)
+            seen = keep_given(x_t + extra, cond.get("cond"), cond.get("cond_mask"))
+        out = model(seen, sigmas, **cond)
         if callable(loss_weight):
             loss_weight = loss_weight(self.clean_estimate(out.detach(), x_t, sigmas))
+        # the velocity from x_t itself: for x0 prediction the loss is then x0's error / sigma^2 whatever the input
         return masked_mse(self.velocity(out, x_t, sigmas), self.target(x0, noise), cond.get("cond_mask"), loss_weight)
 
     def clean_estimate(self, out: torch.Tensor, x_t: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:

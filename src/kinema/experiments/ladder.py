@@ -229,6 +229,12 @@ def default_rungs() -> dict[str, Rung]:
     # (which mark is stronger), more rounds of self-attention than 4 blocks may be what that takes
     rungs.append(theta100.then("ref-two-s4c8-clauses-full-13-theta100-d6", "ref-two-s4c8-clauses-full-13-theta100 "
                                "at depth 6 (4 before)", dit={"depth": 6}))
+    # session 28's trajectories: nothing object-like until mid-way, then two faint marks that both sharpen. The
+    # sampler's own states there are smeared averages over positions, which no training input looks like (exposure
+    # bias); the ancestral sampler, whose fresh noise brings its states back toward the path, halved the twins.
+    # Training on inputs a little off the path instead (DDPM-IP, gamma 0.1):
+    rungs.append(theta100.then("ref-two-s4c8-clauses-full-13-theta100-ip", "ref-two-s4c8-clauses-full-13-theta100 "
+                               "trained with input perturbation 0.1 (DDPM-IP)", objective={"input_perturbation": 0.1}))
     # the two-object models memorise once small objects come in: flow loss on fresh scenes over their own training
     # clips (eval.fresh.memorisation) is +6.5% on the simple world, +5.4% with 8 colors, +15% with small objects (+18%
     # after 12000 steps), +13% on the full world; 8192 clips cover few of the two-object combinations. Twice the
