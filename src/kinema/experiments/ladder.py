@@ -225,6 +225,7 @@ def default_rungs() -> dict[str, Rung]:
     # at least 0.48 rad over a frame's 4 token rows (at 100 the last two turn 0.19 and 0.075)
     rungs.append(theta100.then("ref-two-s4c8-clauses-full-13-theta10", "ref-two-s4c8-clauses-full-13 with RoPE theta "
                                "10", dit={"rope_theta": 10.0}))
+    # (-theta10: one-object prompts 57% right, count missed 20 of 122: no better than theta 100's 67% / 17.)
     # and depth: keeping one copy of an object where the noisy latent hints at two is a comparison between positions
     # (which mark is stronger), more rounds of self-attention than 4 blocks may be what that takes
     rungs.append(theta100.then("ref-two-s4c8-clauses-full-13-theta100-d6", "ref-two-s4c8-clauses-full-13-theta100 "
