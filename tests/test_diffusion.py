@@ -83,7 +83,6 @@ def test_x0_prediction_is_the_velocity_through_the_noised_point():
         FlowObjective(prediction="epsilon")
 
 
-
 def test_input_perturbation_adds_noise_to_what_the_network_reads_and_not_to_the_target():
     seen = {}
 
@@ -108,6 +107,7 @@ def test_input_perturbation_adds_noise_to_what_the_network_reads_and_not_to_the_
     knows = [obj.loss(lambda x_t, t, data: data, x0, torch.Generator().manual_seed(1), data=x0)
              for obj in (plain, perturbed)]
     assert torch.equal(*knows) and knows[0] < 1e-3  # (not 0: sigma is floored at 0.05 in the velocity)
+
     def through(x_t, t, data):
         return (x_t - data) / t.view(-1, 1, 1, 1, 1)
 
@@ -116,6 +116,7 @@ def test_input_perturbation_adds_noise_to_what_the_network_reads_and_not_to_the_
     assert abs(loss.item() - 0.01) < 0.001  # the extra noise / sigma: gamma^2 per element
     with pytest.raises(ValueError, match="input_perturbation"):
         FlowObjective(input_perturbation=-0.1)
+
 
 # ---------------------------------------------------------------------------------------------------
 # Samplers: an oracle model drives each to the data point; seeds reproduce
