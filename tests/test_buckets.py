@@ -99,7 +99,8 @@ def test_dit_train_patch_flag_gives_a_finer_token_grid(tiny_latents, tmp_path):
     assert json.loads((tmp_path / "run" / "model" / "dit.json").read_text())["patch"] == [1, 1, 1]
     objective = json.loads((tmp_path / "run" / "model" / "model_index.json").read_text())["objective"]
     assert (objective["logit_mean"], objective["shift"]) == (0.8, 2.0)  # the CLI's measured noise levels by default
-    assert "foreground_weight" not in json.loads((tmp_path / "run" / "config.json").read_text())["model"]  # unset
+    model = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert "foreground_weight" not in model and "input_perturbation" not in model["objective"]  # unset: as before
     pipe = TextToVideoPipeline.from_pretrained(tmp_path / "run" / "model")
     s = pipe.vae.cfg.spatial_compression  # an odd latent size: fine for 1x1 patches, not for the default 2x2
     assert pipe("a red circle moving left", height=3 * s, width=5 * s, steps=2, seed=0).shape[1:] == (3 * s, 5 * s, 3)
@@ -131,6 +132,7 @@ def test_dit_train_flags_reach_the_model_and_the_objective(tiny_latents, tmp_pat
     # the loss weight is part of the run's identity (a resume with another weight is refused), only when set
     model = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
     assert (model["foreground_weight"], model["foreground_of"]) == (9.0, "either")
+    assert model["objective"]["input_perturbation"] == 0.1  # set: part of the run's identity
     pipe = TextToVideoPipeline.from_pretrained(tmp_path / "run" / "model")
     assert pipe.objective.shift == 2.0 and pipe.dit.blocks[0].__class__.__name__ == "JointBlock"
     assert pipe("a red circle moving left", steps=2, seed=0).ndim == 4

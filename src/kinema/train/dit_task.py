@@ -115,7 +115,10 @@ class DiTTask:
         return model
 
     def model_config(self) -> dict:
-        config = {"dit": to_dict(self.model_cfg), "objective": to_dict(self.objective)}
+        objective = to_dict(self.objective)
+        if not objective.get("input_perturbation"):  # unset: not part of the run's identity (older runs resume)
+            objective.pop("input_perturbation", None)
+        config = {"dit": to_dict(self.model_cfg), "objective": objective}
         if self.foreground_weight:  # written only when set, so runs saved before it existed still resume
             config["foreground_weight"] = self.foreground_weight
             if self.foreground_of != "clip":
