@@ -230,6 +230,7 @@ def default_rungs() -> dict[str, Rung]:
     # (which mark is stronger), more rounds of self-attention than 4 blocks may be what that takes
     rungs.append(theta100.then("ref-two-s4c8-clauses-full-13-theta100-d6", "ref-two-s4c8-clauses-full-13-theta100 "
                                "at depth 6 (4 before)", dit={"depth": 6}))
+    # (-theta100-d6: loss 6-8% lower, count missed in 17 of 122 as at depth 4: a better fit, as many twins.)
     # session 28's trajectories: nothing object-like until mid-way, then two faint marks that both sharpen. The
     # sampler's own states there are smeared averages over positions, which no training input looks like (exposure
     # bias); the ancestral sampler, whose fresh noise brings its states back toward the path, halved the twins.
