@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kinema.config import from_dict, load_json, to_dict
-from kinema.diffusion.samplers import DEFAULT_GUIDANCE, SAMPLERS, check_guidance_interval, samplers_for
+from kinema.diffusion.samplers import DEFAULT_GUIDANCE, SAMPLERS, check_guidance_interval, default_sampler
 from kinema.text.encoder import MINILM
 
 
@@ -60,7 +60,7 @@ class ModelIndex:
     @property
     def default_sampler(self) -> str:
         """The sampler a call samples with when it names none: the folder's, else its objective's first."""
-        return self.sampler or samplers_for(self.objective["kind"])[0]
+        return self.sampler or default_sampler(self.objective["kind"])
 
     def replace(self, **changes) -> ModelIndex:
         return dataclasses.replace(self, **changes)

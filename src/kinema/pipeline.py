@@ -58,9 +58,8 @@ class TextToVideoPipeline:
                  index: ModelIndex):
         self.dit, self.vae, self.text_encoder, self.objective = dit.eval(), vae.eval(), text_encoder, objective
         self.index = index  # the folder's model_index.json: default size, steps, guidance, fps, sampler
-        if index.objective.get("kind") != objective.kind:  # the index's default sampler is for its own objective
-            raise ValueError(f"objective {objective.kind!r} differs from the model index's "
-                             f"{index.objective.get('kind')!r}")
+        if index.objective["kind"] != objective.kind:  # the index's default sampler is for its own objective
+            raise ValueError(f"objective {objective.kind!r} differs from the model index's {index.objective['kind']!r}")
         self.device = torch.device("cpu")
         # the DiT and VAE run under bf16 autocast where the hardware is fast at it ("auto": GPUs, CPUs with AMX,
         # measured ~1.4x DiT and ~6x VAE decode there; elsewhere float32, since emulated bf16 is far slower); the

@@ -198,8 +198,9 @@ def samplers_for(kind: str) -> tuple[str, ...]:
     return tuple(name for name, s in SAMPLERS.items() if s.kind == kind)
 
 
-def default_sampler(obj: Objective) -> str:
-    return samplers_for(obj.kind)[0]
+def default_sampler(kind: str) -> str:
+    """The sampler of objectives of `kind` when none is named: the first one registered for it."""
+    return samplers_for(kind)[0]
 
 
 @register_sampler("euler", "flow", "Euler steps along the predicted velocity (flow matching)")
@@ -248,7 +249,7 @@ def noise_to(obj: Objective, x0: torch.Tensor, noise: torch.Tensor, steps: int, 
 def sample(obj: Objective, fn: ModelFn, noise: torch.Tensor, steps: int, sampler: str | None = None,
            generator: torch.Generator | None = None, start: int = 0, callback: Callback = None) -> torch.Tensor:
     """Run the named sampler (default: euler for flow, ddim for DDPM) for `steps` steps."""
-    sampler = sampler or default_sampler(obj)
+    sampler = sampler or default_sampler(obj.kind)
     if sampler not in SAMPLERS or SAMPLERS[sampler].kind != obj.kind:
         raise ValueError(f"sampler {sampler!r} does not fit a {obj.kind} model; expected one of "
                          f"{samplers_for(obj.kind)}")
