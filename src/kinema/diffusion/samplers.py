@@ -3,6 +3,8 @@
 
     euler  (flow)      x <- x + (s_next - s) * v
     euler-a (flow)     ancestral: x <- (1 - s_next) x0 + sqrt(s_next^2 - var) eps + sqrt(var) z  (DDPM's posterior)
+    renoise (flow)     x <- (1 - s_next) x0 + s_next z: all of the next state's noise fresh (consistency models'
+                       multistep sampling)
     ddim   (DDPM)      x <- sqrt(a_prev) x0 + sqrt(1 - a_prev - var) eps [+ sqrt(var) z]
     ddpm   (DDPM)      ancestral: x <- posterior mean(x, x0) + sqrt(posterior var) z
 
@@ -123,6 +125,26 @@ def flow_ancestral_sample(fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, et
     return x
 
 
+def flow_renoise_sample(fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator | None = None,
+                        start: int = 0, callback: Callback = None) -> torch.Tensor:
+    """Each step predicts the clean clip and draws the next state afresh around it: x = (1 - s') x0 + s' z, none of
+    the current noise kept (the ancestral step at its most stochastic; the multistep sampler of consistency models,
+    Song et al. 2023). Every level sees a state on the flow path's marginal around the latest estimate, so a mode the
+    model is unsure of (an object drawn in two places at mid noise: the twins of a model trained on 1-3 objects) is
+    re-decided at each step instead of sharpened: on the 1-3-object rung it draws the count right in 95 of 100
+    one-object scenes against 84 (Euler) and 85 (euler-a); docs/experiments/learning-efficiency.md, session 33."""
+    sigmas = sigmas.tolist()
+    for i in range(start, len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        x0 = x - s * fn(x, _full(x, s))
+        x = (1 - s_next) * x0
+        if s_next > 0:
+            x = x + s_next * _noise(x, generator)
+        if callback:
+            callback(i, x)
+    return x
+
+
 # ---------------------------------------------------------------------------------------------------
 # DDPM family
 # ---------------------------------------------------------------------------------------------------
@@ -212,6 +234,13 @@ def _euler(obj, fn, x, levels, generator, start, callback):
 def _euler_ancestral(obj, fn, x, levels, generator, start, callback):
     return flow_ancestral_sample(lambda x, t: obj.velocity(fn(x, t), x, t), x, torch.tensor(levels), 1.0, generator,
                                  start, callback)
+
+
+@register_sampler("renoise", "flow", "each step predicts the clean clip and draws all of the next state's noise "
+                  "afresh (stochastic; fewest objects drawn twice)")
+def _renoise(obj, fn, x, levels, generator, start, callback):
+    return flow_renoise_sample(lambda x, t: obj.velocity(fn(x, t), x, t), x, torch.tensor(levels), generator, start,
+                               callback)
 
 
 @register_sampler("ddim", "ddpm", "deterministic DDIM (epsilon / v models)")
