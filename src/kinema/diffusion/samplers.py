@@ -132,7 +132,10 @@ def flow_renoise_sample(fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, gene
     Song et al. 2023). Every level sees a state on the flow path's marginal around the latest estimate, so a mode the
     model is unsure of (an object drawn in two places at mid noise: the twins of a model trained on 1-3 objects) is
     re-decided at each step instead of sharpened: on the 1-3-object rung it draws the count right in 95 of 100
-    one-object scenes against 84 (Euler) and 85 (euler-a); docs/experiments/learning-efficiency.md, session 33."""
+    one-object scenes against 84 (Euler) and 85 (euler-a). The same re-deciding drops a half-drawn second or third
+    object more often than Euler (that rung's count on 1-3-object scenes: 64% against 72%), and the bundled
+    one-object model draws its sizes worse with it: a per-model choice. docs/experiments/learning-efficiency.md,
+    session 33."""
     sigmas = sigmas.tolist()
     for i in range(start, len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
