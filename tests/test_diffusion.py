@@ -13,7 +13,6 @@ from kinema.diffusion.samplers import (
     ddim_sample,
     euler_sample,
     flow_ancestral_sample,
-    flow_renoise_sample,
     noise_to,
     sample,
 )
@@ -189,25 +188,25 @@ def test_flow_ancestral_without_fresh_noise_is_euler_and_with_it_keeps_the_margi
 
 
 def test_flow_renoise_draws_every_state_afresh_around_the_estimate():
-    """renoise keeps none of the current noise: two runs from different starting noise with the same later draws end
-    the same once the model's estimate no longer depends on the state (a point mass), and every state sits on the
-    flow path's marginal (1 - s) x0 + s z."""
+    """eta None (the renoise sampler) keeps none of the current noise: every state sits on the flow path's marginal
+    (1 - s) x0 + s z around a point mass, from any starting noise, and one step is x0's estimate plus fresh noise."""
     sigmas = flow_sigmas(8, 3.0)
     x0 = torch.full((4000, 1, 1, 1, 1), 0.5)
     oracle = lambda x, t: (x - x0) / t.view(-1, 1, 1, 1, 1)  # noqa: E731
     seen = []
     g = torch.Generator().manual_seed(0)
-    flow_renoise_sample(oracle, torch.randn(x0.shape, generator=g), sigmas, g, callback=lambda i, x: seen.append(x))
+    flow_ancestral_sample(oracle, torch.randn(x0.shape, generator=g), sigmas, None, g,
+                          callback=lambda i, x: seen.append(x))
     for s, x in zip(sigmas[1:-1].tolist(), seen, strict=False):
         assert abs(x.mean().item() - (1 - s) * 0.5) < 0.05 and abs(x.std().item() - s) < 0.05
-    ends = [flow_renoise_sample(oracle, torch.randn(x0.shape) * scale, sigmas, torch.Generator().manual_seed(1),
-                                callback=None) for scale in (1.0, 3.0)]
+    ends = [flow_ancestral_sample(oracle, torch.randn(x0.shape) * scale, sigmas, None, torch.Generator().manual_seed(1))
+            for scale in (1.0, 3.0)]
     assert torch.allclose(ends[0], ends[1], atol=1e-5) and torch.allclose(ends[0], x0, atol=1e-5)
     # one step by hand: x0 from the velocity, then all fresh noise at the next level
     x, s1 = torch.randn(2, 1, 1, 1, 1), flow_sigmas(2, 1.0)
     field = lambda x, t: torch.sin(x) + t.view(-1, 1, 1, 1, 1)  # noqa: E731
     first = []
-    flow_renoise_sample(field, x, s1, torch.Generator().manual_seed(2), callback=lambda i, z: first.append(z))
+    flow_ancestral_sample(field, x, s1, None, torch.Generator().manual_seed(2), callback=lambda i, z: first.append(z))
     z = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
     est = x - 1.0 * field(x, torch.ones(2))
     assert torch.allclose(first[0], 0.5 * est + 0.5 * z, atol=1e-6)

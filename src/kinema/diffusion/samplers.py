@@ -101,13 +101,20 @@ def euler_sample(fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, start: int 
 
 
 @torch.no_grad()
-def flow_ancestral_sample(fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, eta: float = 1.0,
+def flow_ancestral_sample(fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, eta: float | None = 1.0,
                           generator: torch.Generator | None = None, start: int = 0,
                           callback: Callback = None) -> torch.Tensor:
     """DDIM's step on the flow path x = (1 - s) x0 + s eps: the velocity gives x0 = x - s v and eps = x + (1 - s) v;
     the next state keeps a share of eps and draws the rest afresh. eta = 0 is exactly the Euler step, eta = 1 the
     posterior q(x_next | x, x0) of ancestral DDPM: fresh noise at every step lets a later step undo an earlier
-    one's mistake instead of sharpening it."""
+    one's mistake instead of sharpening it. eta None keeps none of the current noise: x = (1 - s') x0 + s' z, the
+    next state drawn afresh around the latest estimate (the `renoise` sampler; the multistep sampler of consistency
+    models, Song et al. 2023). A mode the model is unsure of (an object drawn in two places at mid noise: the twins
+    of a model trained on 1-3 objects) is then re-decided at every step instead of carried along by the kept noise:
+    on the 1-3-object rung the count is right in 95 of 100 one-object scenes against 84 (Euler) and 85 (eta 1). The
+    same re-deciding drops a half-drawn second or third object more often (that rung's count on 1-3-object scenes:
+    64% against Euler's 72%), and the bundled one-object model draws its sizes worse with it: a per-model choice
+    (docs/experiments/learning-efficiency.md, session 33)."""
     sigmas = sigmas.tolist()
     for i in range(start, len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
@@ -116,33 +123,10 @@ def flow_ancestral_sample(fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, et
         # the posterior variance for (alpha, sigma) -> (alpha', sigma'), alpha = 1 - s: DDIM's formula, written
         # without alphas_cumprod
         ratio = (1 - s) * s_next / ((1 - s_next) * s) if s_next > 0 else 0.0
-        var = eta**2 * s_next**2 * (1 - ratio**2)
+        var = s_next**2 if eta is None else eta**2 * s_next**2 * (1 - ratio**2)
         x = (1 - s_next) * x0 + (s_next**2 - var) ** 0.5 * eps
         if var > 0:
             x = x + var**0.5 * _noise(x, generator)
-        if callback:
-            callback(i, x)
-    return x
-
-
-def flow_renoise_sample(fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, generator: torch.Generator | None = None,
-                        start: int = 0, callback: Callback = None) -> torch.Tensor:
-    """Each step predicts the clean clip and draws the next state afresh around it: x = (1 - s') x0 + s' z, none of
-    the current noise kept (the ancestral step at its most stochastic; the multistep sampler of consistency models,
-    Song et al. 2023). Every level sees a state on the flow path's marginal around the latest estimate, so a mode the
-    model is unsure of (an object drawn in two places at mid noise: the twins of a model trained on 1-3 objects) is
-    re-decided at each step instead of sharpened: on the 1-3-object rung it draws the count right in 95 of 100
-    one-object scenes against 84 (Euler) and 85 (euler-a). The same re-deciding drops a half-drawn second or third
-    object more often than Euler (that rung's count on 1-3-object scenes: 64% against 72%), and the bundled
-    one-object model draws its sizes worse with it: a per-model choice. docs/experiments/learning-efficiency.md,
-    session 33."""
-    sigmas = sigmas.tolist()
-    for i in range(start, len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        x0 = x - s * fn(x, _full(x, s))
-        x = (1 - s_next) * x0
-        if s_next > 0:
-            x = x + s_next * _noise(x, generator)
         if callback:
             callback(i, x)
     return x
@@ -242,8 +226,8 @@ def _euler_ancestral(obj, fn, x, levels, generator, start, callback):
 @register_sampler("renoise", "flow", "each step predicts the clean clip and draws all of the next state's noise "
                   "afresh (stochastic; fewest objects drawn twice)")
 def _renoise(obj, fn, x, levels, generator, start, callback):
-    return flow_renoise_sample(lambda x, t: obj.velocity(fn(x, t), x, t), x, torch.tensor(levels), generator, start,
-                               callback)
+    return flow_ancestral_sample(lambda x, t: obj.velocity(fn(x, t), x, t), x, torch.tensor(levels), None, generator,
+                                 start, callback)
 
 
 @register_sampler("ddim", "ddpm", "deterministic DDIM (epsilon / v models)")
