@@ -224,7 +224,7 @@ def _euler_ancestral(obj, fn, x, levels, generator, start, callback):
 
 
 @register_sampler("renoise", "flow", "each step predicts the clean clip and draws all of the next state's noise "
-                  "afresh (stochastic; fewest objects drawn twice)")
+                  "afresh (stochastic; fewer objects drawn twice, by models trained on several per clip)")
 def _renoise(obj, fn, x, levels, generator, start, callback):
     return flow_ancestral_sample(lambda x, t: obj.velocity(fn(x, t), x, t), x, torch.tensor(levels), None, generator,
                                  start, callback)
