@@ -16,6 +16,7 @@ import random
 import re
 import urllib.request
 import zlib
+from collections.abc import Container
 from dataclasses import replace
 from typing import Protocol
 
@@ -32,17 +33,26 @@ _START_FOR_MOTION = {"left": (None, "right"), "right": (None, "left"), "up": ("b
 _ROWS, _COLS = ("top", "middle", "bottom"), ("left", "center", "right")
 
 
-def _fill(obj: ParsedObject, rng: random.Random, used_colors: set[str]) -> ParsedObject:
-    """A copy of obj with every unstated attribute chosen, stated ones untouched."""
+def _fill(obj: ParsedObject, rng: random.Random, used_colors: set[str],
+          taken: Container[tuple[str, str]] = ()) -> ParsedObject:
+    """A copy of obj with every unstated attribute chosen, stated ones untouched. An unstated start cell avoids
+    the cells in `taken` (where earlier objects start) while a free one fits what is stated: the world never
+    starts two objects on top of each other, so a caption that does is one the model never saw."""
     free = [c for c in COLORS if c not in used_colors] or list(COLORS)
     motion = obj.motion or rng.choice(["left", "right", "up", "down", "still"])
     row, col = obj.row, obj.col
     if row is None and col is None:
         row, col = _START_FOR_MOTION.get(motion, (None, None))
-    return ParsedObject(shape=obj.shape or rng.choice(SHAPES), color=obj.color or rng.choice(free),
-                        size=obj.size or rng.choice(["small", "large"]), motion=motion,
-                        speed=obj.speed or (None if motion == "still" else rng.choice(["slowly", "quickly"])),
-                        row=row or rng.choice(_ROWS), col=col or rng.choice(_COLS))
+    filled = ParsedObject(shape=obj.shape or rng.choice(SHAPES), color=obj.color or rng.choice(free),
+                          size=obj.size or rng.choice(["small", "large"]), motion=motion,
+                          speed=obj.speed or (None if motion == "still" else rng.choice(["slowly", "quickly"])),
+                          row=row or rng.choice(_ROWS), col=col or rng.choice(_COLS))
+    if (filled.row, filled.col) in taken and not (obj.row and obj.col):
+        cells = [(r, c) for r in ([row] if row else _ROWS) for c in ([col] if col else _COLS)]
+        if free_cells := [cell for cell in cells if cell not in taken]:
+            row, col = rng.choice(free_cells)
+            filled = replace(filled, row=row, col=col)
+    return filled
 
 
 def _spec(obj: ParsedObject, height: int, width: int) -> ObjectSpec:
@@ -103,10 +113,11 @@ class ShapesExpander:
         if not parsed.objects:
             return prompt  # nothing we can ground: keep the user's words
         rng = random.Random(zlib.crc32(prompt.encode()) * 1000 + seed)
-        objects, used = [], set()
+        objects, used, taken = [], set(), set()
         for obj in parsed.objects:
-            filled = _fill(obj, rng, used)
+            filled = _fill(obj, rng, used, taken)
             used.add(filled.color)
+            taken.add((filled.row, filled.col))
             objects.append(filled)
         background = parsed.background or rng.choice(list(BACKGROUNDS))
         scene = Scene(background, [_spec(o, 64, 64) for o in objects], 17, 64, 64, 8)
