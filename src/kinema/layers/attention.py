@@ -83,10 +83,13 @@ class CrossAttention(nn.Module):
         self.heads = heads
         self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
         self.q_norm, self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6), nn.RMSNorm(dim // heads, eps=1e-6)
+        self.kept: list | None = None  # a list: each forward appends (q, k, key_mask) (train.grounding reads them)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         q = self.q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2).contiguous()  # (B, heads, L, Dh)
         k, v = self.kv(text).unflatten(-1, (2, self.heads, -1)).permute(2, 0, 3, 1, 4).contiguous()  # (B, h, Lt, Dh)
         q, k = rms(self.q_norm, q, q.shape[-1] ** -0.5), rms(self.k_norm, k)
+        if self.kept is not None:
+            self.kept.append((q, k, key_mask))
         out = attention(q, k, v, key_mask[:, None, None, :], scale=1.0)
         return self.proj(out.transpose(1, 2).flatten(2))

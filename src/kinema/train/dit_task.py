@@ -8,6 +8,7 @@ import dataclasses
 import random
 import shutil
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -20,7 +21,9 @@ from kinema.diffusion.objectives import LossWeight, Objective, latent_foreground
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.weights import load_weights, save_weights
 from kinema.model_index import model_index_for, write_model_index
+from kinema.text.encoder import CLAUSES
 from kinema.train.distributed import DistInfo
+from kinema.train.grounding import GroundingTargets, grounding_loss, kept_cross_attention
 from kinema.vae.model import VAEConfig
 
 SAMPLE_PROMPTS = [
@@ -90,6 +93,9 @@ class DiTTask:
     cond_prob: float = 0.3  # share of samples trained with some frames given
     foreground_weight: float = 0.0  # extra loss weight on object positions (latent_foreground_weight); 0: none
     foreground_of: str = "clip"  # whose objects: "clip" (the clip's), or "either" (also where the model drew one)
+    # weight of the cross-attention grounding loss (train.grounding: each object's clause token read where that
+    # object is; needs clause tokens and a shapes-world source with scenes); 0: none
+    grounding_weight: float = 0.0
     vae_dir: Path | None = None  # for decoding samples and for the exported model folder
     sample_prompts: list[str] = field(default_factory=lambda: list(SAMPLE_PROMPTS))
     sample_steps: int = 30
@@ -99,6 +105,14 @@ class DiTTask:
     def __post_init__(self) -> None:
         if self.foreground_of not in ("clip", "either"):
             raise ValueError(f"foreground_of: {self.foreground_of!r}; expected 'clip' or 'either'")
+        if self.grounding_weight and getattr(self.model_cfg, "joint_attention", True):
+            raise ValueError("grounding_weight: the grounding loss reads cross-attention; this model has none "
+                             "(joint attention, or not a DiT)")
+        if self.grounding_weight and not str(self.data.meta.get("text_encoder", "")).endswith(CLAUSES):
+            raise ValueError(f"grounding_weight: {self.data.root} was encoded with "
+                             f"{self.data.meta.get('text_encoder')!r}; grounding needs one clause token per object "
+                             f"(a text encoder named '...{CLAUSES}', e.g. `kinema vae encode --text-encoder "
+                             f"minilm:0,6{CLAUSES}`)")
         text_dim = self.data.meta.get("text_dim")
         if text_dim and text_dim != self.model_cfg.text_dim:  # the text width is the cache's text encoder's
             self.model_cfg = dataclasses.replace(self.model_cfg, text_dim=text_dim)
@@ -119,6 +133,8 @@ class DiTTask:
         if not objective.get("input_perturbation"):  # unset: not part of the run's identity (older runs resume)
             objective.pop("input_perturbation", None)
         config = {"dit": to_dict(self.model_cfg), "objective": objective}
+        if self.grounding_weight:  # likewise
+            config["grounding_weight"] = self.grounding_weight
         if self.foreground_weight:  # written only when set, so runs saved before it existed still resume
             config["foreground_weight"] = self.foreground_weight
             if self.foreground_of != "clip":
@@ -168,13 +184,32 @@ class DiTTask:
         mask = b.mask & keep[:, None]  # a dropped caption: every token masked, the null token remains
         cond_mask = self._cond_mask(b.latents, rngs)
         to = info.device
-        return {"x0": b.latents.to(to), "text": (b.text * mask[..., None]).to(to), "text_mask": mask.to(to),
-                "cond": b.latents.to(to), "cond_mask": cond_mask.to(to)}
+        out = {"x0": b.latents.to(to), "text": (b.text * mask[..., None]).to(to), "text_mask": mask.to(to),
+               "cond": b.latents.to(to), "cond_mask": cond_mask.to(to)}
+        if self.grounding_weight:
+            owner, token_masks = self._grounding.batch(idx, b.captions, mask)
+            out |= {"ground_owner": owner.to(to), "ground_masks": token_masks.to(to)}
+        return out
+
+    @cached_property
+    def _grounding(self) -> GroundingTargets:
+        vae_cfg = from_dict(VAEConfig, self.data.meta["vae_config"], where="latent cache meta.json vae_config")
+        frames = vae_cfg.pixel_frames(self.data.latent_shape[1])
+        return GroundingTargets.from_dataset(self.data, vae_cfg.frame_groups(frames), vae_cfg.spatial_compression,
+                                             self.model_cfg.patch)
 
     def loss(self, model: nn.Module, batch: dict, generator: torch.Generator):
-        loss = self.objective.loss(model, batch["x0"], generator, self._loss_weight(batch["x0"]), text=batch["text"],
-                                   text_mask=batch["text_mask"], cond=batch["cond"], cond_mask=batch["cond_mask"])
-        return loss, {}
+        def flow_loss() -> torch.Tensor:
+            return self.objective.loss(model, batch["x0"], generator, self._loss_weight(batch["x0"]),
+                                       text=batch["text"], text_mask=batch["text_mask"], cond=batch["cond"],
+                                       cond_mask=batch["cond_mask"])
+
+        if not self.grounding_weight:
+            return flow_loss(), {}
+        with kept_cross_attention(model) as kept:
+            loss = flow_loss()
+        ground = grounding_loss(kept, batch["ground_owner"], batch["ground_masks"])
+        return loss + self.grounding_weight * ground, {"flow_loss": loss.detach(), "grounding": ground.detach()}
 
     def _loss_weight(self, x0: torch.Tensor) -> LossWeight:
         """None (plain MSE), the clip's object positions weighted, or a function of the model's clean estimate that
