@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from kinema.data.captions import parse_caption
+from kinema.data.latents import LatentDataset
 from kinema.data.world import Scene, object_coverage
 from kinema.layers.attention import CrossAttention
 from kinema.text.encoder import split_clauses
@@ -102,9 +103,9 @@ class GroundingTargets:
     patch: tuple[int, int, int]
 
     @classmethod
-    def from_dataset(cls, data, frame_groups: list[range], spatial: int, patch: tuple[int, int, int]
-                     ) -> GroundingTargets:
-        """The scenes of a latent cache's clips (kinema.data.latents.LatentDataset), read from its source
+    def from_dataset(cls, data: LatentDataset, frame_groups: list[range], spatial: int,
+                     patch: tuple[int, int, int]) -> GroundingTargets:
+        """The scenes of a latent cache's clips, read from its source
         dataset; a clear error where the source is not a shapes-world dataset with scenes."""
         source = data.meta.get("source")
         scenes = read_scenes(source) if source and Path(source, "shards").is_dir() else {}
