@@ -266,9 +266,12 @@ class ShardDataset(Dataset):
         row = self.rows[index]
         key = row["key"]
         frames = read_video(self._read(f"{key}.mp4"), name=f"{row['shard']}:{key}.mp4")
-        scene = json.loads(self._read(f"{key}.json"))
         return {"video": to_tensor(frames), "caption": self.pick_caption(index, row["captions"]),
-                "captions": row["captions"], "scene": scene, "key": key}
+                "captions": row["captions"], "scene": self.scene(key), "key": key}
+
+    def scene(self, key: str) -> dict:
+        """The clip's JSON record without decoding its video (a shapes-world clip's: its Scene, Scene.to_dict)."""
+        return json.loads(self._read(f"{key}.json"))
 
 
 class DecodedClips:

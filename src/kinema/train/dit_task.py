@@ -133,7 +133,7 @@ class DiTTask:
         if not objective.get("input_perturbation"):  # unset: not part of the run's identity (older runs resume)
             objective.pop("input_perturbation", None)
         config = {"dit": to_dict(self.model_cfg), "objective": objective}
-        if self.grounding_weight:  # likewise
+        if self.grounding_weight:  # written only when set, as foreground_weight below (older runs resume)
             config["grounding_weight"] = self.grounding_weight
         if self.foreground_weight:  # written only when set, so runs saved before it existed still resume
             config["foreground_weight"] = self.foreground_weight

@@ -12,8 +12,8 @@ averaged over the grounded clauses of the batch and over the blocks (TokenCompos
 clause token for "a small red circle" is read only by the tokens where that circle is has bound the words to one
 place, which is what a prompt drawn as two copies of one object (or one object for two) lacks.
 
-    targets = GroundingTargets.from_dataset(dataset, vae_cfg, patch)   # the clips' scenes, once
-    ground = targets.batch(indices, levels, text_mask)                # per sample: object of each text token + masks
+    targets = GroundingTargets.from_dataset(dataset, frame_groups, spatial, patch)   # the clips' scenes, once
+    ground = targets.batch(indices, captions, text_mask)              # per sample: object of each text token + masks
     with kept_cross_attention(model) as kept:
         loss = objective.loss(model, ...)
     loss = loss + weight * grounding_loss(kept, *ground)
@@ -21,12 +21,10 @@ place, which is what a prompt drawn as two copies of one object (or one object f
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,6 +32,7 @@ from torch import nn
 
 from kinema.data.captions import parse_caption
 from kinema.data.latents import LatentDataset
+from kinema.data.shards import ShardDataset
 from kinema.data.world import Scene, object_coverage
 from kinema.layers.attention import CrossAttention
 from kinema.text.encoder import split_clauses
@@ -82,39 +81,40 @@ def clause_objects(caption: str, scene: Scene) -> list[int]:
     return out
 
 
-def read_scenes(data_dir: str | Path) -> dict[str, Scene]:
-    """Every clip's scene, by key, from a shapes-world dataset's shards (the <key>.json members)."""
-    scenes = {}
-    for shard in sorted((Path(data_dir) / "shards").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                if member.name.endswith(".json"):
-                    record = json.load(io.TextIOWrapper(tar.extractfile(member), encoding="utf-8"))
-                    scenes[member.name[:-5]] = Scene.from_dict(
-                        {k: v for k, v in record.items() if k in Scene.__dataclass_fields__})
-    return scenes
-
-
 @dataclass
 class GroundingTargets:
     scenes: list[Scene]  # dataset order
     frame_groups: list[range]
     spatial: int
     patch: tuple[int, int, int]
+    # per clip, computed on first use: every epoch draws the same clips again
+    _masks: dict[int, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
+    _clauses: dict[tuple[int, str], list[int]] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def from_dataset(cls, data: LatentDataset, frame_groups: list[range], spatial: int,
                      patch: tuple[int, int, int]) -> GroundingTargets:
-        """The scenes of a latent cache's clips, read from its source
-        dataset; a clear error where the source is not a shapes-world dataset with scenes."""
+        """The scenes of a latent cache's clips, read from its source dataset; a clear error where the source is
+        not a shapes-world dataset (`kinema data synth`: each clip's record is its Scene)."""
         source = data.meta.get("source")
-        scenes = read_scenes(source) if source and Path(source, "shards").is_dir() else {}
-        missing = [r["key"] for r in data.rows if r["key"] not in scenes]
-        if missing:
+        meta = Path(source, "meta.json") if source else None
+        kind = json.loads(meta.read_text()).get("kind") if meta and meta.exists() else None
+        if kind != "shapes-world":
             raise ValueError(f"{data.root}: grounding needs each clip's scene (objects and their paths) from the "
-                             f"source dataset {source!r}; none for {len(missing)} clips (e.g. {missing[0]!r}). Only "
+                             f"source dataset {source!r}, which is {'missing' if kind is None else repr(kind)}; only "
                              "shapes-world datasets (`kinema data synth`) have them")
-        return cls([scenes[r["key"]] for r in data.rows], frame_groups, spatial, tuple(patch))
+        shards = ShardDataset(source)
+        return cls([Scene.from_dict(shards.scene(r["key"])) for r in data.rows], frame_groups, spatial, tuple(patch))
+
+    def _token_masks(self, i: int) -> torch.Tensor:
+        if i not in self._masks:
+            self._masks[i] = object_token_masks(self.scenes[i], self.frame_groups, self.spatial, self.patch)
+        return self._masks[i]
+
+    def _clause_objects(self, i: int, caption: str) -> list[int]:
+        if (i, caption) not in self._clauses:
+            self._clauses[i, caption] = clause_objects(caption, self.scenes[i])
+        return self._clauses[i, caption]
 
     def batch(self, indices: list[int], captions: list[str], text_mask: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,13 +123,13 @@ class GroundingTargets:
         are the last of its unmasked tokens, one per clause (text.encoder puts them after the words)."""
         B, Lt = text_mask.shape
         owner = torch.full((B, Lt), -1, dtype=torch.long)
-        masks = [object_token_masks(self.scenes[i], self.frame_groups, self.spatial, self.patch) for i in indices]
+        masks = [self._token_masks(i) for i in indices]
         n_max = max(1, max(len(m) for m in masks))
         token_masks = torch.zeros(B, n_max, masks[0].shape[-1], dtype=torch.bool)
         for b, (i, caption) in enumerate(zip(indices, captions, strict=True)):
             token_masks[b, :len(masks[b])] = masks[b]
             real = text_mask[b].nonzero().flatten()
-            objects = clause_objects(caption, self.scenes[i])
+            objects = self._clause_objects(i, caption)
             if len(real) < len(objects):  # a dropped caption (every token masked): nothing to ground
                 continue
             for position, obj in zip(real[len(real) - len(objects):].tolist(), objects, strict=True):
