@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kinema.data.world import ObjectSpec, Scene
-from kinema.train.grounding import clause_objects, grounding_loss, kept_cross_attention, object_token_masks
+from kinema.layers.attention import kept_cross_attention
+from kinema.train.grounding import clause_objects, grounding_loss, object_token_masks
 
 GROUPS = [range(0, 1), range(1, 5), range(5, 9)]  # 9 pixel frames, x4 time (causal): 3 latent frames
 

@@ -72,8 +72,9 @@ def test_vae_frame_arithmetic_is_consistent(t):
 
 def test_a_registered_sampler_is_usable_everywhere():
     @register_sampler("test-midpoint", "flow", "midpoint steps (test)")
-    def midpoint(obj, fn, x, levels, generator, start, callback):
+    def midpoint(obj, fn, x, levels, generator, start, callback, correct):
         for a, b in zip(levels[start:-1], levels[start + 1:], strict=True):
+            x = correct(x, torch.full((x.shape[0],), a)) if correct else x
             mid = x + (b - a) / 2 * fn(x, torch.full((x.shape[0],), a))
             x = x + (b - a) * fn(mid, torch.full((x.shape[0],), (a + b) / 2))
         return x

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kinema.diffusion.samplers import check_guidance_interval
+from kinema.dit.attention_guidance import check_attention_guidance
 from kinema.io.video import contact_sheet, read_video, save_image, write_gif, write_mp4
 from kinema.pipeline import MAX_PROMPT_CHARS, FrameCondition, TextToVideoPipeline
 
@@ -52,6 +53,7 @@ class GenerateOptions:
     size: tuple[int, int] | None = None  # (height, width)
     sampler: str | None = None
     guidance_interval: tuple[float, float] | None = None  # guide only at noise levels t in [lo, hi]
+    attention_guidance: tuple[float, float] | None = None  # (strength, until): dit/attention_guidance.py
     expand: bool = True  # rewrite a short prompt into a training-style caption (text/expand.py)
     fp32: bool = False  # float32 instead of bf16 autocast where that is fast
     image: str | None = None  # image-to-video: the first frame
@@ -78,6 +80,8 @@ class GenerateOptions:
             raise ValueError(f"strength must be in [0, 1], got {self.strength}")
         if self.guidance_interval is not None:
             check_guidance_interval(self.guidance_interval)
+        if self.attention_guidance is not None:
+            check_attention_guidance(self.attention_guidance)
         given = [name for name in CONDITIONING if getattr(self, name)]
         if len(given) > 1:
             flags = ", ".join("--" + n.replace("_", "-") for n in CONDITIONING)
@@ -203,7 +207,8 @@ def generate(pipe: TextToVideoPipeline, opts: GenerateOptions, progress: Callabl
     every = max(1, steps // trajectory_frames) if trajectory_frames else 1
     video = pipe(prompt, negative_prompt=opts.negative_prompt, frames=frames, height=height, width=width,
                  steps=steps, guidance=opts.guidance, seed=opts.seed, sampler=opts.sampler,
-                 guidance_interval=opts.guidance_interval, condition=condition,
+                 guidance_interval=opts.guidance_interval, attention_guidance=opts.attention_guidance,
+                 condition=condition,
                  callback=(lambda i, x: trajectory.append(x)) if trajectory_frames else None,
                  progress=progress, callback_every=every)
     if source is not None and not opts.only_new:  # the source with its new frames, as Sora extends

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kinema.config import from_dict, load_json, to_dict
 from kinema.diffusion.samplers import DEFAULT_GUIDANCE, SAMPLERS, check_guidance_interval, default_sampler
+from kinema.dit.attention_guidance import check_attention_guidance
 from kinema.text.encoder import MINILM
 
 
@@ -33,6 +34,8 @@ class ModelIndex:
     guidance: float = DEFAULT_GUIDANCE
     sampler: str | None = None  # default sampler (None: the objective's first, euler / ddim)
     guidance_interval: tuple[float, float] | None = None  # guide only at noise levels t in [lo, hi] (None: all)
+    # (strength, until) of attention guidance (dit/attention_guidance.py); None: off
+    attention_guidance: tuple[float, float] | None = None
     trained_steps: int | None = None  # provenance, written by export
     weights: str | None = None  # "model" or "ema"
     init_from: str | None = None  # this run started from that model's weights
@@ -56,6 +59,9 @@ class ModelIndex:
         if self.guidance_interval is not None:  # JSON gives a list
             object.__setattr__(self, "guidance_interval",
                                check_guidance_interval(self.guidance_interval, "ModelIndex.guidance_interval"))
+        if self.attention_guidance is not None:
+            object.__setattr__(self, "attention_guidance",
+                               check_attention_guidance(self.attention_guidance, "ModelIndex.attention_guidance"))
 
     @property
     def default_sampler(self) -> str:

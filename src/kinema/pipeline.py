@@ -19,15 +19,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from kinema.data.captions import parse_caption
 from kinema.diffusion.objectives import Objective, keep_given, objective_from_dict
 from kinema.diffusion.samplers import classifier_free_guidance, noise_to, sample, samplers_for
+from kinema.dit.attention_guidance import attention_corrector, check_attention_guidance, has_cross_attention
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.video import to_frames, to_tensor
 from kinema.io.weights import WeightsError, load_model, load_weights, weights_sha256
 from kinema.layers.lora import add_lora, lora_state_dict, set_scale
 from kinema.model_index import ModelIndex, model_index_for, read_model_index
 from kinema.precision import autocast, use_bf16
-from kinema.text.encoder import TextEncoder, load_text_encoder
+from kinema.text.encoder import CLAUSES, TextEncoder, clause_token_positions, load_text_encoder, split_clauses
 from kinema.vae.model import VAEConfig, VideoVAE
 
 MAX_PROMPT_CHARS = 1000
@@ -143,6 +145,25 @@ class TextToVideoPipeline:
     # Generation
     # -----------------------------------------------------------------------------------------------
 
+    def check_attention_guidance(self, value) -> tuple[float, float]:
+        """(strength, until), or a clear error where the model cannot take attention guidance."""
+        strength, until = check_attention_guidance(value)
+        if strength and not has_cross_attention(self.dit):
+            raise ValueError("attention guidance reads the DiT's cross-attention; this model has none (joint "
+                             "attention); use strength 0")
+        if strength and not self.index.text_encoder.endswith(CLAUSES):
+            raise ValueError(f"attention guidance needs one clause token per object; this model's text encoder "
+                             f"{self.index.text_encoder!r} has none (a '{CLAUSES}' encoder has); use strength 0")
+        return strength, until
+
+    def object_clause_tokens(self, prompt: str, text_mask: torch.Tensor) -> list[int]:
+        """The positions of the prompt's clause tokens that name one object each (data.captions.parse_caption):
+        what attention guidance steers; the background clause and clauses naming no object are left out."""
+        clauses = split_clauses(prompt)
+        positions = clause_token_positions(text_mask[0], len(clauses))
+        return [p for p, c in zip(positions, clauses if positions else [], strict=True)
+                if len(parse_caption(c).objects) == 1]
+
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         text, mask = self.text_encoder(prompts)
         return text.float().to(self.device), mask.to(self.device)
@@ -194,6 +215,7 @@ class TextToVideoPipeline:
         seed: int = 0,
         sampler: str | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        attention_guidance: float | tuple[float, float] | None = None,
         condition: FrameCondition | None = None,
         callback: Callable[[int, np.ndarray], None] | None = None,
         progress: Callable[[int, int], None] | None = None,
@@ -202,7 +224,9 @@ class TextToVideoPipeline:
     ) -> np.ndarray:
         """`callback(i, frames)` sees every `callback_every`-th intermediate state decoded to pixels (each
         decode costs a VAE pass); `progress(i, steps)` is only told the step. A `decoded` list receives the
-        frames as the VAE drew them, before given frames are put back (to measure conditioning fidelity)."""
+        frames as the VAE drew them, before given frames are put back (to measure conditioning fidelity).
+        `attention_guidance` (strength, until), or a strength alone: dit/attention_guidance.py (None: the model
+        folder's, else off)."""
         d = self.index
         frames, height, width = frames or d.frames, height or d.height, width or d.width
         steps = d.steps if steps is None else steps
@@ -210,6 +234,8 @@ class TextToVideoPipeline:
         sampler = self.sampler_for(sampler)
         guidance_interval = guidance_interval or d.guidance_interval
         self.check(prompt, frames, height, width, steps, guidance, sampler)
+        strength, until = self.check_attention_guidance(
+            attention_guidance if attention_guidance is not None else d.attention_guidance or 0.0)
 
         # 1. encode the prompt (and the negative prompt, or the empty caption, for guidance)
         (text, mask), (null_text, null_mask) = self.guidance_pair(prompt, negative_prompt)
@@ -236,13 +262,23 @@ class TextToVideoPipeline:
             if "cond" in kwargs and self.given_clean:  # the given frames enter every step clean, as in training
                 guided = fn
                 fn = lambda x, t: guided(keep_given(x, kwargs["cond"], kwargs["cond_mask"]), t)  # noqa: E731
+            correct = None
+            if strength:  # steer the early steps by the conditional model's cross-attention to each object
+                def conditional(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                    if "cond" in kwargs and self.given_clean:
+                        z = keep_given(z, kwargs["cond"], kwargs["cond_mask"])
+                    return self.dit(z, t, text=text, text_mask=mask, **kwargs)
+
+                correct = attention_corrector(self.dit, conditional, self.object_clause_tokens(prompt, mask),
+                                              strength, until)
+
             def trace(i: int, z: torch.Tensor) -> None:
                 if progress:
                     progress(i, steps)
                 if callback and i % callback_every == 0:
                     callback(i, to_frames(self.vae.decode(z)[0].float()))
 
-            x = sample(self.objective, fn, x, steps, sampler, generator, start, trace)
+            x = sample(self.objective, fn, x, steps, sampler, generator, start, trace, correct)
             if "cond" in kwargs:  # given frames are kept exactly as given (their latents), not as re-generated
                 x = kwargs["cond_mask"] * kwargs["cond"] + (1 - kwargs["cond_mask"]) * x
 

@@ -182,7 +182,8 @@ def cmd_dit_export(args: argparse.Namespace) -> None:
     from kinema.train.export import export_model_folder
 
     out = export_model_folder(args.run, args.out, weights=args.weights, half=args.fp16, steps=args.steps,
-                              guidance=args.guidance, sampler=args.sampler, guidance_interval=args.guidance_interval)
+                              guidance=args.guidance, sampler=args.sampler, guidance_interval=args.guidance_interval,
+                              attention_guidance=args.attention_guidance)
     print(f"wrote model folder {out}")
 
 

@@ -9,7 +9,8 @@
     ddpm   (DDPM)      ancestral: x <- posterior mean(x, x0) + sqrt(posterior var) z
 
 `start` (a step index) lets a sampler begin part-way, from a partly-noised input: that is SDEdit editing.
-`callback(i, x)` sees every intermediate state, e.g. to show the denoising trajectory.
+`callback(i, x)` sees every intermediate state, e.g. to show the denoising trajectory; `correct(x, t) -> x` may
+move the state before each model call (attention guidance, dit/attention_guidance.py).
 A new sampler is one function under `@register_sampler(name, kind, help)`: `sample`, the pipeline's checks and
 `kinema generate --sampler` all read the registry.
 """
@@ -26,6 +27,7 @@ from kinema.diffusion.schedules import ddim_timesteps, flow_sigmas
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, torch.Tensor], None] | None
+Corrector = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None  # (x, t) -> x, before each model call
 # the guidance scale a new model folder samples with by default: 4 beat 7 on the three models judged in session 29
 # (bundled v6: single-object 95.5 vs 92.0% at Euler over four prompt sets; the 1-3-object candidate and the
 # from-scratch stage alike; docs/experiments/learning-efficiency.md). 7 had won on the stage-1 model (2026-12-01).
@@ -89,10 +91,11 @@ def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
 
 @torch.no_grad()
 def euler_sample(fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, start: int = 0,
-                 callback: Callback = None) -> torch.Tensor:
+                 callback: Callback = None, correct: Corrector = None) -> torch.Tensor:
     """Integrate the velocity field from sigmas[start] down to sigmas[-1] (= 0)."""
     sigmas = sigmas.tolist()
     for i in range(start, len(sigmas) - 1):
+        x = correct(x, _full(x, sigmas[i])) if correct else x
         v = fn(x, _full(x, sigmas[i]))
         x = x + (sigmas[i + 1] - sigmas[i]) * v
         if callback:
@@ -103,7 +106,7 @@ def euler_sample(fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, start: int 
 @torch.no_grad()
 def flow_ancestral_sample(fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, eta: float | None = 1.0,
                           generator: torch.Generator | None = None, start: int = 0,
-                          callback: Callback = None) -> torch.Tensor:
+                          callback: Callback = None, correct: Corrector = None) -> torch.Tensor:
     """DDIM's step on the flow path x = (1 - s) x0 + s eps: the velocity gives x0 = x - s v and eps = x + (1 - s) v;
     the next state keeps a share of eps and draws the rest afresh. eta = 0 is exactly the Euler step, eta = 1 the
     posterior q(x_next | x, x0) of ancestral DDPM: fresh noise at every step lets a later step undo an earlier
@@ -118,6 +121,7 @@ def flow_ancestral_sample(fn: ModelFn, x: torch.Tensor, sigmas: torch.Tensor, et
     sigmas = sigmas.tolist()
     for i in range(start, len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
+        x = correct(x, _full(x, s)) if correct else x
         v = fn(x, _full(x, s))
         x0, eps = x - s * v, x + (1 - s) * v
         # the posterior variance for (alpha, sigma) -> (alpha', sigma'), alpha = 1 - s: DDIM's formula, written
@@ -147,13 +151,16 @@ def _x0_eps(obj: EpsilonObjective, x: torch.Tensor, out: torch.Tensor, a: float)
 
 @torch.no_grad()
 def ddim_sample(fn: ModelFn, x: torch.Tensor, obj: EpsilonObjective, timesteps: list[int], eta: float = 0.0,
-                generator: torch.Generator | None = None, start: int = 0, callback: Callback = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, start: int = 0, callback: Callback = None,
+                correct: Corrector = None) -> torch.Tensor:
     """DDIM (Song et al.); eta=0 is deterministic, eta=1 matches DDPM's variance."""
     ac = obj.schedule.alphas_cumprod().tolist()
     prevs = [*timesteps[1:], -1]
     for i in range(start, len(timesteps)):
         a, a_prev = ac[timesteps[i]], (ac[prevs[i]] if prevs[i] >= 0 else 1.0)
-        x0, eps = _x0_eps(obj, x, fn(x, _full(x, timesteps[i] / obj.schedule.num_train_timesteps)), a)
+        t = _full(x, timesteps[i] / obj.schedule.num_train_timesteps)
+        x = correct(x, t) if correct else x
+        x0, eps = _x0_eps(obj, x, fn(x, t), a)
         var = eta**2 * (1 - a_prev) / (1 - a) * (1 - a / a_prev)
         x = a_prev**0.5 * x0 + (1 - a_prev - var) ** 0.5 * eps
         if var > 0 and prevs[i] >= 0:
@@ -165,13 +172,16 @@ def ddim_sample(fn: ModelFn, x: torch.Tensor, obj: EpsilonObjective, timesteps: 
 
 @torch.no_grad()
 def ddpm_sample(fn: ModelFn, x: torch.Tensor, obj: EpsilonObjective, timesteps: list[int],
-                generator: torch.Generator | None = None, start: int = 0, callback: Callback = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, start: int = 0, callback: Callback = None,
+                correct: Corrector = None) -> torch.Tensor:
     """Ancestral sampling with the posterior q(x_prev | x_t, x0) ("fixed small" variance)."""
     ac = obj.schedule.alphas_cumprod().tolist()
     prevs = [*timesteps[1:], -1]
     for i in range(start, len(timesteps)):
         a, a_prev = ac[timesteps[i]], (ac[prevs[i]] if prevs[i] >= 0 else 1.0)
-        x0, _ = _x0_eps(obj, x, fn(x, _full(x, timesteps[i] / obj.schedule.num_train_timesteps)), a)
+        t = _full(x, timesteps[i] / obj.schedule.num_train_timesteps)
+        x = correct(x, t) if correct else x
+        x0, _ = _x0_eps(obj, x, fn(x, t), a)
         alpha, beta = a / a_prev, 1 - a / a_prev
         mean = (a_prev**0.5 * beta / (1 - a)) * x0 + (alpha**0.5 * (1 - a_prev) / (1 - a)) * x
         x = mean + ((beta * (1 - a_prev) / (1 - a)) ** 0.5 * _noise(x, generator) if prevs[i] >= 0 else 0.0)
@@ -188,7 +198,7 @@ def ddpm_sample(fn: ModelFn, x: torch.Tensor, obj: EpsilonObjective, timesteps: 
 class Sampler:
     name: str
     kind: str  # the objective kind it fits (Objective.kind: "flow" or "ddpm")
-    run: Callable  # (objective, fn, x, levels, generator, start, callback) -> x
+    run: Callable  # (objective, fn, x, levels, generator, start, callback, correct) -> x
     help: str
 
 
@@ -213,31 +223,31 @@ def default_sampler(kind: str) -> str:
 
 
 @register_sampler("euler", "flow", "Euler steps along the predicted velocity (flow matching)")
-def _euler(obj, fn, x, levels, generator, start, callback):
-    return euler_sample(lambda x, t: obj.velocity(fn(x, t), x, t), x, torch.tensor(levels), start, callback)
+def _euler(obj, fn, x, levels, generator, start, callback, correct):
+    return euler_sample(lambda x, t: obj.velocity(fn(x, t), x, t), x, torch.tensor(levels), start, callback, correct)
 
 
 @register_sampler("euler-a", "flow", "ancestral steps: DDPM's posterior noise on the flow path (stochastic)")
-def _euler_ancestral(obj, fn, x, levels, generator, start, callback):
+def _euler_ancestral(obj, fn, x, levels, generator, start, callback, correct):
     return flow_ancestral_sample(lambda x, t: obj.velocity(fn(x, t), x, t), x, torch.tensor(levels), 1.0, generator,
-                                 start, callback)
+                                 start, callback, correct)
 
 
 @register_sampler("renoise", "flow", "each step predicts the clean clip and draws all of the next state's noise "
                   "afresh (stochastic; fewer objects drawn twice, by models trained on several per clip)")
-def _renoise(obj, fn, x, levels, generator, start, callback):
+def _renoise(obj, fn, x, levels, generator, start, callback, correct):
     return flow_ancestral_sample(lambda x, t: obj.velocity(fn(x, t), x, t), x, torch.tensor(levels), None, generator,
-                                 start, callback)
+                                 start, callback, correct)
 
 
 @register_sampler("ddim", "ddpm", "deterministic DDIM (epsilon / v models)")
-def _ddim(obj, fn, x, levels, generator, start, callback):
-    return ddim_sample(fn, x, obj, levels, 0.0, generator, start, callback)
+def _ddim(obj, fn, x, levels, generator, start, callback, correct):
+    return ddim_sample(fn, x, obj, levels, 0.0, generator, start, callback, correct)
 
 
 @register_sampler("ddpm", "ddpm", "ancestral DDPM sampling (epsilon / v models)")
-def _ddpm(obj, fn, x, levels, generator, start, callback):
-    return ddpm_sample(fn, x, obj, levels, generator, start, callback)
+def _ddpm(obj, fn, x, levels, generator, start, callback, correct):
+    return ddpm_sample(fn, x, obj, levels, generator, start, callback, correct)
 
 
 def sampler_help() -> str:
@@ -263,12 +273,14 @@ def noise_to(obj: Objective, x0: torch.Tensor, noise: torch.Tensor, steps: int, 
 
 
 def sample(obj: Objective, fn: ModelFn, noise: torch.Tensor, steps: int, sampler: str | None = None,
-           generator: torch.Generator | None = None, start: int = 0, callback: Callback = None) -> torch.Tensor:
-    """Run the named sampler (default: euler for flow, ddim for DDPM) for `steps` steps."""
+           generator: torch.Generator | None = None, start: int = 0, callback: Callback = None,
+           correct: Corrector = None) -> torch.Tensor:
+    """Run the named sampler (default: euler for flow, ddim for DDPM) for `steps` steps; `correct(x, t)`, when
+    given, moves the state before each model call."""
     sampler = sampler or default_sampler(obj.kind)
     if sampler not in SAMPLERS or SAMPLERS[sampler].kind != obj.kind:
         raise ValueError(f"sampler {sampler!r} does not fit a {obj.kind} model; expected one of "
                          f"{samplers_for(obj.kind)}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return SAMPLERS[sampler].run(obj, fn, noise, noise_levels(obj, steps), generator, start, callback)
+    return SAMPLERS[sampler].run(obj, fn, noise, noise_levels(obj, steps), generator, start, callback, correct)

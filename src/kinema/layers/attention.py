@@ -4,6 +4,9 @@ U-Net baseline and the captioner (each used to reach into dit/model.py for these
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,7 +86,7 @@ class CrossAttention(nn.Module):
         self.heads = heads
         self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
         self.q_norm, self.k_norm = nn.RMSNorm(dim // heads, eps=1e-6), nn.RMSNorm(dim // heads, eps=1e-6)
-        self.kept: list | None = None  # a list: each forward appends (q, k, key_mask) (train.grounding reads them)
+        self.kept: list | None = None  # a list: each forward appends (q, k, key_mask) (kept_cross_attention)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         q = self.q(x).unflatten(-1, (self.heads, -1)).transpose(1, 2).contiguous()  # (B, heads, L, Dh)
@@ -93,3 +96,27 @@ class CrossAttention(nn.Module):
             self.kept.append((q, k, key_mask))
         out = attention(q, k, v, key_mask[:, None, None, :], scale=1.0)
         return self.proj(out.transpose(1, 2).flatten(2))
+
+
+@contextmanager
+def kept_cross_attention(model: nn.Module) -> Iterator[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """While inside, every CrossAttention of `model` appends its (q, k, key_mask) to the yielded list in forward
+    order (q (B, heads, L, Dh) already scaled, k (B, heads, 1 + Lt, Dh), key_mask (B, 1 + Lt)). Nests: on exit
+    each layer records into whatever list it had before (a guidance step inside a recorded sampling run)."""
+    kept: list = []
+    layers = [m for m in model.modules() if isinstance(m, CrossAttention)]
+    before = [layer.kept for layer in layers]
+    for layer in layers:
+        layer.kept = kept
+    try:
+        yield kept
+    finally:
+        for layer, old in zip(layers, before, strict=True):
+            layer.kept = old
+
+
+def attention_shares(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """A kept (q, k, key_mask) -> (B, L, Lk) float32: the share of each query token's attention that each key
+    gets, heads averaged (what the cross-attention grounding loss and attention guidance read)."""
+    scores = (q.float() @ k.float().transpose(-1, -2)).masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    return scores.softmax(-1).mean(1)

@@ -67,6 +67,13 @@ def split_clauses(prompt: str) -> list[str]:
     return [prompt[a:b].strip() for a, b in spans] or [prompt]
 
 
+def clause_token_positions(text_mask: torch.Tensor, n_clauses: int) -> list[int]:
+    """Where a prompt's clause tokens are in its (Lt,) mask: its last `n_clauses` real tokens (the encoder puts
+    them after the words); [] where the prompt has fewer real tokens (a dropped caption)."""
+    real = text_mask.nonzero().flatten().tolist()
+    return real[len(real) - n_clauses:] if 0 < n_clauses <= len(real) else []
+
+
 def minilm_layers(name: str, num_layers: int = 6) -> tuple[int, ...] | None:
     """'minilm' -> (num_layers,), 'minilm:0,6' -> (0, 6) (either with '+clauses'); None when the name is not a
     MiniLM name."""

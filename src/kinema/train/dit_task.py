@@ -20,10 +20,11 @@ from kinema.data.latents import LatentDataset
 from kinema.diffusion.objectives import LossWeight, Objective, latent_foreground_weight
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.weights import load_weights, save_weights
+from kinema.layers.attention import kept_cross_attention
 from kinema.model_index import model_index_for, write_model_index
 from kinema.text.encoder import CLAUSES
 from kinema.train.distributed import DistInfo
-from kinema.train.grounding import GroundingTargets, grounding_loss, kept_cross_attention
+from kinema.train.grounding import GroundingTargets, grounding_loss
 from kinema.vae.model import VAEConfig
 
 SAMPLE_PROMPTS = [

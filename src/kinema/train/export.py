@@ -31,7 +31,8 @@ def export_model_folder(run: str | Path, out: str | Path, weights: str = "ema", 
     """Copy the run's model_index.json and VAE (its `model/` folder, written when the run starts), and write its
     latest checkpoint's `weights` ("model" or "ema") as dit.safetensors (float16 when `half`; loading casts back
     to float32): a model folder from a run that is still training, or one that was stopped. `sampling` sets the
-    folder's sampling defaults (steps, guidance, sampler, guidance_interval; None keeps the run's)."""
+    folder's sampling defaults (steps, guidance, sampler, guidance_interval, attention_guidance; None keeps the
+    run's)."""
     run, out = Path(run), Path(out)
     if not (run / "model" / "model_index.json").exists():  # a run writes it before its first step
         raise FileNotFoundError(f"{run}/model/model_index.json: missing; not a `kinema dit train` run folder, or "

@@ -22,20 +22,17 @@ place, which is what a prompt drawn as two copies of one object (or one object f
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from kinema.data.captions import parse_caption
 from kinema.data.latents import LatentDataset
 from kinema.data.shards import ShardDataset
 from kinema.data.world import Scene, object_coverage
-from kinema.layers.attention import CrossAttention
-from kinema.text.encoder import split_clauses
+from kinema.layers.attention import attention_shares
+from kinema.text.encoder import clause_token_positions, split_clauses
 
 # ---------------------------------------------------------------------------------------------------
 # Targets: which text token names which object, and where that object is on the token grid
@@ -128,11 +125,9 @@ class GroundingTargets:
         token_masks = torch.zeros(B, n_max, masks[0].shape[-1], dtype=torch.bool)
         for b, (i, caption) in enumerate(zip(indices, captions, strict=True)):
             token_masks[b, :len(masks[b])] = masks[b]
-            real = text_mask[b].nonzero().flatten()
             objects = self._clause_objects(i, caption)
-            if len(real) < len(objects):  # a dropped caption (every token masked): nothing to ground
-                continue
-            for position, obj in zip(real[len(real) - len(objects):].tolist(), objects, strict=True):
+            positions = clause_token_positions(text_mask[b], len(objects))  # [] for a dropped caption
+            for position, obj in zip(positions, objects if positions else [], strict=True):
                 owner[b, position] = obj
         return owner, token_masks
 
@@ -140,21 +135,6 @@ class GroundingTargets:
 # ---------------------------------------------------------------------------------------------------
 # The attention the clause tokens receive, and the loss
 # ---------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def kept_cross_attention(model: nn.Module) -> Iterator[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
-    """While inside, every CrossAttention of `model` appends its (q, k, key_mask) to the yielded list in forward
-    order (q (B, heads, L, Dh) already scaled, k (B, heads, 1 + Lt, Dh), key_mask (B, 1 + Lt))."""
-    kept: list = []
-    layers = [m for m in model.modules() if isinstance(m, CrossAttention)]
-    for layer in layers:
-        layer.kept = kept
-    try:
-        yield kept
-    finally:
-        for layer in layers:
-            layer.kept = None
 
 
 def grounding_loss(kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], owner: torch.Tensor,
@@ -168,9 +148,8 @@ def grounding_loss(kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], 
     inside = token_masks[b_idx, owner[b_idx, t_idx]].float()  # (G, L)
     losses = []
     for q, k, key_mask in kept:
-        scores = (q.float() @ k.float().transpose(-1, -2)).masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        probs = scores.softmax(-1).mean(1)  # (B, L, 1 + Lt): heads averaged
-        received = probs[b_idx, :, t_idx + 1]  # (G, L): what each grounded clause token gets from each video token
+        # (G, L): what each grounded clause token gets from each video token
+        received = attention_shares(q, k, key_mask)[b_idx, :, t_idx + 1]
         share = (received * inside).sum(-1) / received.sum(-1).clamp_min(1e-12)
         losses.append((1 - share).square().mean())
     return torch.stack(losses).mean()

@@ -1,0 +1,111 @@
+"""Attention guidance: in the first, noisiest sampling steps, nudge the latent so that every object the prompt
+names is read by the video tokens strongly and in one place.
+
+A model that draws one prompted object twice, or drops it, shows it in its cross-attention before the clip has a
+layout: with clause tokens (`minilm:...+clauses`, one text token per object phrase) each object has one token,
+and the share of the video tokens' attention that token gets is a map of where the model means to draw it. On
+two-G (a two-object candidate trained with the grounding loss) at the 7th of 30 steps, samples that end with an
+object missing have that object's clause token read at 0.03 at most (0.12 where the clip comes out right), and
+samples that end with an object drawn twice have it read over twice the area (spatial variance 1.8 against 1.1
+tokens^2). So each guided step takes the conditional model's attention maps and moves the latent down the
+gradient of
+
+    excite:  mean over objects and latent frames of (1 - the largest share any video token gives the object)
+    spread:  mean over objects and latent frames of the spatial variance of the object's map (normalised to sum
+             1 per frame, in tokens^2), / 4
+
+(Attend-and-Excite, Chefer et al. 2023, for the first term: its update on the latent, one object token per
+object; the second keeps the excited attention in one place, as Divide-and-Bind's does with a total-variation
+term), by `strength` x the noise level, the gradient scaled to unit RMS, at every step whose noise level is at
+least `until`. The model's weights are untouched; each guided step costs one conditional forward and backward.
+
+On two-G, kinema eval adherence's two-object prompts (seed 123, n = 50, euler-a, guidance 4): all attributes right
+56% -> 72%, the count 84% -> 96% (drawn twice 14% -> 2%, missing 22% -> 0%) at strength 0.05 until 0.75
+(docs/experiments/learning-efficiency.md).
+
+    guide = attention_corrector(dit, model_fn, tokens, strength=0.05, until=0.75)
+    x = sample(objective, fn, noise, steps, sampler, correct=guide)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from kinema.layers.attention import CrossAttention, attention_shares, kept_cross_attention
+
+DEFAULT_UNTIL = 0.75  # guided while the noise level is >= this: the first 13 of 30 steps at shift 2
+SPREAD_WEIGHT = 0.25  # a spread of 4 tokens^2 (two blobs 4 tokens apart) weighs as much as an object not read
+
+
+def check_attention_guidance(value, what: str = "attention guidance") -> tuple[float, float]:
+    """(strength, until) with strength a finite number >= 0 and until in [0, 1], or a ValueError naming `what`;
+    a single number is the strength with the default `until`."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = (value, DEFAULT_UNTIL)
+    try:
+        strength, until = (float(v) for v in value)
+    except (TypeError, ValueError):
+        strength = until = float("nan")
+    if not (math.isfinite(strength) and strength >= 0 and 0 <= until <= 1):
+        raise ValueError(f"{what} must be STRENGTH or STRENGTH,UNTIL with STRENGTH >= 0 and 0 <= UNTIL <= 1 "
+                         f"(a noise level), got {value!r}")
+    return strength, until
+
+
+def has_cross_attention(model: nn.Module) -> bool:
+    return any(isinstance(m, CrossAttention) for m in model.modules())
+
+
+def clause_maps(kept: list, tokens: Sequence[int], grid: tuple[int, int, int]) -> torch.Tensor:
+    """(B, K, f, h, w): the share of each video token's attention that each of the K text tokens at `tokens`
+    (positions in the prompt, the null key in front not counted) gets, heads and kept layers averaged."""
+    shares = torch.stack([attention_shares(q, k, mask) for q, k, mask in kept]).mean(0)  # (B, L, 1 + Lt)
+    index = torch.tensor([t + 1 for t in tokens], device=shares.device)
+    return shares.index_select(-1, index).transpose(1, 2).unflatten(-1, grid)
+
+
+def spread(maps: torch.Tensor) -> torch.Tensor:
+    """(..., f, h, w) >= 0 -> (..., f): the spatial variance of each frame's map normalised to sum 1 (tokens^2);
+    0 for a map on one token, larger the farther apart its mass is."""
+    h, w = maps.shape[-2:]
+    p = maps / maps.sum((-2, -1), keepdim=True).clamp_min(1e-12)
+    ys = torch.arange(h, dtype=p.dtype, device=p.device).view(h, 1)
+    xs = torch.arange(w, dtype=p.dtype, device=p.device).view(1, w)
+    my, mx = (p * ys).sum((-2, -1), keepdim=True), (p * xs).sum((-2, -1), keepdim=True)
+    return (p * ((ys - my) ** 2 + (xs - mx) ** 2)).sum((-2, -1))
+
+
+def attention_guidance_loss(maps: torch.Tensor) -> torch.Tensor:
+    """(B, K, f, h, w) clause maps -> (B,): excite + SPREAD_WEIGHT x spread, each a mean over objects and frames."""
+    excite = (1 - maps.flatten(-2).amax(-1)).mean((1, 2))
+    return excite + SPREAD_WEIGHT * spread(maps).mean((1, 2))
+
+
+def attention_corrector(model: nn.Module, model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                        tokens: Sequence[int], strength: float, until: float = DEFAULT_UNTIL
+                        ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """correct(x, t) -> x for samplers (diffusion.samplers.sample's `correct`): at noise levels t >= until, one
+    step of strength * t down the attention guidance loss's gradient (scaled to unit RMS per sample) on x.
+    `model_fn(x, t)` runs `model` conditioned on the prompt (its output is not used: its cross-attention is);
+    `tokens` are the prompt's object clause tokens. No tokens or strength 0: x unchanged."""
+    patch = tuple(model.cfg.patch)
+
+    def correct(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not tokens or strength == 0 or float(t.max()) < until:
+            return x
+        grid = tuple(n // p for n, p in zip(x.shape[2:], patch, strict=True))
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            with kept_cross_attention(model) as kept:
+                model_fn(leaf, t)
+            (grad,) = torch.autograd.grad(attention_guidance_loss(clause_maps(kept, tokens, grid)).sum(), leaf)
+        grad = grad.float()
+        rms = grad.flatten(1).square().mean(1).sqrt().clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+        step = strength * t.float().view(-1, *[1] * (x.dim() - 1)) * grad / rms
+        return (x.float() - step).to(x.dtype)
+
+    return correct
