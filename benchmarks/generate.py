@@ -5,9 +5,11 @@ number of Euler flow steps and guidance; random weights: speed only). Both run i
 autocast where the hardware is fast at it (ours decides, "auto"; the peer is wrapped in the same autocast),
 float32 elsewhere, so the comparison is like for like.
 With --few-step MODEL (a `kinema dit distill` student: 4 steps, guidance 1 = one model call per step) the
-student is timed too, against the peer at 4 steps without guidance.
+student is timed too, against the peer at 4 steps without guidance. With --attention-guidance S[,UNTIL] the model
+is also timed with attention guidance (dit/attention_guidance.py), side by side with itself without it.
 
     python benchmarks/generate.py [--model models/shapes-64] [--few-step runs/reflow/model] [--repeats 5]
+                                  [--attention-guidance 0.05]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, median_seconds, params  # noqa: E402
 from dit import wan_like  # noqa: E402
+from kinema.cli.common import parse_attention_guidance  # noqa: E402
 from kinema.generate import default_model  # noqa: E402
 from kinema.pipeline import TextToVideoPipeline  # noqa: E402
 from kinema.precision import autocast, use_bf16  # noqa: E402
@@ -44,6 +47,7 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--few-step", help="a distilled few-step model folder")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--attention-guidance", type=parse_attention_guidance, metavar="S[,UNTIL]")
     args = parser.parse_args()
     pipe = TextToVideoPipeline.from_pretrained(args.model or default_model())
     steps, guidance = pipe.index.steps, pipe.index.guidance
@@ -67,6 +71,12 @@ def main() -> None:
         theirs = median_seconds(lambda n=n, g=g: peer_call(n, g), args.repeats)
         print(f"{name:<17} {n:>2} steps, guidance {g}: kinema {ours:6.3f} s/clip   WanPipeline (same-size parts) "
               f"{theirs:6.3f} s/clip   ratio {theirs / ours:.2f}x")
+    if args.attention_guidance:
+        plain = median_seconds(lambda: pipe(PROMPT), args.repeats)
+        guided = median_seconds(lambda: pipe(PROMPT, attention_guidance=args.attention_guidance), args.repeats)
+        strength, until = args.attention_guidance
+        print(f"attention guidance {strength} until {until}: {guided:6.3f} s/clip against {plain:6.3f} without "
+              f"({guided / plain:.2f}x)")
 
 if __name__ == "__main__":
     main()

@@ -161,8 +161,8 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention-guidance", type=parse_attention_guidance, metavar="S[,UNTIL]",
                    help="steer each step at noise level >= UNTIL (default 0.75) by S x the gradient of the "
                    "cross-attention to each object's clause token (read strongly, in one place): fewer objects drawn "
-                   "twice or dropped; 0.05 on two-object models; needs a '+clauses' text encoder (default: the "
-                   "model's, else off)")
+                   "twice or dropped, on models trained with --grounding-weight (on others it draws more copies); "
+                   "0.05 is the measured setting; needs a '+clauses' text encoder (default: the model's, else off)")
 
 
 def eval_pipeline(args: argparse.Namespace):

@@ -19,9 +19,12 @@ object; the second keeps the excited attention in one place, as Divide-and-Bind'
 term), by `strength` x the noise level, the gradient scaled to unit RMS, at every step whose noise level is at
 least `until`. The model's weights are untouched; each guided step costs one conditional forward and backward.
 
-On two-G, kinema eval adherence's two-object prompts (seed 123, n = 50, euler-a, guidance 4): all attributes right
-56% -> 72%, the count 84% -> 96% (drawn twice 14% -> 2%, missing 22% -> 0%) at strength 0.05 until 0.75
-(docs/experiments/learning-efficiency.md).
+On two-G, kinema eval adherence's two-object prompts (four seeds x 50, euler-a, guidance 4): all attributes right
+58.5% -> 74.5% at strength 0.05 until 0.75 (seed 123: the count 84% -> 96%, drawn twice 14% -> 2%, missing
+22% -> 0%). It needs a model whose clause tokens are read where their objects are, i.e. one trained with the
+grounding loss (train/grounding.py): on the same model trained as long without it (two-Gc) and on its parent
+(two-F) the maps do not say where the objects are, exciting them draws copies (54-56% of two-object prompts), and
+all-correct falls to 34-40% (docs/experiments/learning-efficiency.md).
 
     guide = attention_corrector(dit, model_fn, tokens, strength=0.05, until=0.75)
     x = sample(objective, fn, noise, steps, sampler, correct=guide)
