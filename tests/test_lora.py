@@ -93,3 +93,22 @@ def test_an_adapter_only_fits_the_weights_it_was_trained_on(tiny_model_dir, tiny
     assert main(["generate", "a red circle", "--model", str(other), "--lora", str(run), "--steps", "1",
                  "-o", str(tmp_path / "x.mp4")]) == 2
     assert "adapter only fits" in capsys.readouterr().err
+
+
+def test_a_cache_encoded_for_another_text_encoder_is_refused_and_encode_defaults_to_the_models(
+        tiny_model_dir, tiny_dataset, tiny_latents, tmp_path, capsys):
+    import json
+    import shutil
+
+    from kinema.model_index import read_model_index, write_model_index
+
+    clauses = shutil.copytree(tiny_model_dir, tmp_path / "clauses")  # the same DiT, prompts read with clause tokens
+    write_model_index(clauses, read_model_index(clauses).replace(text_encoder="minilm:0,6+clauses"))
+    assert main(["dit", "finetune", "--lora", "2", "--model", str(clauses), "--latents", str(tiny_latents),
+                 "--out", str(tmp_path / "lora"), "--steps", "1", "--batch-size", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "'minilm:0,6'" in err and "minilm:0,6+clauses" in err and "vae encode" in err
+    # `vae encode --vae MODEL_FOLDER` captions with the folder's own text encoder unless told otherwise
+    out = tmp_path / "latents"
+    assert main(["vae", "encode", "--vae", str(clauses), "--data", str(tiny_dataset), "--out", str(out)]) == 0
+    assert json.loads((out / "meta.json").read_text())["text_encoder"] == "minilm:0,6+clauses"

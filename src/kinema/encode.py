@@ -90,14 +90,18 @@ def encode_texts(text_encoder, captions: list[dict[str, str]], levels: list[str]
 def encode_dataset(vae_dir: str | Path, data_dir: str | Path, out: str | Path, batch_size: int = 16,
                    text: bool = True, text_encoder_name: str | None = None, progress: bool = True) -> Path:
     """Encode every clip of a shard dataset with the VAE (posterior mean, normalised) and, with
-    text=True, every caption level with the text encoder."""
+    text=True, every caption level with the text encoder (default: the model folder's when `vae_dir` is one, else
+    DEFAULT_TEXT_ENCODER)."""
     from tqdm import tqdm
 
     from kinema.io.weights import load_model
+    from kinema.model_index import read_model_index
     from kinema.text.encoder import DEFAULT_TEXT_ENCODER, load_text_encoder
     from kinema.vae.model import VAEConfig, VideoVAE
 
-    text_encoder_name = text_encoder_name or DEFAULT_TEXT_ENCODER
+    if text_encoder_name is None:  # a model folder's own encoder, so its captions match what the model reads
+        index = Path(vae_dir) / "model_index.json"
+        text_encoder_name = read_model_index(vae_dir).text_encoder if index.exists() else DEFAULT_TEXT_ENCODER
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     vae = load_model(vae_dir, "vae", VideoVAE, VAEConfig)

@@ -132,12 +132,16 @@ def add_train_flags(p: argparse.ArgumentParser, presets: list[str], default: str
                    "backward (less memory, ~30%% more compute)")
 
 
-def add_text_encoder_flag(p: argparse.ArgumentParser) -> None:
+def add_text_encoder_flag(p: argparse.ArgumentParser, model_default: bool = False) -> None:
+    """--text-encoder; with `model_default` it defaults to the --vae model folder's own (None here)."""
     from kinema.text.encoder import DEFAULT_TEXT_ENCODER
 
-    p.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER,
-                   help="'minilm' (last layer), 'minilm:0,6' (input embeddings + last layer, the default) or a "
-                        "local Hugging Face model folder")
+    default = (f"the model folder's when --vae is one, e.g. models/shapes-64, else {DEFAULT_TEXT_ENCODER}"
+               if model_default else DEFAULT_TEXT_ENCODER)
+    p.add_argument("--text-encoder", default=None if model_default else DEFAULT_TEXT_ENCODER,
+                   help=f"'minilm' (last layer), 'minilm:0,6' (input embeddings + last layer), either with "
+                        f"'+clauses' (one more token per clause), or a local Hugging Face model folder (default: "
+                        f"{default})")
 
 
 def bundled_model() -> str:

@@ -103,5 +103,5 @@ def add_vae_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-text", action="store_true", help="skip caching text embeddings")
-    add_text_encoder_flag(p)
+    add_text_encoder_flag(p, model_default=True)
     p.set_defaults(func=cmd_vae_encode)
