@@ -6,7 +6,7 @@ autocast where the hardware is fast at it (ours decides, "auto"; the peer is wra
 float32 elsewhere, so the comparison is like for like.
 With --few-step MODEL (a `kinema dit distill` student: 4 steps, guidance 1 = one model call per step) the
 student is timed too, against the peer at 4 steps without guidance. With --attention-guidance S[,UNTIL] the model
-is also timed with attention guidance (dit/attention_guidance.py), side by side with itself without it.
+is also timed with that attention guidance (dit/attention_guidance.py), side by side with itself without any.
 
     python benchmarks/generate.py [--model models/shapes-64] [--few-step runs/reflow/model] [--repeats 5]
                                   [--attention-guidance 0.05]
@@ -72,7 +72,7 @@ def main() -> None:
         print(f"{name:<17} {n:>2} steps, guidance {g}: kinema {ours:6.3f} s/clip   WanPipeline (same-size parts) "
               f"{theirs:6.3f} s/clip   ratio {theirs / ours:.2f}x")
     if args.attention_guidance:
-        plain = median_seconds(lambda: pipe(PROMPT), args.repeats)
+        plain = median_seconds(lambda: pipe(PROMPT, attention_guidance=0.0), args.repeats)
         guided = median_seconds(lambda: pipe(PROMPT, attention_guidance=args.attention_guidance), args.repeats)
         strength, until = args.attention_guidance
         print(f"attention guidance {strength} until {until}: {guided:6.3f} s/clip against {plain:6.3f} without "

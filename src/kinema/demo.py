@@ -12,7 +12,8 @@ from kinema.data.shards import make_clip
 from kinema.data.world import WorldConfig
 from kinema.io.video import contact_sheet, save_image, write_mp4
 
-DEMO_PROMPTS = ["a large red circle moving quickly to the left", "a small yellow square moving slowly up"]
+DEMO_PROMPTS = ["a large red circle moving quickly to the left", "a small yellow square moving slowly up",
+                "a large green triangle moving right and a small blue circle moving down"]  # two objects: v7 on
 
 
 def world_sample(out: Path, n: int = 4, seed: int = 0) -> list[Path]:
