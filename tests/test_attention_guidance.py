@@ -134,6 +134,8 @@ def test_the_pipeline_steers_the_object_clause_tokens(clause_pipe):
     guided = clause_pipe(prompt, steps=3, seed=1, attention_guidance=(0.5, 0.0))
     assert guided.shape == plain.shape and not np.array_equal(guided, plain)
     assert np.array_equal(clause_pipe(prompt, steps=3, seed=1, attention_guidance=0.0), plain)
+    with pytest.warns(UserWarning, match="no clause"):  # nothing it knows to steer: said, not silently skipped
+        clause_pipe("a dog runs through the park", steps=2, attention_guidance=0.05)
 
 
 def test_a_model_without_clause_tokens_refuses_attention_guidance(tiny_model_dir):

@@ -11,6 +11,7 @@ Conditioning on frames (image-to-video, extension, connecting, editing) goes thr
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,8 +270,11 @@ class TextToVideoPipeline:
                         z = keep_given(z, kwargs["cond"], kwargs["cond_mask"])
                     return self.dit(z, t, text=text, text_mask=mask, **kwargs)
 
-                correct = attention_corrector(self.dit, conditional, self.object_clause_tokens(prompt, mask),
-                                              strength, until)
+                tokens = self.object_clause_tokens(prompt, mask)
+                if not tokens:
+                    warnings.warn(f"attention guidance: no clause of {prompt!r} names one object the caption parser "
+                                  "knows (shapes-world words); sampling without it", stacklevel=2)
+                correct = attention_corrector(self.dit, conditional, tokens, strength, until)
 
             def trace(i: int, z: torch.Tensor) -> None:
                 if progress:
