@@ -93,12 +93,13 @@ def cmd_dit_finetune(args: argparse.Namespace) -> None:
     model = Path(args.model or bundled_model())
     cfg = train_config(LORA_TRAIN, args)
     data = LatentDataset(args.latents)
-    wanted, cached = read_model_index(model).text_encoder, data.meta.get("text_encoder")
+    index = read_model_index(model)
+    wanted, cached = index.text_encoder, data.meta.get("text_encoder")
     if cached != wanted:
         raise ValueError(f"{args.latents}: captions encoded with {cached!r}, but {model} reads prompts with "
                          f"{wanted!r}; encode the clips with `kinema vae encode --vae {model} ...` (its text "
                          f"encoder is the default there) or `--text-encoder {wanted}`")
-    task = LoRATask(data, base_model_config(model), objective_from_dict(read_model_index(model).objective),
+    task = LoRATask(data, base_model_config(model), objective_from_dict(index.objective),
                     cfg.batch_size, cfg.grad_accum, seed=cfg.seed, cond_prob=args.cond_prob,
                     vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None, base_model=model,
                     rank=args.lora, alpha=args.lora_alpha)

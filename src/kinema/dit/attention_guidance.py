@@ -6,7 +6,7 @@ layout: with clause tokens (`minilm:...+clauses`, one text token per object phra
 and the share of the video tokens' attention that token gets is a map of where the model means to draw it. On
 two-G (a two-object candidate trained with the grounding loss) at the 7th of 30 steps, samples that end with an
 object missing have that object's clause token read at 0.03 at most (0.12 where the clip comes out right), and
-samples that end with an object drawn twice have it read over twice the area (spatial variance 1.8 against 1.1
+samples that end with an object drawn twice have it read over a wider area (spatial variance 1.8 against 1.1
 tokens^2). So each guided step takes the conditional model's attention maps and moves the latent down the
 gradient of
 
@@ -20,10 +20,10 @@ term), by `strength` x the noise level, the gradient scaled to unit RMS, at ever
 least `until`. The model's weights are untouched; each guided step costs one conditional forward and backward.
 
 On two-G, kinema eval adherence's two-object prompts (four seeds x 50, euler-a, guidance 4): all attributes right
-58.5% -> 74.5% at strength 0.05 until 0.75 (seed 123: the count 84% -> 96%, drawn twice 14% -> 2%, missing
+58.5% -> 74.0% at strength 0.05 until 0.75 (seed 123: the count 84% -> 96%, drawn twice 14% -> 2%, missing
 22% -> 0%). It needs a model whose clause tokens are read where their objects are, i.e. one trained with the
 grounding loss (train/grounding.py): on the same model trained as long without it (two-Gc) and on its parent
-(two-F) the maps do not say where the objects are, exciting them draws copies (54-56% of two-object prompts), and
+(two-F) the maps do not say where the objects are, exciting them draws copies (44-56% of two-object prompts), and
 all-correct falls to 34-40% (docs/experiments/learning-efficiency.md).
 
     guide = attention_corrector(dit, model_fn, tokens, strength=0.05, until=0.75)
