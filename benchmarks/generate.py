@@ -5,8 +5,9 @@ number of Euler flow steps and guidance; random weights: speed only). Both run i
 autocast where the hardware is fast at it (ours decides, "auto"; the peer is wrapped in the same autocast),
 float32 elsewhere, so the comparison is like for like.
 With --few-step MODEL (a `kinema dit distill` student: 4 steps, guidance 1 = one model call per step) the
-student is timed too, against the peer at 4 steps without guidance. With --attention-guidance S[,UNTIL] the model
-is also timed with that attention guidance (dit/attention_guidance.py), side by side with itself without any.
+student is timed too, against the peer at 4 steps without guidance. With --attention-guidance S[,UNTIL[,MOTION]]
+the model is also timed with that attention guidance (dit/attention_guidance.py), side by side with itself without
+any.
 
     python benchmarks/generate.py [--model models/shapes-64] [--few-step runs/reflow/model] [--repeats 5]
                                   [--attention-guidance 0.05]
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--few-step", help="a distilled few-step model folder")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--attention-guidance", type=parse_attention_guidance, metavar="S[,UNTIL]")
+    parser.add_argument("--attention-guidance", type=parse_attention_guidance, metavar="S[,UNTIL[,MOTION]]")
     args = parser.parse_args()
     pipe = TextToVideoPipeline.from_pretrained(args.model or default_model())
     steps, guidance = pipe.index.steps, pipe.index.guidance
@@ -74,9 +75,9 @@ def main() -> None:
     if args.attention_guidance:
         plain = median_seconds(lambda: pipe(PROMPT, attention_guidance=0.0), args.repeats)
         guided = median_seconds(lambda: pipe(PROMPT, attention_guidance=args.attention_guidance), args.repeats)
-        strength, until = args.attention_guidance
-        print(f"attention guidance {strength} until {until}: {guided:6.3f} s/clip against {plain:6.3f} without "
-              f"({guided / plain:.2f}x)")
+        strength, until, motion = args.attention_guidance
+        print(f"attention guidance {strength} until {until}{f' motion {motion}' if motion else ''}: {guided:6.3f} "
+              f"s/clip against {plain:6.3f} without ({guided / plain:.2f}x)")
 
 if __name__ == "__main__":
     main()

@@ -13,11 +13,15 @@ from kinema.cli.common import parse_attention_guidance
 from kinema.diffusion.objectives import FlowObjective
 from kinema.diffusion.samplers import noise_levels, sample
 from kinema.dit.attention_guidance import (
+    DEFAULT_MOTION,
     DEFAULT_UNTIL,
+    ObjectMotion,
     attention_corrector,
     attention_guidance_loss,
+    centroids,
     check_attention_guidance,
     clause_maps,
+    motion_loss,
     spread,
 )
 from kinema.dit.model import DiT, DiTConfig
@@ -48,14 +52,47 @@ def test_the_loss_prefers_each_object_read_strongly_in_one_place():
     assert loss[0] < loss[1] and loss[0] < loss[2]
 
 
-def test_check_attention_guidance_reads_a_strength_or_a_pair_and_names_what_is_wrong():
-    assert check_attention_guidance(0.05) == (0.05, DEFAULT_UNTIL)
-    assert check_attention_guidance([0.1, 0.9]) == (0.1, 0.9)
-    assert parse_attention_guidance("0.05,0.6") == (0.05, 0.6)
-    for bad in (-1.0, (0.1, 2.0), "x", float("nan")):
+def _moving_blob(xs: list[int]) -> torch.Tensor:
+    """(1, 1, f, 4, 4): one object's map with its peak at column xs[i] of row 1 in frame i, a faint haze elsewhere."""
+    m = torch.full((len(xs), 4, 4), 0.02)
+    for i, x in enumerate(xs):
+        m[i, 1, x] = 0.6
+    return m[None, None]
+
+
+def test_centroids_follow_the_peak_more_closely_at_a_higher_power():
+    m = _moving_blob([3])
+    m[0, 0, 0, 3, 0] = 0.3  # a second, weaker blob at the far corner
+    mass, peak = centroids(m)[0, 0, 0], centroids(m, 4.0)[0, 0, 0]
+    strong = torch.tensor([1.0, 3.0])
+    assert (peak - strong).norm() < 0.25  # on the strong blob (a 1/16 pull from the weak one)
+    assert (mass - strong).norm() > 1.0  # the mass is pulled toward the weak blob and the haze
+
+
+def test_the_motion_term_asks_for_the_prompted_direction_and_speed_and_stillness():
+    times = [0.0, 4.0, 8.0]  # latent frame centres, 4 pixel frames apart
+    right = ObjectMotion((0.0, 0.25))  # 0.25 tokens a pixel frame: 1 token per latent frame
+    goes_right, goes_left, stays = _moving_blob([0, 1, 2]), _moving_blob([2, 1, 0]), _moving_blob([1, 1, 1])
+    loss = motion_loss(torch.cat([goes_right, goes_left, stays]), [right], times)
+    assert loss[0] == pytest.approx(0.0, abs=1e-3)  # moving 1 token a latent frame: more than half the speed asks
+    assert loss[1] > 1.0 and loss[2] == pytest.approx(0.5, abs=0.05)  # wrong way; not moving: the margin, 0.5
+    still = motion_loss(torch.cat([stays, goes_right]), [ObjectMotion((0.0, 0.0))], times)
+    assert still[0] == pytest.approx(0.0, abs=1e-3) and still[1] > 0.9
+    assert torch.equal(motion_loss(goes_left, [None], times), torch.zeros(1))  # the prompt says nothing: no term
+    with pytest.raises(ValueError, match="2 motions"):
+        motion_loss(goes_left, [right, right], times)
+
+
+def test_check_attention_guidance_reads_a_strength_a_pair_or_a_triple_and_names_what_is_wrong():
+    assert check_attention_guidance(0.05) == (0.05, DEFAULT_UNTIL, DEFAULT_MOTION)
+    assert check_attention_guidance([0.1, 0.9]) == (0.1, 0.9, DEFAULT_MOTION)
+    assert check_attention_guidance([0.1, 0.9, 1]) == (0.1, 0.9, 1.0)
+    assert parse_attention_guidance("0.05,0.6") == (0.05, 0.6, DEFAULT_MOTION)
+    assert parse_attention_guidance("0.05,0.6,2") == (0.05, 0.6, 2.0)
+    for bad in (-1.0, (0.1, 2.0), (0.1, 0.5, -1), (0.1, 0.5, 1, 1), "x", float("nan")):
         with pytest.raises(ValueError, match="STRENGTH"):
             check_attention_guidance(bad)
-    with pytest.raises(argparse.ArgumentTypeError, match="STRENGTH,UNTIL"):
+    with pytest.raises(argparse.ArgumentTypeError, match="STRENGTH"):
         parse_attention_guidance("0.05,")
 
 
@@ -136,6 +173,23 @@ def test_the_pipeline_steers_the_object_clause_tokens(clause_pipe):
     assert np.array_equal(clause_pipe(prompt, steps=3, seed=1, attention_guidance=0.0), plain)
     with pytest.warns(UserWarning, match="no clause"):  # nothing it knows to steer: said, not silently skipped
         clause_pipe("a dog runs through the park", steps=2, attention_guidance=0.05)
+
+
+def test_the_pipeline_turns_each_prompted_motion_into_a_velocity_on_the_token_grid(clause_pipe):
+    from kinema.data.world import SPEED_PX
+
+    prompt = "a red circle moving quickly to the left, a blue square that does not move and a green triangle"
+    _, mask = clause_pipe.encode_prompt([prompt])
+    objects = [o for _, o in clause_pipe.object_clauses(prompt, mask)]
+    assert [o.color for o in objects] == ["red", "blue", "green"]
+    _, ph, pw = clause_pipe.dit.cfg.patch
+    token = clause_pipe.vae.cfg.spatial_compression * pw  # pixels a token spans across
+    left, still, unsaid = (clause_pipe.object_motion(o, 64) for o in objects)
+    assert left.velocity == pytest.approx((0.0, -SPEED_PX["quickly"] * 64 / token))
+    assert still.velocity == (0.0, 0.0) and unsaid is None
+    plain = clause_pipe(prompt, steps=3, seed=1, attention_guidance=(0.5, 0.0))
+    assert np.array_equal(clause_pipe(prompt, steps=3, seed=1, attention_guidance=(0.5, 0.0, 0.0)), plain)
+    assert not np.array_equal(clause_pipe(prompt, steps=3, seed=1, attention_guidance=(0.5, 0.0, 1.0)), plain)
 
 
 def test_a_model_without_clause_tokens_refuses_attention_guidance(tiny_model_dir):

@@ -53,7 +53,7 @@ class GenerateOptions:
     size: tuple[int, int] | None = None  # (height, width)
     sampler: str | None = None
     guidance_interval: tuple[float, float] | None = None  # guide only at noise levels t in [lo, hi]
-    attention_guidance: tuple[float, float] | None = None  # (strength, until): dit/attention_guidance.py
+    attention_guidance: tuple[float, ...] | None = None  # (strength, until[, motion]): dit/attention_guidance.py
     expand: bool = True  # rewrite a short prompt into a training-style caption (text/expand.py)
     fp32: bool = False  # float32 instead of bf16 autocast where that is fast
     image: str | None = None  # image-to-video: the first frame

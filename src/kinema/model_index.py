@@ -34,8 +34,9 @@ class ModelIndex:
     guidance: float = DEFAULT_GUIDANCE
     sampler: str | None = None  # default sampler (None: the objective's first, euler / ddim)
     guidance_interval: tuple[float, float] | None = None  # guide only at noise levels t in [lo, hi] (None: all)
-    # (strength, until) of attention guidance (dit/attention_guidance.py); None: off
-    attention_guidance: tuple[float, float] | None = None
+    # (strength, until, motion) of attention guidance (dit/attention_guidance.py; a folder may give the first one
+    # or two); None: off
+    attention_guidance: tuple[float, float, float] | None = None
     trained_steps: int | None = None  # provenance, written by export
     weights: str | None = None  # "model" or "ema"
     init_from: str | None = None  # this run started from that model's weights

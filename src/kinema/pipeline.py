@@ -20,10 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from kinema.data.captions import parse_caption
+from kinema.data.captions import ParsedObject, parse_caption
+from kinema.data.world import DIRECTION, SPEED_PX
 from kinema.diffusion.objectives import Objective, keep_given, objective_from_dict
 from kinema.diffusion.samplers import classifier_free_guidance, noise_to, sample, samplers_for
-from kinema.dit.attention_guidance import attention_corrector, check_attention_guidance, has_cross_attention
+from kinema.dit.attention_guidance import (
+    ObjectMotion,
+    attention_corrector,
+    check_attention_guidance,
+    has_cross_attention,
+)
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.video import to_frames, to_tensor
 from kinema.io.weights import WeightsError, load_model, load_weights, weights_sha256
@@ -146,24 +152,40 @@ class TextToVideoPipeline:
     # Generation
     # -----------------------------------------------------------------------------------------------
 
-    def check_attention_guidance(self, value) -> tuple[float, float]:
-        """(strength, until), or a clear error where the model cannot take attention guidance."""
-        strength, until = check_attention_guidance(value)
+    def check_attention_guidance(self, value) -> tuple[float, float, float]:
+        """(strength, until, motion), or a clear error where the model cannot take attention guidance."""
+        strength, until, motion = check_attention_guidance(value)
         if strength and not has_cross_attention(self.dit):
             raise ValueError("attention guidance reads the DiT's cross-attention; this model has none (joint "
                              "attention); use strength 0")
         if strength and not self.index.text_encoder.endswith(CLAUSES):
             raise ValueError(f"attention guidance needs one clause token per object; this model's text encoder "
                              f"{self.index.text_encoder!r} has none (a '{CLAUSES}' encoder has); use strength 0")
-        return strength, until
+        return strength, until, motion
 
     def object_clause_tokens(self, prompt: str, text_mask: torch.Tensor) -> list[int]:
         """The positions of the prompt's clause tokens that name one object each (data.captions.parse_caption):
         what attention guidance steers; the background clause and clauses naming no object are left out."""
+        return [position for position, _ in self.object_clauses(prompt, text_mask)]
+
+    def object_clauses(self, prompt: str, text_mask: torch.Tensor) -> list[tuple[int, ParsedObject]]:
+        """(clause token position, the object it names) for each clause of the prompt that names one object."""
         clauses = split_clauses(prompt)
         positions = clause_token_positions(text_mask[0], len(clauses))
-        return [p for p, c in zip(positions, clauses if positions else [], strict=True)
-                if len(parse_caption(c).objects) == 1]
+        named = [(p, parse_caption(c).objects) for p, c in zip(positions, clauses if positions else [], strict=True)]
+        return [(p, objects[0]) for p, objects in named if len(objects) == 1]
+
+    def object_motion(self, obj: ParsedObject, height: int) -> ObjectMotion | None:
+        """What attention guidance's motion term asks of an object: its prompted direction at the world's speed
+        (data.world.SPEED_PX; 'slowly' where the prompt names no speed) in DiT tokens per pixel frame; None where
+        the prompt says nothing of its motion."""
+        if obj.motion is None:
+            return None
+        dx, dy = DIRECTION[obj.motion]
+        pixels = SPEED_PX[obj.speed or "slowly"] * height  # per pixel frame
+        _, ph, pw = self.dit.cfg.patch
+        s = self.vae.cfg.spatial_compression
+        return ObjectMotion((dy * pixels / (s * ph), dx * pixels / (s * pw)))
 
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         text, mask = self.text_encoder(prompts)
@@ -216,7 +238,7 @@ class TextToVideoPipeline:
         seed: int = 0,
         sampler: str | None = None,
         guidance_interval: tuple[float, float] | None = None,
-        attention_guidance: float | tuple[float, float] | None = None,
+        attention_guidance: float | tuple[float, ...] | None = None,
         condition: FrameCondition | None = None,
         callback: Callable[[int, np.ndarray], None] | None = None,
         progress: Callable[[int, int], None] | None = None,
@@ -226,8 +248,8 @@ class TextToVideoPipeline:
         """`callback(i, frames)` sees every `callback_every`-th intermediate state decoded to pixels (each
         decode costs a VAE pass); `progress(i, steps)` is only told the step. A `decoded` list receives the
         frames as the VAE drew them, before given frames are put back (to measure conditioning fidelity).
-        `attention_guidance` (strength, until), or a strength alone: dit/attention_guidance.py (None: the model
-        folder's, else off)."""
+        `attention_guidance` (strength, until[, motion]), or a strength alone: dit/attention_guidance.py (None: the
+        model folder's, else off)."""
         d = self.index
         frames, height, width = frames or d.frames, height or d.height, width or d.width
         steps = d.steps if steps is None else steps
@@ -235,7 +257,7 @@ class TextToVideoPipeline:
         sampler = self.sampler_for(sampler)
         guidance_interval = guidance_interval or d.guidance_interval
         self.check(prompt, frames, height, width, steps, guidance, sampler)
-        strength, until = self.check_attention_guidance(
+        strength, until, motion = self.check_attention_guidance(
             attention_guidance if attention_guidance is not None else d.attention_guidance or 0.0)
 
         # 1. encode the prompt (and the negative prompt, or the empty caption, for guidance)
@@ -270,11 +292,14 @@ class TextToVideoPipeline:
                         z = keep_given(z, kwargs["cond"], kwargs["cond_mask"])
                     return self.dit(z, t, text=text, text_mask=mask, **kwargs)
 
-                tokens = self.object_clause_tokens(prompt, mask)
-                if not tokens:
+                clauses = self.object_clauses(prompt, mask)
+                if not clauses:
                     warnings.warn(f"attention guidance: no clause of {prompt!r} names one object the caption parser "
                                   "knows (shapes-world words); sampling without it", stacklevel=2)
-                correct = attention_corrector(self.dit, conditional, tokens, strength, until)
+                frame_times = [sum(g) / len(g) for g in self.vae.cfg.frame_groups(frames)]  # latent frame centres
+                correct = attention_corrector(self.dit, conditional, [p for p, _ in clauses], strength, until,
+                                              [self.object_motion(o, height) for _, o in clauses], frame_times,
+                                              motion)
 
             def trace(i: int, z: torch.Tensor) -> None:
                 if progress:

@@ -82,17 +82,18 @@ def parse_range_float(text: str) -> tuple[float, float]:
                                          f"got {text!r}") from None
 
 
-def parse_attention_guidance(text: str) -> tuple[float, float]:
-    """'0.05' -> (0.05, the default until); '0.05,0.9' -> (0.05, 0.9): attention guidance's strength and the
-    lowest noise level it acts at."""
+def parse_attention_guidance(text: str) -> tuple[float, float, float]:
+    """'0.05' -> (0.05, the default until, no motion term); '0.05,0.9' -> (0.05, 0.9, 0); '0.05,0.75,1' -> (0.05,
+    0.75, 1): attention guidance's strength, the lowest noise level it acts at, the motion term's weight."""
     from kinema.dit.attention_guidance import check_attention_guidance
 
     try:
         values = [float(v) for v in text.split(",")]
-        return check_attention_guidance(values[0] if len(values) == 1 else values, "--attention-guidance")
+        return check_attention_guidance(values, "--attention-guidance")
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected STRENGTH or STRENGTH,UNTIL with STRENGTH >= 0 and 0 <= UNTIL "
-                                         f"<= 1, like 0.05 or 0.05,0.75; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected STRENGTH[,UNTIL[,MOTION]] with STRENGTH >= 0, 0 <= UNTIL <= 1 "
+                                         f"and MOTION >= 0, like 0.05 or 0.05,0.75 or 0.05,0.75,1; got {text!r}"
+                                         ) from None
 
 
 def train_config(preset, args: argparse.Namespace):
@@ -162,11 +163,13 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help=f"(default: the model's) {sampler_help()}")
     p.add_argument("--guidance-interval", type=parse_range_float, metavar="LO,HI",
                    help="guide only at noise levels t in [LO, HI] (1 = pure noise; default: the model's, else all)")
-    p.add_argument("--attention-guidance", type=parse_attention_guidance, metavar="S[,UNTIL]",
+    p.add_argument("--attention-guidance", type=parse_attention_guidance, metavar="S[,UNTIL[,MOTION]]",
                    help="steer each step at noise level >= UNTIL (default 0.75) by S x the gradient of the "
                    "cross-attention to each object's clause token (read strongly, in one place): fewer objects drawn "
                    "twice or dropped, on models trained with --grounding-weight (on others it draws more copies); "
-                   "0.05 is the measured setting; needs a '+clauses' text encoder (default: the model's, else off)")
+                   "0.05 is the measured setting; MOTION > 0 also moves each object's attention the way the prompt "
+                   "says it moves (motion right more often, objects drawn twice more often too); needs a '+clauses' "
+                   "text encoder (default: the model's, else off)")
 
 
 def eval_pipeline(args: argparse.Namespace):
