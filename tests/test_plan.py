@@ -53,4 +53,12 @@ def test_plan_command_and_the_train_summary(tiny_latents, tmp_path, capsys):
     assert main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--out", str(tmp_path / "r"),
                  "--steps", "1", "--batch-size", "2"]) == 0
     assert "plan: tiny" in capsys.readouterr().out
+    # with --width / --depth the summary plans that model, not the preset's (it said the preset's size before)
+    from kinema.dit.model import DiT, DiTConfig
+    from kinema.io.weights import load_model
+
+    assert main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--out", str(tmp_path / "w"),
+                 "--steps", "1", "--batch-size", "2", "--width", "128", "--heads", "4", "--depth", "4"]) == 0
+    n = sum(p.numel() for p in load_model(tmp_path / "w" / "model", "dit", DiT, DiTConfig).parameters())
+    assert n > 1e6 and f"plan: tiny, {n / 1e6:.1f} M params" in capsys.readouterr().out  # the preset: 0.1 M
     assert GIB == 1024**3

@@ -23,8 +23,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from kinema.dit.model import DiTConfig
 
 GIB = 1024**3
 MFU = 0.4  # utilisation assumed when the step time comes from a peak TFLOP/s
@@ -166,7 +170,10 @@ def make_plan(preset: str, frames: int = 17, size: tuple[int, int] = (64, 64), b
               dtype: str = "bf16", activation_checkpointing: bool = False, in_channels: int = 16,
               vae_spatial: int = 8, vae_temporal: int = 4, text_tokens: int = 24, ema: bool = True,
               calibrate: bool = True, peak_tflops: float | None = None, memory_gib: float | None = None,
-              device: str = "cpu", patch: tuple[int, int, int] | None = None, step_time: bool = True) -> Plan:
+              device: str = "cpu", patch: tuple[int, int, int] | None = None, step_time: bool = True,
+              dit_cfg: DiTConfig | None = None) -> Plan:
+    """The plan for training `preset`'s DiT, or `dit_cfg` exactly where given (a preset with --width / --depth /
+    --heads overrides: the one `kinema dit train` builds)."""
     from kinema.dit.model import DiT
     from kinema.eval.scaling import training_flops_per_sample
     from kinema.presets import dit_preset
@@ -176,14 +183,14 @@ def make_plan(preset: str, frames: int = 17, size: tuple[int, int] = (64, 64), b
         raise ValueError(f"dtype must be bf16 or fp32, got {dtype!r}")
     vae = VAEConfig(latent_channels=in_channels, spatial_compression=vae_spatial, temporal_compression=vae_temporal)
     latent = vae.latent_shape(frames, *size)  # its errors for frames and sizes this VAE cannot take
-    cfg = dit_preset(preset, in_channels, patch)
+    cfg = dit_cfg if dit_cfg is not None else dit_preset(preset, in_channels, patch)
     torch.manual_seed(0)
     model = DiT(cfg).to(device)
     bf16 = dtype == "bf16"
     n = sum(p.numel() for p in model.parameters())
     state = {"params": 4.0 * n, "grads": 4.0 * n, "optimizer": 8.0 * n, "ema": 4.0 * n if ema else 0.0}
     modes = {"single": state} if gpus == 1 else {"ddp": state, "fsdp": {k: v / gpus for k, v in state.items()}}
-    if calibrate and not activation_checkpointing and device == "cpu" and patch is None:
+    if calibrate and not activation_checkpointing and device == "cpu" and patch is None and dit_cfg is None:
         # measured: peak memory of real training steps at two small batches, in fresh processes; the line through
         # them gives the memory per clip and the fixed part (the framework's working memory included)
         b1 = max(1, min(batch, 8) // 2)

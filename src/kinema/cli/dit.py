@@ -45,7 +45,7 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
                    init_from=Path(args.init_from) if args.init_from else None, foreground_weight=args.foreground_weight,
                    foreground_of=args.foreground_of, grounding_weight=args.grounding_weight,
                    **({"caption_mix": _check_mix(args.caption_mix, data)} if args.caption_mix else {}))
-    _plan_or_refuse(args, cfg, data)
+    _plan_or_refuse(args, cfg, data, task.model_cfg)  # the model it trains: overrides and the text width
     result = train(task, cfg, args.out)
     print(f"trained to step {result.step}, loss {result.last_loss:.4f}; model folder: {Path(args.out) / 'model'}")
 
@@ -161,7 +161,7 @@ def add_plan_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_plan)
 
 
-def _plan_or_refuse(args: argparse.Namespace, cfg, data) -> None:
+def _plan_or_refuse(args: argparse.Namespace, cfg, data, model_cfg) -> None:
     """The plan's one line before training (saved tensors counted: a lower bound, fast); a run that cannot fit
     even that is refused unless --force."""
     import torch
@@ -179,7 +179,7 @@ def _plan_or_refuse(args: argparse.Namespace, cfg, data) -> None:
                      gpus=int(os.environ.get("WORLD_SIZE", "1")), dtype=dtype,
                      activation_checkpointing=cfg.activation_checkpointing, in_channels=data.latent_shape[0],
                      vae_spatial=vae.spatial_compression, vae_temporal=vae.temporal_compression, calibrate=False,
-                     device=device, patch=args.patch)
+                     device=device, patch=args.patch, dit_cfg=model_cfg)
     print(plan.summary() + " (activations: saved tensors, a lower bound; `kinema plan` measures)")
     check_fits(plan, force=args.force)
 
