@@ -100,7 +100,8 @@ shapes-model-two: $(STAMP)
 	$(KINEMA) dit export --run $(TWO)-dit-36k --out $(TWO)-36k --weights ema $(SAMPLING)
 	$(KINEMA) dit train --latents $(TWO_DATA) $(TWO_DIT) --init-from $(TWO)-36k --lr 2e-4 --steps 4000 \
 		--grounding-weight 0.1 --out $(TWO)-dit-40k
-	$(KINEMA) dit export --run $(TWO)-dit-40k --out $(TWO) --weights ema --fp16 $(SAMPLING) --attention-guidance 0.05
+	$(KINEMA) dit export --run $(TWO)-dit-40k --out $(TWO) --weights ema --fp16 $(SAMPLING) --attention-guidance 0.05 \
+		--steps 15
 	$(KINEMA) eval adherence --model $(TWO) --n 50 --out $(TWO)-adherence
 
 clean:
