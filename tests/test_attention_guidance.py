@@ -134,6 +134,9 @@ def test_a_corrector_step_lowers_the_guidance_loss():
     assert torch.equal(correct(x, torch.full((1,), DEFAULT_UNTIL - 0.1)), x)
     assert torch.equal(attention_corrector(model, call, [2, 3], strength=0.0)(x, torch.ones(1)), x)
     assert torch.equal(attention_corrector(model, call, [], strength=0.05)(x, torch.ones(1)), x)
+    with pytest.raises(ValueError, match="1 motions for 2 tokens"):  # one motion (or None) per object token
+        attention_corrector(model, call, [2, 3], 0.05, motions=[ObjectMotion((0.0, 0.1))], frame_times=[0.0, 4.0],
+                            motion_weight=1.0)
 
 
 @pytest.mark.parametrize("sampler", ["euler", "euler-a", "renoise"])
