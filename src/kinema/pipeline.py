@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from kinema.data.captions import ParsedObject, parse_caption
-from kinema.data.world import DIRECTION, SPEED_PX
+from kinema.data.world import pixel_velocity
 from kinema.diffusion.objectives import Objective, keep_given, objective_from_dict
 from kinema.diffusion.samplers import classifier_free_guidance, noise_to, sample, samplers_for
 from kinema.dit.attention_guidance import (
@@ -177,15 +177,14 @@ class TextToVideoPipeline:
 
     def object_motion(self, obj: ParsedObject, height: int) -> ObjectMotion | None:
         """What attention guidance's motion term asks of an object: its prompted direction at the world's speed
-        (data.world.SPEED_PX; 'slowly' where the prompt names no speed) in DiT tokens per pixel frame; None where
+        (data.world.pixel_velocity; 'slowly' where the prompt names no speed) in DiT tokens per pixel frame; None where
         the prompt says nothing of its motion."""
         if obj.motion is None:
             return None
-        dx, dy = DIRECTION[obj.motion]
-        pixels = SPEED_PX[obj.speed or "slowly"] * height  # per pixel frame
+        vx, vy = pixel_velocity(obj.motion, obj.speed or "slowly", height)  # pixels per pixel frame
         _, ph, pw = self.dit.cfg.patch
         s = self.vae.cfg.spatial_compression
-        return ObjectMotion((dy * pixels / (s * ph), dx * pixels / (s * pw)))
+        return ObjectMotion((vy / (s * ph), vx / (s * pw)))
 
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         text, mask = self.text_encoder(prompts)

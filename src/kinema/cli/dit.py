@@ -179,7 +179,7 @@ def _plan_or_refuse(args: argparse.Namespace, cfg, data, model_cfg) -> None:
                      gpus=int(os.environ.get("WORLD_SIZE", "1")), dtype=dtype,
                      activation_checkpointing=cfg.activation_checkpointing, in_channels=data.latent_shape[0],
                      vae_spatial=vae.spatial_compression, vae_temporal=vae.temporal_compression, calibrate=False,
-                     device=device, patch=args.patch, dit_cfg=model_cfg)
+                     device=device, dit_cfg=model_cfg)  # its patch, width, ... are the model's
     print(plan.summary() + " (activations: saved tensors, a lower bound; `kinema plan` measures)")
     check_fits(plan, force=args.force)
 

@@ -133,6 +133,14 @@ class WorldConfig:
 # ---------------------------------------------------------------------------------------------------
 
 
+def pixel_velocity(motion: str, speed: str | None, height: int) -> tuple[float, float]:
+    """(vx, vy) in pixels per frame of an object moving `motion` at `speed` (None: it does not move) in a clip
+    `height` pixels high."""
+    dx, dy = DIRECTION[motion]
+    step = SPEED_PX[speed] * height if speed else 0.0
+    return dx * step, dy * step
+
+
 @dataclass
 class ObjectSpec:
     shape: str
@@ -145,9 +153,7 @@ class ObjectSpec:
 
     def velocity(self, height: int) -> tuple[float, float]:
         """(vx, vy) in pixels per frame."""
-        dx, dy = DIRECTION[self.motion]
-        step = SPEED_PX[self.speed] * height if self.speed else 0.0
-        return dx * step, dy * step
+        return pixel_velocity(self.motion, self.speed, height)
 
     def centers(self, frames: int, height: int) -> torch.Tensor:
         """(F, 2) center (x, y) per frame."""
