@@ -109,6 +109,9 @@ def test_dit_train_patch_flag_gives_a_finer_token_grid(tiny_latents, tmp_path):
     exported, own = (load_file(str(tmp_path / d / "dit.safetensors")) for d in ("exported", "run/model"))
     assert exported.keys() == own.keys() and all(torch.equal(exported[k], own[k]) for k in own)
     assert json.loads((tmp_path / "exported" / "model_index.json").read_text())["trained_steps"] == 2
+    assert main(["dit", "export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "k2"),
+                 "--candidates", "2"]) == 0
+    assert TextToVideoPipeline.from_pretrained(tmp_path / "k2").index.candidates == 2  # the folder's default
     with pytest.raises(SystemExit):
         main(["dit", "train", "--latents", str(tiny_latents), "--patch", "1x1", "--out", str(tmp_path / "bad")])
 

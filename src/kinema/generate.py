@@ -21,7 +21,7 @@ import numpy as np
 from kinema.diffusion.samplers import check_guidance_interval
 from kinema.dit.attention_guidance import check_attention_guidance
 from kinema.io.video import contact_sheet, read_video, save_image, write_gif, write_mp4
-from kinema.pipeline import MAX_PROMPT_CHARS, FrameCondition, TextToVideoPipeline
+from kinema.pipeline import MAX_CANDIDATES, MAX_PROMPT_CHARS, FrameCondition, TextToVideoPipeline
 
 # the bundled model ships inside the package (a wheel install has it too); models/shapes-64 in the repository
 # is a link to it, so the README's paths work from a checkout
@@ -54,6 +54,7 @@ class GenerateOptions:
     sampler: str | None = None
     guidance_interval: tuple[float, float] | None = None  # guide only at noise levels t in [lo, hi]
     attention_guidance: tuple[float, ...] | None = None  # (strength, until[, motion]): dit/attention_guidance.py
+    candidates: int | None = None  # starting noises, the best kept (diffusion/fit.py)
     expand: bool = True  # rewrite a short prompt into a training-style caption (text/expand.py)
     fp32: bool = False  # float32 instead of bf16 autocast where that is fast
     image: str | None = None  # image-to-video: the first frame
@@ -69,6 +70,7 @@ class GenerateOptions:
         if self.negative_prompt is not None:
             check_prompt(self.negative_prompt, "negative prompt", allow_empty=True)
         _check_int("steps", self.steps, 1, MAX_STEPS)
+        _check_int("candidates", self.candidates, 1, MAX_CANDIDATES)
         _check_int("seed", self.seed, 0, 2**63 - 1)
         _check_int("frames", self.frames, 1, MAX_FRAMES)
         for side in self.size or ():
@@ -208,7 +210,7 @@ def generate(pipe: TextToVideoPipeline, opts: GenerateOptions, progress: Callabl
     video = pipe(prompt, negative_prompt=opts.negative_prompt, frames=frames, height=height, width=width,
                  steps=steps, guidance=opts.guidance, seed=opts.seed, sampler=opts.sampler,
                  guidance_interval=opts.guidance_interval, attention_guidance=opts.attention_guidance,
-                 condition=condition,
+                 candidates=opts.candidates, condition=condition,
                  callback=(lambda i, x: trajectory.append(x)) if trajectory_frames else None,
                  progress=progress, callback_every=every)
     if source is not None and not opts.only_new:  # the source with its new frames, as Sora extends

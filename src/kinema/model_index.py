@@ -37,6 +37,8 @@ class ModelIndex:
     # (strength, until, motion) of attention guidance (dit/attention_guidance.py; a folder may give the first one
     # or two); None: off
     attention_guidance: tuple[float, float, float] | None = None
+    # starting noises sampled per clip, the one the model judges closest to the prompt kept (diffusion/fit.py)
+    candidates: int = 1
     trained_steps: int | None = None  # provenance, written by export
     weights: str | None = None  # "model" or "ema"
     init_from: str | None = None  # this run started from that model's weights
@@ -48,7 +50,7 @@ class ModelIndex:
     def __post_init__(self) -> None:
         if "kind" not in self.objective:
             raise ValueError(f"ModelIndex.objective needs a 'kind' (flow or ddpm), got {self.objective}")
-        for name in ("frames", "height", "width", "fps", "steps"):
+        for name in ("frames", "height", "width", "fps", "steps", "candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelIndex.{name} must be >= 1, got {getattr(self, name)}")
         if self.given_frames not in ("clean", "noised"):

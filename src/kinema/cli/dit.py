@@ -189,7 +189,7 @@ def cmd_dit_export(args: argparse.Namespace) -> None:
 
     out = export_model_folder(args.run, args.out, weights=args.weights, half=args.fp16, steps=args.steps,
                               guidance=args.guidance, sampler=args.sampler, guidance_interval=args.guidance_interval,
-                              attention_guidance=args.attention_guidance)
+                              attention_guidance=args.attention_guidance, candidates=args.candidates)
     print(f"wrote model folder {out}")
 
 

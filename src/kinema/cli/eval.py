@@ -20,7 +20,7 @@ def cmd_eval_adherence(args: argparse.Namespace) -> None:
         check_new_color(args.concept, "--concept")
         prompts, colors = prompts + concept_prompts(args.concept, args.n, args.seed), (*WORLD_COLORS, args.concept)
     generator = pipeline_generator(model, args.steps, args.guidance, args.lora, args.lora_scale, args.sampler,
-                                   args.guidance_interval, args.attention_guidance)
+                                   args.guidance_interval, args.attention_guidance, args.candidates)
     if args.expand:
         generator = expanding(generator)
     report = run_adherence(generator, prompts, args.out, colors=colors)

@@ -207,12 +207,14 @@ def _write(report: AdherenceReport, out_dir: Path) -> None:
 def pipeline_generator(model_dir: str | Path, steps: int | None = None, guidance: float | None = None,
                        lora: str | Path | None = None, lora_scale: float = 1.0,
                        sampler: str | None = None, guidance_interval: tuple[float, float] | None = None,
-                       attention_guidance: tuple[float, ...] | None = None) -> Generator:
+                       attention_guidance: tuple[float, ...] | None = None,
+                       candidates: int | None = None) -> Generator:
     from kinema.pipeline import TextToVideoPipeline
 
     pipe = TextToVideoPipeline.from_pretrained(model_dir, lora, lora_scale)
     return lambda prompt, seed: pipe(prompt, steps=steps, guidance=guidance, seed=seed, sampler=sampler,
-                                     guidance_interval=guidance_interval, attention_guidance=attention_guidance)
+                                     guidance_interval=guidance_interval, attention_guidance=attention_guidance,
+                                     candidates=candidates)
 
 
 def expanding(generate: Generator) -> Generator:

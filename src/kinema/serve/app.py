@@ -38,6 +38,7 @@ STATIC = Path(__file__).with_name("static")
 MAX_PROMPT = 500
 MAX_IMAGE_BYTES = 2 * 1024 * 1024
 MAX_ECHO = 1024  # a 422 never repeats more of the request than this
+MAX_CANDIDATES = 4  # a request may ask for up to this many starting noises (each costs ~0.4x one clip more)
 
 
 class GenerateRequest(BaseModel):
@@ -52,6 +53,8 @@ class GenerateRequest(BaseModel):
     frames: int | None = Field(default=None, ge=1, le=65)
     size: list[int] | None = Field(default=None, min_length=2, max_length=2, description="[height, width]")
     expand: bool = True
+    candidates: int | None = Field(default=None, ge=1, le=MAX_CANDIDATES, description="starting noises sampled, "
+                                   "the clip the model judges closest to the prompt kept (default: the model's)")
     image: str | None = Field(default=None, description="image-to-video: the first frame, base64 PNG or JPEG "
                               "(a data: URL is fine)", max_length=MAX_IMAGE_BYTES * 4 // 3 + 64)
 
@@ -87,7 +90,7 @@ def options(request: GenerateRequest):
     return GenerateOptions(request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
                            guidance=request.guidance, seed=request.seed, frames=request.frames,
                            size=tuple(request.size) if request.size else None, expand=request.expand,
-                           image=request.image)
+                           image=request.image, candidates=request.candidates)
 
 
 def pipeline_runner(pipe):
