@@ -7,10 +7,12 @@ float32 elsewhere, so the comparison is like for like.
 With --few-step MODEL (a `kinema dit distill` student: 4 steps, guidance 1 = one model call per step) the
 student is timed too, against the peer at 4 steps without guidance. With --attention-guidance S[,UNTIL[,MOTION]]
 the model is also timed with that attention guidance (dit/attention_guidance.py), side by side with itself without
-any.
+any. The rows against the peer sample one candidate (the peer has no judge); the model folder's own default
+(`candidates` in model_index.json, diffusion/fit.py) is timed in a row of its own, against one candidate, and
+--candidates K times K instead.
 
     python benchmarks/generate.py [--model models/shapes-64] [--few-step runs/reflow/model] [--repeats 5]
-                                  [--attention-guidance 0.05]
+                                  [--attention-guidance 0.05] [--candidates 2]
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def main() -> None:
     parser.add_argument("--few-step", help="a distilled few-step model folder")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--attention-guidance", type=parse_attention_guidance, metavar="S[,UNTIL[,MOTION]]")
+    parser.add_argument("--candidates", type=int, help="starting noises judged per clip (default: the model's)")
     args = parser.parse_args()
     pipe = TextToVideoPipeline.from_pretrained(args.model or default_model())
     steps, guidance = pipe.index.steps, pipe.index.guidance
@@ -68,16 +71,23 @@ def main() -> None:
     if args.few_step:
         rows.append(("few-step student", TextToVideoPipeline.from_pretrained(args.few_step), 4, 1.0))
     for name, p, n, g in rows:
-        ours = median_seconds(lambda p=p, n=n, g=g: p(PROMPT, steps=n, guidance=g), args.repeats)
+        ours = median_seconds(lambda p=p, n=n, g=g: p(PROMPT, steps=n, guidance=g, candidates=1), args.repeats)
         theirs = median_seconds(lambda n=n, g=g: peer_call(n, g), args.repeats)
         print(f"{name:<17} {n:>2} steps, guidance {g}: kinema {ours:6.3f} s/clip   WanPipeline (same-size parts) "
               f"{theirs:6.3f} s/clip   ratio {theirs / ours:.2f}x")
     if args.attention_guidance:
-        plain = median_seconds(lambda: pipe(PROMPT, attention_guidance=0.0), args.repeats)
-        guided = median_seconds(lambda: pipe(PROMPT, attention_guidance=args.attention_guidance), args.repeats)
+        plain = median_seconds(lambda: pipe(PROMPT, attention_guidance=0.0, candidates=1), args.repeats)
+        guided = median_seconds(lambda: pipe(PROMPT, attention_guidance=args.attention_guidance, candidates=1),
+                               args.repeats)
         strength, until, motion = args.attention_guidance
         print(f"attention guidance {strength} until {until}{f' motion {motion}' if motion else ''}: {guided:6.3f} "
               f"s/clip against {plain:6.3f} without ({guided / plain:.2f}x)")
+    k = args.candidates or pipe.index.candidates
+    if k > 1:
+        one = median_seconds(lambda: pipe(PROMPT, candidates=1), args.repeats)
+        judged = median_seconds(lambda: pipe(PROMPT, candidates=k), args.repeats)
+        print(f"{k} candidates at the model's defaults ({steps} steps): {judged:6.3f} s/clip against {one:6.3f} with "
+              f"one ({judged / one:.2f}x)")
 
 if __name__ == "__main__":
     main()
