@@ -114,3 +114,17 @@ def test_generate_cli_takes_candidates_and_names_a_bad_count(tiny_model_dir, tmp
     assert main(["generate", "a red circle", "--model", str(tiny_model_dir), "-o", str(tmp_path / "bad.mp4"),
                  "--candidates", "0"]) == 2
     assert "candidates must be an integer in [1, 16], got 0" in capsys.readouterr().err
+
+
+def test_the_callback_sees_the_kept_candidates_own_steps(pipe, monkeypatch):
+    import kinema.pipeline as pipeline
+
+    seen = {}
+    for order in ([0.0, 1.0], [1.0, 0.0]):
+        monkeypatch.setattr(pipeline, "denoising_error", lambda *a, order=order: torch.tensor(order))
+        frames: list = []
+        pipe("a red circle moving left", steps=3, seed=1, candidates=2,
+             callback=lambda i, f, frames=frames: frames.append(f))
+        seen[order.index(0.0)] = frames
+    assert len(seen[0]) == len(seen[1]) == 3
+    assert not np.array_equal(seen[0][1], seen[1][1])  # each path its own candidate's

@@ -250,7 +250,8 @@ class TextToVideoPipeline:
         decoded: list | None = None,
     ) -> np.ndarray:
         """`callback(i, frames)` sees every `callback_every`-th intermediate state decoded to pixels (each
-        decode costs a VAE pass); `progress(i, steps)` is only told the step. A `decoded` list receives the
+        decode costs a VAE pass; with several candidates, the kept one's states, after the last step);
+        `progress(i, steps)` is only told the step. A `decoded` list receives the
         frames as the VAE drew them, before given frames are put back (to measure conditioning fidelity).
         `attention_guidance` (strength, until[, motion]), or a strength alone: dit/attention_guidance.py (None: the
         model folder's, else off). `candidates` K > 1 samples K starting noises side by side (one batch) and keeps
@@ -316,17 +317,24 @@ class TextToVideoPipeline:
                                               [self.object_motion(o, height) for _, o in clauses], frame_times,
                                               motion)
 
+            states: list[tuple[int, torch.Tensor]] = []  # K > 1: the states the callback will see, once judged
+
             def trace(i: int, z: torch.Tensor) -> None:
                 if progress:
                     progress(i, steps)
                 if callback and i % callback_every == 0:
-                    callback(i, to_frames(self.vae.decode(z)[0].float()))
+                    if candidates > 1:
+                        states.append((i, z.clone()))
+                    else:
+                        callback(i, to_frames(self.vae.decode(z)[0].float()))
 
             x = sample(self.objective, fn, x, steps, sampler, generator, start, trace, correct)
             if candidates > 1:  # keep the candidate whose latent the prompt explains best (diffusion/fit.py)
                 judge = torch.Generator(device=self.device).manual_seed(seed)
                 best = int(denoising_error(self.objective, conditional, x, judge).argmin())
                 x, kwargs = x[best:best + 1], {k: v[:1] for k, v in kwargs.items()}
+                for i, z in states:  # the kept candidate's own path
+                    callback(i, to_frames(self.vae.decode(z[best:best + 1])[0].float()))
             if "cond" in kwargs:  # given frames are kept exactly as given (their latents), not as re-generated
                 x = kwargs["cond_mask"] * kwargs["cond"] + (1 - kwargs["cond_mask"]) * x
 
