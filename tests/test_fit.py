@@ -128,3 +128,15 @@ def test_the_callback_sees_the_kept_candidates_own_steps(pipe, monkeypatch):
         seen[order.index(0.0)] = frames
     assert len(seen[0]) == len(seen[1]) == 3
     assert not np.array_equal(seen[0][1], seen[1][1])  # each path its own candidate's
+
+
+def test_eval_world_takes_candidates(tiny_model_dir, tmp_path):
+    import json
+
+    from kinema.cli import main
+
+    out = tmp_path / "world.json"
+    assert main(["eval", "world", "--model", str(tiny_model_dir), "--n", "1", "--steps", "2", "--candidates", "2",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["candidates"] == 2 and set(report) >= {"motion", "permanence", "extension"}

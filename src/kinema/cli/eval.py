@@ -57,7 +57,7 @@ def cmd_eval_world(args: argparse.Namespace) -> None:
     from kinema.eval.world import report_lines, world_report
 
     pipe = eval_pipeline(args)
-    report = world_report(pipe, n=args.n, steps=args.steps, seed=args.seed)
+    report = world_report(pipe, n=args.n, steps=args.steps, seed=args.seed, candidates=args.candidates)
     for line in report_lines(report):
         print(line)
     if args.out:
@@ -103,6 +103,8 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
                    "kept, permanence through occlusion, extension consistency (real clips: the floor)", 16,
                    "scenes per test", cmd_eval_world)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--candidates", type=int, metavar="K", help="starting noises per clip, the best kept (default: "
+                   "the model's)")
     p.add_argument("--out", help="write the report as JSON here")
     p = ev.add_parser("probe", help="the probe's accuracy per attribute on held-out clean and degraded clips")
     p.add_argument("--n", type=int, default=300)

@@ -227,9 +227,11 @@ METRICS = ("velocity_residual", "max_jump", "speed_error", "count_kept", "size_d
 
 
 def world_report(pipe, n: int = 16, steps: int | None = None, seed: int = 0, progress: bool = True,
-                 world: WorldConfig | None = None, level: str = "detailed", guidance: float | None = None) -> dict:
+                 world: WorldConfig | None = None, level: str = "detailed", guidance: float | None = None,
+                 candidates: int | None = None) -> dict:
     """Generated vs real (the floor) on n single-object moving scenes, n crossing scenes and n extensions, drawn
-    from `world` (default: the full world) and prompted with captions of `level`."""
+    from `world` (default: the full world) and prompted with captions of `level`; `candidates` per clip (None: the
+    model's)."""
     from tqdm import tqdm
 
     from kinema.pipeline import FrameCondition
@@ -246,12 +248,12 @@ def world_report(pipe, n: int = 16, steps: int | None = None, seed: int = 0, pro
     for i in tqdm(range(n), desc="world", unit="scene", disable=not progress):
         scene = sample_scene(world, 5_000_000 + seed + i)
         prompt = _caption(scene, random.Random(i), level)
-        clip = pipe(prompt, steps=steps, guidance=guidance, seed=seed + i)
+        clip = pipe(prompt, steps=steps, guidance=guidance, seed=seed + i, candidates=candidates)
         rows["generated"].append(clip_metrics(clip, scene))
         real = render(scene).numpy()
         rows["real"].append(clip_metrics(real, scene))
         # extension: the model continues its own clip; the floor continues the real one
-        new = pipe(prompt, steps=steps, guidance=guidance, seed=seed + i + 1,
+        new = pipe(prompt, steps=steps, guidance=guidance, seed=seed + i + 1, candidates=candidates,
                    condition=FrameCondition(clip[-context:], list(range(context))))
         ext["generated"].append(extension_consistency(clip, new, context))
         longer = dataclasses.replace(scene, frames=2 * index.frames - context)
@@ -259,20 +261,21 @@ def world_report(pipe, n: int = 16, steps: int | None = None, seed: int = 0, pro
         ext["real"].append(extension_consistency(full[:index.frames], full[index.frames - context:], context))
         crossing = crossing_scene(6_000_000 + seed + i, index.frames, index.height, world)
         cross["generated"].append(permanence(pipe(crossing.captions[level], steps=steps, guidance=guidance,
-                                                  seed=seed + i), crossing))
+                                                  seed=seed + i, candidates=candidates), crossing))
         cross["real"].append(permanence(render(crossing).numpy(), crossing))
 
     def mean(items: list[dict]) -> dict:
         keys = sorted({k for d in items for k in d})
         return {k: float(np.nanmean([d[k] for d in items if k in d])) for k in keys}
 
-    return {"n": n, "steps": steps or index.steps,
+    return {"n": n, "steps": steps or index.steps, "candidates": candidates or index.candidates,
             "motion": {k: mean(v) for k, v in rows.items()}, "permanence": {k: mean(v) for k, v in cross.items()},
             "extension": {k: mean(v) for k, v in ext.items()}}
 
 
 def report_lines(report: dict) -> list[str]:
-    lines = [f"n = {report['n']} scenes per test, {report['steps']} sampling steps; real clips are the floor",
+    lines = [f"n = {report['n']} scenes per test, {report['steps']} sampling steps, {report.get('candidates', 1)} "
+             "candidate(s) per clip; real clips are the floor",
              f"{'metric':<26} {'generated':>10} {'real':>10}"]
     for group in ("motion", "permanence", "extension"):
         for key in report[group]["real"]:
