@@ -173,7 +173,7 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=int, metavar="K",
                    help="sample K starting noises side by side and keep the clip the model itself judges closest to "
                    "the prompt (its conditional denoising error, diffusion/fit.py): on the bundled model's two-object "
-                   "prompts K = 2 is right more often, at ~1.5x the time on a CPU (default: the model's, else 1)")
+                   "prompts K = 2 is right more often, at ~1.6x the time on a CPU (default: the model's, else 1)")
 
 
 def eval_pipeline(args: argparse.Namespace):
