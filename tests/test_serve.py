@@ -55,7 +55,8 @@ def test_job_lifecycle_and_video():
     ({"prompt": ""}, "prompt"), ({"prompt": "   "}, "prompt"), ({"prompt": "x" * 501}, "prompt"),
     ({"prompt": "a", "steps": 0}, "steps"), ({"prompt": "a", "frames": 999}, "frames"),
     ({"prompt": "a", "size": [64]}, "size"), ({"prompt": "a", "size": [8, 64]}, "size"),
-    ({"prompt": "a", "guidance": -1}, "guidance"),
+    ({"prompt": "a", "guidance": -1}, "guidance"), ({"prompt": "a", "candidates": 0}, "candidates"),
+    ({"prompt": "a", "candidates": 5}, "candidates"),
 ])
 def test_validation_errors_name_the_field(body, field):
     client = TestClient(create_app(runner=_fake_runner()))
@@ -108,7 +109,7 @@ def test_real_pipeline_runner(tiny_model_dir):
     from kinema.pipeline import TextToVideoPipeline
 
     client = TestClient(create_app(runner=pipeline_runner(TextToVideoPipeline.from_pretrained(tiny_model_dir))))
-    job = client.post("/v1/generate", json={"prompt": "a red circle moving left", "steps": 3}).json()
+    job = client.post("/v1/generate", json={"prompt": "a red circle moving left", "steps": 3, "candidates": 2}).json()
     status = _wait(client, job["id"], timeout=60)
     assert status["status"] == "done", status
     assert read_video(client.get(status["video"]).content).shape == (5, 32, 32, 3)
