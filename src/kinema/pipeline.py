@@ -190,6 +190,10 @@ class TextToVideoPipeline:
         s = self.vae.cfg.spatial_compression
         return ObjectMotion((vy / (s * ph), vx / (s * pw)))
 
+    def _first_frames(self, z: torch.Tensor) -> np.ndarray:
+        """The first latent of a batch decoded to uint8 (F, H, W, 3)."""
+        return to_frames(self.vae.decode(z)[0].float())
+
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         text, mask = self.text_encoder(prompts)
         return text.float().to(self.device), mask.to(self.device)
@@ -255,7 +259,7 @@ class TextToVideoPipeline:
         frames as the VAE drew them, before given frames are put back (to measure conditioning fidelity).
         `attention_guidance` (strength, until[, motion]), or a strength alone: dit/attention_guidance.py (None: the
         model folder's, else off). `candidates` K > 1 samples K starting noises side by side (one batch) and keeps
-        the clip the conditional model denoises best (diffusion/fit.py), at about 1.4x (K = 2) the time of one on
+        the clip the conditional model denoises best (diffusion/fit.py), at about 1.6x (K = 2) the time of one on
         a CPU (None: the model folder's, else 1)."""
         d = self.index
         frames, height, width = frames or d.frames, height or d.height, width or d.width
@@ -268,11 +272,8 @@ class TextToVideoPipeline:
         strength, until, motion = self.check_attention_guidance(
             attention_guidance if attention_guidance is not None else d.attention_guidance or 0.0)
 
-        # 1. encode the prompt (and the negative prompt, or the empty caption, for guidance), once per candidate
+        # 1. encode the prompt (and the negative prompt, or the empty caption, for guidance)
         (text, mask), (null_text, null_mask) = self.guidance_pair(prompt, negative_prompt)
-        clauses = self.object_clauses(prompt, mask) if strength else []
-        text, mask, null_text, null_mask = (v.expand(candidates, *v.shape[1:])
-                                            for v in (text, mask, null_text, null_mask))
 
         with self._autocast():  # steps 2-5 in bf16 where it is faster (see __init__)
             # 2. prepare latents: seeded noise on the latent grid (K candidates: K noises), and any given frames
@@ -282,17 +283,18 @@ class TextToVideoPipeline:
             kwargs, start = {}, 0
             if condition is not None and condition.strength is None:
                 cond, cond_mask = self._frame_condition(condition, frames, height, width)
-                kwargs = {"cond": cond.expand(shape), "cond_mask": cond_mask.expand(candidates, *cond_mask.shape[1:])}
+                kwargs = {"cond": cond, "cond_mask": cond_mask}
             elif condition is not None:
                 start = _edit_start(condition.strength, steps)
                 clip = to_tensor(_fit_clip(condition.video, frames, height, width))[None].to(self.device)
                 source = self.vae.encode(clip).float()
                 x = noise_to(self.objective, source, x, steps, start)
 
-            # 3. denoise with classifier-free guidance
-            fn = classifier_free_guidance(self.dit, {"text": text, "text_mask": mask, **kwargs},
-                                          {"text": null_text, "text_mask": null_mask, **kwargs}, guidance,
-                                          guidance_interval)
+            # 3. denoise with classifier-free guidance; the prompt and any given frames (batch 1) are repeated
+            # for the K candidates
+            fn = classifier_free_guidance(self.dit, _batched({"text": text, "text_mask": mask, **kwargs}, candidates),
+                                          _batched({"text": null_text, "text_mask": null_mask, **kwargs}, candidates),
+                                          guidance, guidance_interval)
             if "cond" in kwargs and self.given_clean:  # the given frames enter every step clean, as in training
                 guided = fn
                 fn = lambda x, t: guided(keep_given(x, kwargs["cond"], kwargs["cond_mask"]), t)  # noqa: E731
@@ -300,15 +302,13 @@ class TextToVideoPipeline:
             def conditional(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
                 """The model conditioned on the prompt alone, for a batch of any size (K candidates while steering,
                 K x noises while judging them)."""
-                n = z.shape[0]
-                given = {k: v[:1].expand(n, *v.shape[1:]) for k, v in kwargs.items()}
-                if "cond" in given and self.given_clean:
-                    z = keep_given(z, given["cond"], given["cond_mask"])
-                return self.dit(z, t, text=text[:1].expand(n, *text.shape[1:]),
-                                text_mask=mask[:1].expand(n, *mask.shape[1:]), **given)
+                if "cond" in kwargs and self.given_clean:
+                    z = keep_given(z, kwargs["cond"], kwargs["cond_mask"])
+                return self.dit(z, t, **_batched({"text": text, "text_mask": mask, **kwargs}, z.shape[0]))
 
             correct = None
             if strength:  # steer the early steps by the conditional model's cross-attention to each object
+                clauses = self.object_clauses(prompt, mask)
                 if not clauses:
                     warnings.warn(f"attention guidance: no clause of {prompt!r} names one object the caption parser "
                                   "knows (shapes-world words); sampling without it", stacklevel=2)
@@ -326,26 +326,31 @@ class TextToVideoPipeline:
                     if candidates > 1:
                         states.append((i, z.clone()))
                     else:
-                        callback(i, to_frames(self.vae.decode(z)[0].float()))
+                        callback(i, self._first_frames(z))
 
             x = sample(self.objective, fn, x, steps, sampler, generator, start, trace, correct)
             if candidates > 1:  # keep the candidate whose latent the prompt explains best (diffusion/fit.py)
                 judge = torch.Generator(device=self.device).manual_seed(seed)
                 best = int(denoising_error(self.objective, conditional, x, judge).argmin())
-                x, kwargs = x[best:best + 1], {k: v[:1] for k, v in kwargs.items()}
+                x = x[best:best + 1]
                 for i, z in states:  # the kept candidate's own path
-                    callback(i, to_frames(self.vae.decode(z[best:best + 1])[0].float()))
+                    callback(i, self._first_frames(z[best:best + 1]))
             if "cond" in kwargs:  # given frames are kept exactly as given (their latents), not as re-generated
                 x = kwargs["cond_mask"] * kwargs["cond"] + (1 - kwargs["cond_mask"]) * x
 
             # 4. decode to pixels, 5. postprocess to uint8 (F, H, W, 3)
-            video = to_frames(self.vae.decode(x)[0].float())
+            video = self._first_frames(x)
         if decoded is not None:
             decoded.append(video.copy())
         if condition is not None and condition.strength is None and self.paste_given:
             for src, dst in enumerate(condition.at):  # the given frames, exactly as given
                 video[dst] = fit_frame(condition.video[src], height, width)
         return video
+
+
+def _batched(kwargs: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """The model's batch-1 keyword tensors repeated (as views) for a batch of n."""
+    return {k: v.expand(n, *v.shape[1:]) for k, v in kwargs.items()}
 
 
 def _edit_start(strength: float, steps: int) -> int:

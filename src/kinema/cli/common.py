@@ -170,6 +170,11 @@ def add_sampling_flags(p: argparse.ArgumentParser) -> None:
                    "0.05 is the measured setting; MOTION > 0 also moves each object's attention the way the prompt "
                    "says it moves (motion right more often, objects drawn twice more often too); needs a '+clauses' "
                    "text encoder (default: the model's, else off)")
+    add_candidates_flag(p)
+
+
+def add_candidates_flag(p: argparse.ArgumentParser) -> None:
+    """--candidates K (default: the model folder's, in its model_index.json)."""
     p.add_argument("--candidates", type=int, metavar="K",
                    help="sample K starting noises side by side and keep the clip the model itself judges closest to "
                    "the prompt (its conditional denoising error, diffusion/fit.py): on the bundled model's two-object "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kinema.cli.common import add_model_flag, add_sampling_flags, eval_pipeline
+from kinema.cli.common import add_candidates_flag, add_model_flag, add_sampling_flags, eval_pipeline
 
 
 def cmd_eval_adherence(args: argparse.Namespace) -> None:
@@ -103,8 +103,7 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
                    "kept, permanence through occlusion, extension consistency (real clips: the floor)", 16,
                    "scenes per test", cmd_eval_world)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--candidates", type=int, metavar="K", help="starting noises per clip, the best kept (default: "
-                   "the model's)")
+    add_candidates_flag(p)
     p.add_argument("--out", help="write the report as JSON here")
     p = ev.add_parser("probe", help="the probe's accuracy per attribute on held-out clean and degraded clips")
     p.add_argument("--n", type=int, default=300)

@@ -38,7 +38,7 @@ STATIC = Path(__file__).with_name("static")
 MAX_PROMPT = 500
 MAX_IMAGE_BYTES = 2 * 1024 * 1024
 MAX_ECHO = 1024  # a 422 never repeats more of the request than this
-MAX_CANDIDATES = 4  # a request may ask for up to this many starting noises (each costs ~0.4x one clip more)
+MAX_CANDIDATES = 4  # a request may ask for up to this many starting noises (each more costs ~0.3-0.6x one clip)
 
 
 class GenerateRequest(BaseModel):
