@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from kinema.diffusion.fit import FIT_LEVELS, FIT_NOISES, denoising_error
+from kinema.diffusion.fit import FIT_LEVELS, denoising_error
 from kinema.diffusion.objectives import EpsilonObjective, FlowObjective
 from kinema.pipeline import TextToVideoPipeline
 
@@ -40,12 +40,12 @@ def test_the_error_is_seeded_and_the_draws_are_shared_by_the_batch():
         return x_t
 
     x = torch.randn(1, 4, 2, 4, 4).expand(3, -1, -1, -1, -1)  # three copies of one latent
-    a = denoising_error(obj, fn, x, torch.Generator().manual_seed(5))
-    b = denoising_error(obj, fn, x, torch.Generator().manual_seed(5))
-    c = denoising_error(obj, fn, x, torch.Generator().manual_seed(6))
+    a = denoising_error(obj, fn, x, torch.Generator().manual_seed(5), noises=2)
+    b = denoising_error(obj, fn, x, torch.Generator().manual_seed(5), noises=2)
+    c = denoising_error(obj, fn, x, torch.Generator().manual_seed(6), noises=2)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.allclose(a, a[0].expand(3))  # the same draws for each: equal latents, equal errors
-    assert calls[:len(FIT_LEVELS)] == [3 * FIT_NOISES] * len(FIT_LEVELS)  # one batched call per level
+    assert calls[:len(FIT_LEVELS)] == [3 * 2] * len(FIT_LEVELS)  # one batched call per level, both noises in it
 
 
 @pytest.mark.parametrize("kwargs", [{"levels": ()}, {"levels": (0.5, 1.0)}, {"noises": 0}])
