@@ -199,3 +199,62 @@ def test_a_model_without_clause_tokens_refuses_attention_guidance(tiny_model_dir
     pipe = TextToVideoPipeline.from_pretrained(tiny_model_dir)
     with pytest.raises(ValueError, match=r"\+clauses"):
         pipe("a red circle", steps=2, attention_guidance=0.05)
+
+
+def test_unread_flags_a_sample_with_an_object_no_token_reads():
+    from kinema.dit.attention_guidance import UNREAD_SHARE, unread
+
+    maps = torch.full((3, 2, 2, 4, 4), 0.001)  # (B, K objects, f, h, w)
+    maps[:, :, :, 1, 1] = 0.1  # every object read somewhere in every frame
+    maps[1, 1, :, 1, 1] = UNREAD_SHARE / 2  # sample 1: its second object read nowhere
+    maps[2, 0, 0, 1, 1] = 0.0  # sample 2: its first object unread in one frame of two, read (0.1) in the other
+    assert unread(maps).tolist() == [False, True, False]
+
+
+def test_watch_presence_reads_the_maps_of_the_call_at_its_level_and_averages_the_noises(clause_pipe, monkeypatch):
+    import kinema.dit.attention_guidance as ag
+
+    prompt = "a red circle moving left and a blue square moving up, on a black background"
+    text, mask = clause_pipe.encode_prompt([prompt])
+    tokens = clause_pipe.object_clause_tokens(prompt, mask)
+    calls, read = [], []
+
+    def model_fn(x, t):
+        calls.append(float(t[0]))
+        n = x.shape[0]
+        return clause_pipe.dit(x, t, text=text.expand(n, -1, -1), text_mask=mask.expand(n, -1))
+
+    monkeypatch.setattr(ag, "unread", lambda maps: read.append(maps) or maps.flatten(1).sum(1) > 0)
+    fn, unread_in = ag.watch_presence(clause_pipe.dit, model_fn, tokens, level=0.5)
+    x = torch.randn(4, *clause_pipe.vae.cfg.latent_shape(5, 32, 32))  # 2 noises x 2 samples
+    for level in (0.2, 0.9):
+        assert fn(x, torch.full((4,), level)).shape == x.shape
+    assert unread_in(2).tolist() == [False, False] and not read  # no call at 0.5 yet: nothing read, nothing flagged
+    fn(x, torch.full((4,), 0.5))
+    assert calls == pytest.approx([0.2, 0.9, 0.5])
+    assert unread_in(2).tolist() == [True, True]
+    f, h, w = (n // p for n, p in zip(x.shape[2:], clause_pipe.dit.cfg.patch, strict=True))
+    assert read[0].shape == (2, 2, f, h, w)  # the two noises averaged: one map per sample and object
+    _, unread_none = ag.watch_presence(clause_pipe.dit, model_fn, [], level=0.5)
+    assert unread_none(2).tolist() == [False, False]  # no object clauses: nothing to read
+
+
+def test_the_judge_ranks_a_candidate_with_an_unread_object_last(clause_pipe, monkeypatch):
+    import kinema.pipeline as pipeline
+
+    prompt = "a red circle moving left and a blue square moving up, on a black background"
+    judged = []
+
+    def watch(model, model_fn, tokens, *args, **kwargs):  # candidate 0 (the error's first choice) misses an object
+        judged.append(list(tokens))
+        return model_fn, lambda batch: torch.tensor([True] + [False] * (batch - 1))
+
+    monkeypatch.setattr(pipeline, "denoising_error", lambda obj, fn, x, generator: torch.tensor([0.0, 1.0]))
+    by_error = clause_pipe(prompt, steps=3, seed=1, candidates=2, attention_guidance=(0.5, 0.0))
+    monkeypatch.setattr(pipeline, "watch_presence", watch)
+    by_presence = clause_pipe(prompt, steps=3, seed=1, candidates=2, attention_guidance=(0.5, 0.0))
+    assert judged and len(judged[0]) == 2  # both object clauses read
+    assert not np.array_equal(by_error, by_presence)  # candidate 1 kept though its error is higher
+    monkeypatch.setattr(pipeline, "denoising_error", lambda obj, fn, x, generator: torch.tensor([1.0, 0.0]))
+    assert np.array_equal(clause_pipe(prompt, steps=3, seed=1, candidates=2, attention_guidance=(0.5, 0.0)),
+                          by_presence)  # the same candidate 1: best by the error and read in full

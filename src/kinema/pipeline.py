@@ -30,6 +30,7 @@ from kinema.dit.attention_guidance import (
     attention_corrector,
     check_attention_guidance,
     has_cross_attention,
+    watch_presence,
 )
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.video import to_frames, to_tensor
@@ -306,7 +307,7 @@ class TextToVideoPipeline:
                     z = keep_given(z, kwargs["cond"], kwargs["cond_mask"])
                 return self.dit(z, t, **_batched({"text": text, "text_mask": mask, **kwargs}, z.shape[0]))
 
-            correct = None
+            correct, clauses = None, []
             if strength:  # steer the early steps by the conditional model's cross-attention to each object
                 clauses = self.object_clauses(prompt, mask)
                 if not clauses:
@@ -331,7 +332,11 @@ class TextToVideoPipeline:
             x = sample(self.objective, fn, x, steps, sampler, generator, start, trace, correct)
             if candidates > 1:  # keep the candidate whose latent the prompt explains best (diffusion/fit.py)
                 judge = torch.Generator(device=self.device).manual_seed(seed)
-                best = int(denoising_error(self.objective, conditional, x, judge).argmin())
+                # where the clause tokens are grounded (attention guidance on), the judge's pass at noise level 0.5
+                # also shows an object drawn nowhere; such candidates rank last (the error alone prefers them)
+                judged, unread_in = watch_presence(self.dit, conditional, [p for p, _ in clauses])
+                errors = denoising_error(self.objective, judged, x, judge)
+                best = int((errors + 1e3 * unread_in(candidates).to(errors)).argmin())
                 x = x[best:best + 1]
                 for i, z in states:  # the kept candidate's own path
                     callback(i, self._first_frames(z[best:best + 1]))
