@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from kinema.cli import main
 from kinema.io.video import read_video
@@ -70,3 +71,18 @@ def test_demo_writes_a_playable_mp4_and_sheet(tmp_path):
     frames = read_video(tmp_path / "shapes.mp4")
     assert frames.shape[0] == 17 and np.asarray(frames).std() > 5
     assert (tmp_path / "shapes_contact_sheet.png").exists()
+
+
+def test_eval_adherence_pools_the_prompt_sets_of_several_seeds(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from kinema.eval.adherence import CATEGORIES
+
+    assert main(["eval", "adherence", "--model", str(tiny_model_dir), "--n", "1", "--seed", "1,2", "--steps", "1",
+                 "--out", str(tmp_path / "a")]) == 0
+    report = json.loads((tmp_path / "a" / "adherence.json").read_text())
+    assert {c: report["by_category"][c]["n"] for c in CATEGORIES} == {c: 2 for c in CATEGORIES}  # one set each
+    for bad in ("1,1", "1,x", ""):
+        with pytest.raises(SystemExit) as exit_:
+            main(["eval", "adherence", "--seed", bad])
+        assert exit_.value.code == 2 and "distinct comma-separated seeds" in capsys.readouterr().err

@@ -15,10 +15,12 @@ def cmd_eval_adherence(args: argparse.Namespace) -> None:
     from kinema.generate import default_model
 
     model = args.model or default_model()
-    prompts, colors = prompt_set(args.n, args.seed), WORLD_COLORS
+    # one prompt set per seed, pooled: two-object adherence moves by 20 points between sets of 50 (session 38)
+    prompts, colors = [p for seed in args.seed for p in prompt_set(args.n, seed)], WORLD_COLORS
     if args.concept:
         check_new_color(args.concept, "--concept")
-        prompts, colors = prompts + concept_prompts(args.concept, args.n, args.seed), (*WORLD_COLORS, args.concept)
+        prompts += [p for seed in args.seed for p in concept_prompts(args.concept, args.n, seed)]
+        colors = (*WORLD_COLORS, args.concept)
     generator = pipeline_generator(model, args.steps, args.guidance, args.lora, args.lora_scale, args.sampler,
                                    args.guidance_interval, args.attention_guidance, args.candidates)
     if args.expand:
@@ -27,6 +29,18 @@ def cmd_eval_adherence(args: argparse.Namespace) -> None:
     for line in report.lines():
         print(line)
     print(f"wrote {Path(args.out) / 'adherence.json'}")
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    """'123' or '123,7,2026' -> distinct integer seeds, in order."""
+    try:
+        seeds = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        seeds = ()
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected one seed or distinct comma-separated seeds (123,7,2026), got "
+                                         f"{text!r}")
+    return seeds
 
 
 def cmd_eval_probe(args: argparse.Namespace) -> None:
@@ -87,7 +101,9 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
 
     p = model_eval("adherence", "generate a fixed prompt set and judge it with the probe", 25, "prompts per category",
                    cmd_eval_adherence)
-    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--seed", type=_seeds, default=(123,), metavar="SEED[,SEED...]",
+                   help="the prompt set's seed; several, comma-separated, pool their sets (--n per category each): "
+                   "one set of 50 is a noisy estimate (default: 123)")
     p.add_argument("--guidance", type=float)
     add_sampling_flags(p)
     p.add_argument("--lora", help="a LoRA adapter folder (`kinema dit finetune`) added to the model")
