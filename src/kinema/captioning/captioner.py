@@ -28,7 +28,7 @@ from einops import rearrange
 from torch import nn
 
 from kinema.layers.attention import attention
-from kinema.layers.patches import grid_positions, patchify
+from kinema.layers.patches import grid_positions, patchify, token_grid
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD, BOS, EOS, UNK = range(4)
@@ -220,7 +220,7 @@ class VideoCaptioner(nn.Module):
             grid = tuple(x.shape[2:])
             x = x.flatten(2).transpose(1, 2)  # (B, L, D)
         else:
-            grid = tuple(n // p for n, p in zip(video.shape[2:], self.cfg.patch, strict=True))
+            grid = token_grid(video.shape, self.cfg.patch)
             x = self.video_embedder(patchify(video, self.cfg.patch))  # (B, L, D)
         x = x + self._positions(grid, video.device)
         for layer in self.encoder:

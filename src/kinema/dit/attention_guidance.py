@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from kinema.layers.attention import CrossAttention, attention_shares, kept_cross_attention
+from kinema.layers.patches import token_grid
 
 DEFAULT_UNTIL = 0.75  # guided while the noise level is >= this: the first 5 of 10 steps (7 of 15) at shift 2
 SPREAD_WEIGHT = 0.25  # a spread of 4 tokens^2 (two blobs 4 tokens apart) weighs as much as an object not read
@@ -186,7 +187,7 @@ def attention_corrector(model: nn.Module, model_fn: Callable[[torch.Tensor, torc
     def correct(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if not tokens or strength == 0 or float(t.max()) < until:
             return x
-        grid = tuple(n // p for n, p in zip(x.shape[2:], patch, strict=True))
+        grid = token_grid(x.shape, patch)
         with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
             with kept_cross_attention(model) as kept:
@@ -221,7 +222,7 @@ def watch_presence(model: nn.Module, model_fn: Callable[[torch.Tensor, torch.Ten
             return model_fn(x, t)
         with kept_cross_attention(model) as kept:
             out = model_fn(x, t)
-        kept_maps.append(clause_maps(kept, tokens, tuple(n // p for n, p in zip(x.shape[2:], patch, strict=True))))
+        kept_maps.append(clause_maps(kept, tokens, token_grid(x.shape, patch)))
         return out
 
     def unread_in(batch: int) -> torch.Tensor:

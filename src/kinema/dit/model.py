@@ -24,7 +24,7 @@ from torch import nn
 
 from kinema.layers.attention import CrossAttention, attention, rms, rms_rope
 from kinema.layers.embedders import TextEmbedder, TimestepEmbedder, gated, modulate, with_frame_condition
-from kinema.layers.patches import grid_positions, patchify, rope_angles, rope_cos_sin, sincos_3d, unpatchify
+from kinema.layers.patches import grid_positions, patchify, rope_angles, rope_cos_sin, sincos_3d, token_grid, unpatchify
 
 # ---------------------------------------------------------------------------------------------------
 # Config
@@ -226,7 +226,7 @@ class DiT(nn.Module):
         cond: torch.Tensor | None = None,  # (B, C, F, H, W) known latent frames
         cond_mask: torch.Tensor | None = None,  # (B, 1, F, H, W) 1 where cond is given
     ) -> torch.Tensor:
-        grid = tuple(n // p for n, p in zip(x.shape[2:], self.cfg.patch, strict=True))
+        grid = token_grid(x.shape, self.cfg.patch)
         tokens = self.x_embedder(patchify(self._inputs(x, cond, cond_mask), self.cfg.patch))  # (B, L, D)
         if self.cfg.abs_pos:
             tokens = tokens + sincos_3d(grid, self.cfg.dim, x.device).to(tokens.dtype)

@@ -19,6 +19,11 @@ def check_divisible(shape: tuple[int, int, int], patch: Patch) -> None:
             raise ValueError(f"latent {name} {n} is not divisible by the patch size {p} (patch {patch})")
 
 
+def token_grid(shape: torch.Size | tuple[int, ...], patch: Patch) -> tuple[int, int, int]:
+    """A (..., F, H, W) shape's patch grid (F/pt, H/ph, W/pw): where each of patchify's tokens sits."""
+    return tuple(n // p for n, p in zip(shape[-3:], patch, strict=True))
+
+
 def patchify(x: torch.Tensor, patch: Patch) -> torch.Tensor:
     """(B, C, F, H, W) -> (B, L, C*pt*ph*pw) with L = (F/pt)(H/ph)(W/pw)."""
     check_divisible(tuple(x.shape[2:]), patch)
