@@ -71,6 +71,18 @@ def parse_range(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected N or LO-HI, like 2 or 1-3; got {text!r}") from None
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """'123' or '123,7,2026' -> distinct integer seeds, in order."""
+    try:
+        seeds = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        seeds = ()
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected one seed or distinct comma-separated seeds (123,7,2026), got "
+                                         f"{text!r}")
+    return seeds
+
+
 def parse_range_float(text: str) -> tuple[float, float]:
     """'0.2,0.8' -> (0.2, 0.8): a noise-level interval, 0 <= LO <= HI <= 1."""
     from kinema.diffusion.samplers import check_guidance_interval

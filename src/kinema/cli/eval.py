@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kinema.cli.common import add_candidates_flag, add_model_flag, add_sampling_flags, eval_pipeline
+from kinema.cli.common import add_candidates_flag, add_model_flag, add_sampling_flags, eval_pipeline, parse_seeds
 
 
 def cmd_eval_adherence(args: argparse.Namespace) -> None:
@@ -29,18 +29,6 @@ def cmd_eval_adherence(args: argparse.Namespace) -> None:
     for line in report.lines():
         print(line)
     print(f"wrote {Path(args.out) / 'adherence.json'}")
-
-
-def _seeds(text: str) -> tuple[int, ...]:
-    """'123' or '123,7,2026' -> distinct integer seeds, in order."""
-    try:
-        seeds = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        seeds = ()
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"expected one seed or distinct comma-separated seeds (123,7,2026), got "
-                                         f"{text!r}")
-    return seeds
 
 
 def cmd_eval_probe(args: argparse.Namespace) -> None:
@@ -101,7 +89,7 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
 
     p = model_eval("adherence", "generate a fixed prompt set and judge it with the probe", 25, "prompts per category",
                    cmd_eval_adherence)
-    p.add_argument("--seed", type=_seeds, default=(123,), metavar="SEED[,SEED...]",
+    p.add_argument("--seed", type=parse_seeds, default=(123,), metavar="SEED[,SEED...]",
                    help="the prompt set's seed; several, comma-separated, pool their sets (--n per category each): "
                    "one set of 50 is a noisy estimate (default: 123)")
     p.add_argument("--guidance", type=float)
