@@ -229,6 +229,6 @@ def watch_presence(model: nn.Module, model_fn: Callable[[torch.Tensor, torch.Ten
         if not kept_maps:
             return torch.zeros(batch, dtype=torch.bool)
         maps = torch.cat(kept_maps).float()
-        return unread(maps.unflatten(0, (-1, batch)).mean(0)).cpu()
+        return unread(maps.unflatten(0, (-1, batch)).mean(0))
 
     return fn, unread_in
