@@ -213,6 +213,7 @@ def test_unread_flags_a_sample_with_an_object_no_token_reads():
 
 def test_watch_presence_reads_the_maps_of_the_call_at_its_level_and_averages_the_noises(clause_pipe, monkeypatch):
     import kinema.dit.attention_guidance as ag
+    from kinema.layers.patches import token_grid
 
     prompt = "a red circle moving left and a blue square moving up, on a black background"
     text, mask = clause_pipe.encode_prompt([prompt])
@@ -233,8 +234,8 @@ def test_watch_presence_reads_the_maps_of_the_call_at_its_level_and_averages_the
     fn(x, torch.full((4,), 0.5))
     assert calls == pytest.approx([0.2, 0.9, 0.5])
     assert unread_in(2).tolist() == [True, True]
-    f, h, w = (n // p for n, p in zip(x.shape[2:], clause_pipe.dit.cfg.patch, strict=True))
-    assert read[0].shape == (2, 2, f, h, w)  # the two noises averaged: one map per sample and object
+    grid = token_grid(x.shape, clause_pipe.dit.cfg.patch)
+    assert read[0].shape == (2, 2, *grid)  # the two noises averaged: one map per sample and object
     _, unread_none = ag.watch_presence(clause_pipe.dit, model_fn, [], level=0.5)
     assert unread_none(2).tolist() == [False, False]  # no object clauses: nothing to read
 
