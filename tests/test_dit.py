@@ -1,10 +1,20 @@
+import dataclasses
+
 import pytest
 import torch
-from torch.nn.functional import scaled_dot_product_attention
+from torch.nn.functional import avg_pool3d, scaled_dot_product_attention
 
-from kinema.dit.model import DiT, DiTConfig
+from kinema.dit.model import DiT, DiTConfig, finer_patch_config, repatch_state
 from kinema.layers.attention import attention, rms, rms_rope
-from kinema.layers.patches import apply_rope, grid_positions, patchify, rope_angles, rope_cos_sin, unpatchify
+from kinema.layers.patches import (
+    apply_rope,
+    grid_positions,
+    patchify,
+    rope_angles,
+    rope_cos_sin,
+    token_positions,
+    unpatchify,
+)
 
 TINY = DiTConfig(in_channels=4, patch=(1, 2, 2), dim=32, depth=2, heads=2, text_dim=8)
 
@@ -246,3 +256,69 @@ def test_frame_conditioning_changes_the_output_only_when_given():
 def test_config_errors_teach():
     with pytest.raises(ValueError, match="dim 30 must be divisible by heads 4"):
         DiTConfig(dim=30, heads=4)
+
+
+def test_token_positions_at_scale_one_are_the_grid():
+    assert torch.equal(token_positions((2, 3, 4)), grid_positions((2, 3, 4)).double())
+    half = token_positions((1, 4, 4), spatial_scale=0.5)  # 2x2 patches measured in 4x4 ones, centre to centre
+    assert half[:4, 2].tolist() == [-0.25, 0.25, 0.75, 1.25]
+
+
+def _random_dit(cfg: DiTConfig) -> DiT:
+    model = DiT(cfg)
+    for p in model.parameters():  # adaLN-Zero starts every branch at zero: make each one matter
+        p.data.normal_(0, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("patch, finer", [((1, 4, 4), (1, 2, 2)), ((1, 2, 2), (1, 1, 1)), ((2, 4, 4), (2, 1, 1))])
+def test_repatched_model_computes_the_old_one_on_the_upsampled_latent(patch, finer):
+    """The finer-patch start is exact: on a latent upsampled r times (nearest), at the new positions, the old
+    weights give (after r x r averaging) what the converted ones give on the latent itself."""
+    torch.manual_seed(0)
+    old = DiTConfig(in_channels=4, patch=patch, dim=48, depth=2, heads=4, text_dim=8, abs_pos=True, rope_theta=100)
+    model = _random_dit(old)
+    new = finer_patch_config(old, finer)
+    r = patch[1] // finer[1]
+    assert new.patch == finer and new.position_scale == 1 / r
+    converted = DiT(new).eval()
+    converted.load_state_dict(repatch_state(model.state_dict(), old, new))
+    at_new_positions = DiT(dataclasses.replace(old, position_scale=new.position_scale)).eval()
+    at_new_positions.load_state_dict(model.state_dict())
+
+    x, t = torch.randn(2, 4, 2 * patch[0], 2 * finer[1], 2 * finer[2]), torch.rand(2)
+    text, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
+    cond_mask = torch.zeros(2, 1, *x.shape[2:])
+    cond_mask[:, :, :patch[0]] = 1  # the first frames given: their channels are converted too
+    up = lambda v: v.repeat_interleave(r, -1).repeat_interleave(r, -2)  # noqa: E731
+    with torch.no_grad():
+        expected = avg_pool3d(at_new_positions(up(x), t, text, mask, up(x), up(cond_mask)), (1, r, r))
+        got = converted(x, t, text, mask, x, cond_mask)
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_a_patch_that_does_not_divide_the_old_one_is_refused():
+    old = DiTConfig(in_channels=4, patch=(1, 4, 4), dim=32, depth=1, heads=2, text_dim=8)
+    for bad in [(1, 3, 3), (1, 8, 8), (1, 2, 1), (2, 2, 2)]:
+        with pytest.raises(ValueError, match="divides its own"):
+            finer_patch_config(old, bad)
+
+
+def test_dit_train_continues_a_model_with_finer_patches(tiny_model_dir, tiny_latents):
+    """`dit train --init-from MODEL --patch` finer than MODEL's: the run's model is MODEL's with the finer
+    patch and old-unit positions, started from the converted weights."""
+    from kinema.data.latents import LatentDataset
+    from kinema.diffusion.objectives import FlowObjective
+    from kinema.io.weights import load_config, load_weights
+    from kinema.presets import DIT_PRESETS
+    from kinema.train.dit_task import DiTTask
+
+    stored = DiTConfig(**load_config(tiny_model_dir, "dit"))
+    finer = (stored.patch[0], stored.patch[1] // 2, stored.patch[2] // 2)
+    task = DiTTask(LatentDataset(tiny_latents), dataclasses.replace(DIT_PRESETS["tiny"](), patch=finer),
+                   FlowObjective(), batch_size=2, init_from=tiny_model_dir)
+    assert task.model_cfg == finer_patch_config(stored, finer) and task.model_cfg.position_scale == 0.5
+    model = task.build_model()
+    state, _ = load_weights(tiny_model_dir, "dit")
+    assert torch.equal(model.x_embedder.weight, repatch_state(state, stored, task.model_cfg)["x_embedder.weight"])
+    assert torch.equal(model.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])

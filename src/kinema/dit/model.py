@@ -24,7 +24,15 @@ from torch import nn
 
 from kinema.layers.attention import CrossAttention, attention, rms, rms_rope
 from kinema.layers.embedders import TextEmbedder, TimestepEmbedder, gated, modulate, with_frame_condition
-from kinema.layers.patches import grid_positions, patchify, rope_angles, rope_cos_sin, sincos_3d, token_grid, unpatchify
+from kinema.layers.patches import (
+    patchify,
+    rope_angles,
+    rope_cos_sin,
+    sincos_3d,
+    token_grid,
+    token_positions,
+    unpatchify,
+)
 
 # ---------------------------------------------------------------------------------------------------
 # Config
@@ -52,6 +60,10 @@ class DiTConfig:
     # and prompt tokens together in every block, so the words are updated by the video they describe as well as
     # read by it (replaces cross-attention)
     joint_attention: bool = False
+    # height/width token positions (RoPE and abs_pos) in units of a patch this many times finer: 1 for a model
+    # trained on its own patch; 0.5 when a 1x4x4 model is continued with 1x2x2 patches (`repatch_state`), so its
+    # attention keeps the distances it learned (position interpolation, as when LLMs extend their context)
+    position_scale: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch", tuple(self.patch))
@@ -61,6 +73,8 @@ class DiTConfig:
             raise ValueError(f"DiTConfig: head dim {self.dim // self.heads} must be even for RoPE")
         if len(self.patch) != 3 or min(self.patch) < 1:
             raise ValueError(f"DiTConfig: patch must be three sizes >= 1 (pt, ph, pw), got {self.patch}")
+        if not self.position_scale > 0:
+            raise ValueError(f"DiTConfig: position_scale must be > 0, got {self.position_scale}")
         if min(self.depth, self.in_channels, self.text_dim) < 1 or self.text_refiner < 0:
             raise ValueError("DiTConfig: depth, in_channels, text_dim must be >= 1 and text_refiner >= 0")
 
@@ -228,9 +242,10 @@ class DiT(nn.Module):
     ) -> torch.Tensor:
         grid = token_grid(x.shape, self.cfg.patch)
         tokens = self.x_embedder(patchify(self._inputs(x, cond, cond_mask), self.cfg.patch))  # (B, L, D)
+        positions = token_positions(grid, self.cfg.position_scale, x.device)  # (L, 3)
         if self.cfg.abs_pos:
-            tokens = tokens + sincos_3d(grid, self.cfg.dim, x.device).to(tokens.dtype)
-        rope = rope_cos_sin(rope_angles(grid_positions(grid, x.device), self.cfg.dim // self.cfg.heads,
+            tokens = tokens + sincos_3d(positions, self.cfg.dim).to(tokens.dtype)
+        rope = rope_cos_sin(rope_angles(positions, self.cfg.dim // self.cfg.heads,
                                         self.cfg.rope_theta))  # (L, Dh) each, shared by every block
         text_tokens, key_mask, pooled = self.text_embedder(text, text_mask)  # (B, 1+Lt, D), (B, 1+Lt), (B, D) or None
         c = self.t_embedder(t)  # (B, D)
@@ -243,3 +258,40 @@ class DiT(nn.Module):
                 tokens = block(tokens, c, rope, text_tokens, key_mask)
         out = self.final_layer(tokens, c)  # (B, L, C*pt*ph*pw)
         return unpatchify(out, self.cfg.patch, grid).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Continuing a trained model with finer patches
+# ---------------------------------------------------------------------------------------------------
+
+
+def finer_patch_config(old: DiTConfig, patch: tuple[int, int, int]) -> DiTConfig:
+    """`old`'s config with a spatial patch that divides its own (e.g. 1x4x4 -> 1x2x2): the same blocks over
+    more tokens, positions kept in the old patch's units (`position_scale`)."""
+    (pt, ph, pw), (qt, qh, qw) = old.patch, tuple(patch)
+    if qt != pt or ph % qh or pw % qw or ph // qh != pw // qw:
+        raise ValueError(f"a model with patch {old.patch} continues only with a spatial patch that divides its own by "
+                         f"the same factor in height and width (e.g. 1x4x4 -> 1x2x2), got {tuple(patch)}")
+    return DiTConfig(**{**old.__dict__, "patch": (qt, qh, qw), "position_scale": old.position_scale * qh / ph})
+
+
+def repatch_state(state: dict[str, torch.Tensor], old: DiTConfig, new: DiTConfig) -> dict[str, torch.Tensor]:
+    """Weights of a DiT trained with `old.patch` for `new = finer_patch_config(old, ...)`. The new model
+    computes what the old weights compute on the latent upsampled r times (nearest) in height and width, r the
+    patch ratio, at the new positions, with each output pixel the mean of the r x r it became: the patch
+    embedding sums each old weight over the r x r old pixels a new pixel fills, the output layer averages.
+    A start for training, not the old model: an object covers r^2 times the tokens it did."""
+    (pt, ph, _), (_, qh, qw) = old.patch, new.patch
+    r = ph // qh
+    if new != finer_patch_config(old, new.patch):
+        raise ValueError(f"repatch_state: {new} is not {old} with a finer patch")
+    out = dict(state)
+    # x_embedder: (D, Cin*pt*ph*pw), layout (c pt ph pw) as in patchify
+    w = state["x_embedder.weight"].unflatten(1, (-1, pt, qh, r, qw, r))  # (D, Cin, pt, qh, r, qw, r)
+    out["x_embedder.weight"] = w.sum(dim=(4, 6)).flatten(1)  # (D, Cin*pt*qh*qw)
+    # final layer: (C*pt*ph*pw, D) and its bias, the same layout
+    w = state["final_layer.linear.weight"].unflatten(0, (-1, pt, qh, r, qw, r))  # (C, pt, qh, r, qw, r, D)
+    out["final_layer.linear.weight"] = w.mean(dim=(3, 5)).flatten(0, 3)  # (C*pt*qh*qw, D)
+    b = state["final_layer.linear.bias"].unflatten(0, (-1, pt, qh, r, qw, r))
+    out["final_layer.linear.bias"] = b.mean(dim=(3, 5)).flatten()
+    return out

@@ -45,6 +45,18 @@ def grid_positions(grid: tuple[int, int, int], device: torch.device | None = Non
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
+def token_positions(grid: tuple[int, int, int], spatial_scale: float = 1.0,
+                    device: torch.device | None = None) -> torch.Tensor:
+    """(L, 3) float (f, h, w) positions of each token, in patchify order. `spatial_scale` s measures height and
+    width in units of a patch s times finer than this one's, centre to centre: index i sits at (i + 1/2) s - 1/2.
+    A model trained with 1x4x4 patches then given 1x2x2 ones (s = 1/2) sees its old frame extent: the four 2x2
+    tokens inside one old 4x4 patch sit around that patch's old position, a quarter of a step either side."""
+    positions = grid_positions(grid, device).double()
+    if spatial_scale != 1.0:
+        positions[:, 1:] = (positions[:, 1:] + 0.5) * spatial_scale - 0.5
+    return positions
+
+
 # ---------------------------------------------------------------------------------------------------
 # Factorised 3D rotary position embedding
 # ---------------------------------------------------------------------------------------------------
@@ -91,12 +103,12 @@ def rope_cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def sincos_3d(grid: tuple[int, int, int], dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """(L, dim) sin/cos features of each token's (f, h, w) position; `dim` even. Each axis takes its own
-    block of dims (time the remainder), sin and cos of position times geometric frequencies (base 10000)."""
+def sincos_3d(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """(L, 3) token positions (`token_positions`) -> (L, dim) sin/cos features; `dim` even. Each axis takes its
+    own block of dims (time the remainder), sin and cos of position times geometric frequencies (base 10000)."""
     if dim % 2:
         raise ValueError(f"sin/cos positions need an even width, got {dim}")
-    positions = grid_positions(grid, device).double()  # (L, 3)
+    positions, device = positions.double(), positions.device  # (L, 3)
     parts = []
     for axis, d in enumerate(rope_axes_dims(dim)):
         freqs = 10000.0 ** (-torch.arange(0, d, 2, device=device, dtype=torch.float64) / d)  # (d/2,)
