@@ -60,9 +60,9 @@ class DiTConfig:
     # and prompt tokens together in every block, so the words are updated by the video they describe as well as
     # read by it (replaces cross-attention)
     joint_attention: bool = False
-    # height/width token positions (RoPE and abs_pos) in units of a patch this many times finer: 1 for a model
-    # trained on its own patch; 0.5 when a 1x4x4 model is continued with 1x2x2 patches (`repatch_state`), so its
-    # attention keeps the distances it learned (position interpolation, as when LLMs extend their context)
+    # height/width token positions (RoPE and abs_pos) counted in patches 1/position_scale times this one's size: 1
+    # for a model trained on its own patch; 0.5 when a 1x4x4 model is continued with 1x2x2 patches (`repatch_state`),
+    # so its attention keeps the distances it learned (position interpolation, as when LLMs extend their context)
     position_scale: float = 1.0
 
     def __post_init__(self) -> None:

@@ -47,8 +47,8 @@ def grid_positions(grid: tuple[int, int, int], device: torch.device | None = Non
 
 def token_positions(grid: tuple[int, int, int], spatial_scale: float = 1.0,
                     device: torch.device | None = None) -> torch.Tensor:
-    """(L, 3) float (f, h, w) positions of each token, in patchify order. `spatial_scale` s measures height and
-    width in units of a patch s times finer than this one's, centre to centre: index i sits at (i + 1/2) s - 1/2.
+    """(L, 3) float (f, h, w) positions of each token, in patchify order. With `spatial_scale` s, height and
+    width are counted in patches 1/s times this one's size, centre to centre: index i sits at (i + 1/2) s - 1/2.
     A model trained with 1x4x4 patches then given 1x2x2 ones (s = 1/2) sees its old frame extent: the four 2x2
     tokens inside one old 4x4 patch sit around that patch's old position, a quarter of a step either side."""
     positions = grid_positions(grid, device).double()
