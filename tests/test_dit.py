@@ -322,3 +322,20 @@ def test_dit_train_continues_a_model_with_finer_patches(tiny_model_dir, tiny_lat
     state, _ = load_weights(tiny_model_dir, "dit")
     assert torch.equal(model.x_embedder.weight, repatch_state(state, stored, task.model_cfg)["x_embedder.weight"])
     assert torch.equal(model.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
+
+
+def test_a_finer_patch_run_with_other_sizes_names_the_weights_that_do_not_fit(tiny_model_dir, tiny_latents):
+    from kinema.data.latents import LatentDataset
+    from kinema.diffusion.objectives import FlowObjective
+    from kinema.io.weights import load_config
+    from kinema.presets import DIT_PRESETS
+    from kinema.train.dit_task import DiTTask
+
+    stored = DiTConfig(**load_config(tiny_model_dir, "dit"))
+    data = LatentDataset(tiny_latents)
+    wider = dataclasses.replace(DIT_PRESETS["tiny"](), patch=(1, 1, 1), dim=2 * stored.dim)
+    with pytest.raises(ValueError, match="dit.safetensors: .* has shape"):
+        DiTTask(data, wider, FlowObjective(), batch_size=2, init_from=tiny_model_dir).build_model()
+    with pytest.raises(ValueError, match="divides its own"):
+        DiTTask(data, dataclasses.replace(DIT_PRESETS["tiny"](), patch=(1, 2, 1)), FlowObjective(), batch_size=2,
+                init_from=tiny_model_dir)

@@ -281,10 +281,11 @@ def repatch_state(state: dict[str, torch.Tensor], old: DiTConfig, new: DiTConfig
     patch ratio, at the new positions, with each output pixel the mean of the r x r it became: the patch
     embedding sums each old weight over the r x r old pixels a new pixel fills, the output layer averages.
     A start for training, not the old model: an object covers r^2 times the tokens it did."""
+    if finer_patch_config(old, new.patch).position_scale != new.position_scale:  # raises on a bad patch
+        raise ValueError(f"repatch_state: position_scale {new.position_scale} is not the old one's for patch "
+                         f"{new.patch} ({finer_patch_config(old, new.patch).position_scale})")
     (pt, ph, _), (_, qh, qw) = old.patch, new.patch
     r = ph // qh
-    if new != finer_patch_config(old, new.patch):
-        raise ValueError(f"repatch_state: {new} is not {old} with a finer patch")
     out = dict(state)
     # x_embedder: (D, Cin*pt*ph*pw), layout (c pt ph pw) as in patchify
     w = state["x_embedder.weight"].unflatten(1, (-1, pt, qh, r, qw, r))  # (D, Cin, pt, qh, r, qw, r)

@@ -115,7 +115,8 @@ class DiTTask:
                              f"(a text encoder named '...{CLAUSES}', e.g. `kinema vae encode --text-encoder "
                              f"minilm:0,6{CLAUSES}`)")
         if self.init_from is not None and self.init_patch_config is not None:  # continued with finer patches
-            self.model_cfg = finer_patch_config(self.init_patch_config, self.model_cfg.patch)
+            finer = finer_patch_config(self.init_patch_config, self.model_cfg.patch)  # raises unless it divides the old
+            self.model_cfg = dataclasses.replace(self.model_cfg, position_scale=finer.position_scale)
         text_dim = self.data.meta.get("text_dim")
         if text_dim and text_dim != self.model_cfg.text_dim:  # the text width is the cache's text encoder's
             self.model_cfg = dataclasses.replace(self.model_cfg, text_dim=text_dim)
