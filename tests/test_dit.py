@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn.functional import avg_pool3d, scaled_dot_product_attention
 
-from kinema.dit.model import DiT, DiTConfig, finer_patch_config, repatch_state
+from kinema.dit.model import DiT, DiTConfig, finer_position_scale, repatch_state
 from kinema.layers.attention import attention, rms, rms_rope
 from kinema.layers.patches import (
     apply_rope,
@@ -278,7 +278,7 @@ def test_repatched_model_computes_the_old_one_on_the_upsampled_latent(patch, fin
     torch.manual_seed(0)
     old = DiTConfig(in_channels=4, patch=patch, dim=48, depth=2, heads=4, text_dim=8, abs_pos=True, rope_theta=100)
     model = _random_dit(old)
-    new = finer_patch_config(old, finer)
+    new = dataclasses.replace(old, patch=finer, position_scale=finer_position_scale(old, finer))
     r = patch[1] // finer[1]
     assert new.patch == finer and new.position_scale == 1 / r
     converted = DiT(new).eval()
@@ -301,7 +301,7 @@ def test_a_patch_that_does_not_divide_the_old_one_is_refused():
     old = DiTConfig(in_channels=4, patch=(1, 4, 4), dim=32, depth=1, heads=2, text_dim=8)
     for bad in [(1, 3, 3), (1, 8, 8), (1, 2, 1), (2, 2, 2)]:
         with pytest.raises(ValueError, match="divides its own"):
-            finer_patch_config(old, bad)
+            finer_position_scale(old, bad)
 
 
 def test_dit_train_continues_a_model_with_finer_patches(tiny_model_dir, tiny_latents):
@@ -317,7 +317,7 @@ def test_dit_train_continues_a_model_with_finer_patches(tiny_model_dir, tiny_lat
     finer = (stored.patch[0], stored.patch[1] // 2, stored.patch[2] // 2)
     task = DiTTask(LatentDataset(tiny_latents), dataclasses.replace(DIT_PRESETS["tiny"](), patch=finer),
                    FlowObjective(), batch_size=2, init_from=tiny_model_dir)
-    assert task.model_cfg == finer_patch_config(stored, finer) and task.model_cfg.position_scale == 0.5
+    assert task.model_cfg == dataclasses.replace(stored, patch=finer, position_scale=0.5)
     model = task.build_model()
     state, _ = load_weights(tiny_model_dir, "dit")
     assert torch.equal(model.x_embedder.weight, repatch_state(state, stored, task.model_cfg)["x_embedder.weight"])

@@ -265,25 +265,27 @@ class DiT(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
-def finer_patch_config(old: DiTConfig, patch: tuple[int, int, int]) -> DiTConfig:
-    """`old`'s config with a spatial patch that divides its own (e.g. 1x4x4 -> 1x2x2): the same blocks over
-    more tokens, positions kept in the old patch's units (`position_scale`)."""
+def finer_position_scale(old: DiTConfig, patch: tuple[int, int, int]) -> float:
+    """The `position_scale` that continues `old` with a spatial patch dividing its own (e.g. 1x4x4 -> 1x2x2: 0.5):
+    the same blocks over more tokens, positions kept in the old patch's units."""
     (pt, ph, pw), (qt, qh, qw) = old.patch, tuple(patch)
     if qt != pt or ph % qh or pw % qw or ph // qh != pw // qw:
         raise ValueError(f"a model with patch {old.patch} continues only with a spatial patch that divides its own by "
                          f"the same factor in height and width (e.g. 1x4x4 -> 1x2x2), got {tuple(patch)}")
-    return DiTConfig(**{**old.__dict__, "patch": (qt, qh, qw), "position_scale": old.position_scale * qh / ph})
+    return old.position_scale * qh / ph
 
 
 def repatch_state(state: dict[str, torch.Tensor], old: DiTConfig, new: DiTConfig) -> dict[str, torch.Tensor]:
-    """Weights of a DiT trained with `old.patch` for `new = finer_patch_config(old, ...)`. The new model
+    """Weights of a DiT trained with `old.patch` for `new`, the same DiT with a finer patch and
+    `finer_position_scale(old, new.patch)`. The new model
     computes what the old weights compute on the latent upsampled r times (nearest) in height and width, r the
     patch ratio, at the new positions, with each output pixel the mean of the r x r it became: the patch
     embedding sums each old weight over the r x r old pixels a new pixel fills, the output layer averages.
     A start for training, not the old model: an object covers r^2 times the tokens it did."""
-    if finer_patch_config(old, new.patch).position_scale != new.position_scale:  # raises on a bad patch
+    scale = finer_position_scale(old, new.patch)  # raises on a bad patch
+    if new.position_scale != scale:
         raise ValueError(f"repatch_state: position_scale {new.position_scale} is not the old one's for patch "
-                         f"{new.patch} ({finer_patch_config(old, new.patch).position_scale})")
+                         f"{new.patch} ({scale})")
     (pt, ph, _), (_, qh, qw) = old.patch, new.patch
     r = ph // qh
     out = dict(state)

@@ -18,7 +18,7 @@ from kinema.config import from_dict, to_dict
 from kinema.data.buckets import batch_indices, bucket_batch_indices
 from kinema.data.latents import LatentDataset
 from kinema.diffusion.objectives import LossWeight, Objective, latent_foreground_weight
-from kinema.dit.model import DiT, DiTConfig, finer_patch_config, repatch_state
+from kinema.dit.model import DiT, DiTConfig, finer_position_scale, repatch_state
 from kinema.io.weights import load_config, load_weights, save_weights
 from kinema.layers.attention import kept_cross_attention
 from kinema.model_index import model_index_for, write_model_index
@@ -115,8 +115,8 @@ class DiTTask:
                              f"(a text encoder named '...{CLAUSES}', e.g. `kinema vae encode --text-encoder "
                              f"minilm:0,6{CLAUSES}`)")
         if self.init_from is not None and self.init_patch_config is not None:  # continued with finer patches
-            finer = finer_patch_config(self.init_patch_config, self.model_cfg.patch)  # raises unless it divides the old
-            self.model_cfg = dataclasses.replace(self.model_cfg, position_scale=finer.position_scale)
+            scale = finer_position_scale(self.init_patch_config, self.model_cfg.patch)  # raises unless it divides
+            self.model_cfg = dataclasses.replace(self.model_cfg, position_scale=scale)
         text_dim = self.data.meta.get("text_dim")
         if text_dim and text_dim != self.model_cfg.text_dim:  # the text width is the cache's text encoder's
             self.model_cfg = dataclasses.replace(self.model_cfg, text_dim=text_dim)
