@@ -4,7 +4,14 @@ import pytest
 import torch
 from torch.nn.functional import avg_pool3d, scaled_dot_product_attention
 
-from kinema.dit.model import DiT, DiTConfig, finer_position_scale, repatch_state
+from kinema.dit.model import (
+    DiT,
+    DiTConfig,
+    deepen_state,
+    deeper_block_sources,
+    finer_position_scale,
+    repatch_state,
+)
 from kinema.layers.attention import attention, rms, rms_rope
 from kinema.layers.patches import (
     apply_rope,
@@ -322,6 +329,66 @@ def test_dit_train_continues_a_model_with_finer_patches(tiny_model_dir, tiny_lat
     state, _ = load_weights(tiny_model_dir, "dit")
     assert torch.equal(model.x_embedder.weight, repatch_state(state, stored, task.model_cfg)["x_embedder.weight"])
     assert torch.equal(model.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
+
+
+@pytest.mark.parametrize("depth", [3, 4, 5])
+def test_a_deepened_model_computes_the_old_one_and_its_added_blocks_learn(depth):
+    """Blocks added by deepen_state are silent copies: the output is the old model's exactly, and the loss
+    reaches every added block's modulation (its gates) from the first step."""
+    torch.manual_seed(0)
+    old = DiTConfig(in_channels=4, patch=(1, 2, 2), dim=32, depth=2, heads=2, text_dim=8, frame_conditioning=True)
+    model = _random_dit(old)
+    deeper = DiT(dataclasses.replace(old, depth=depth)).eval()
+    deeper.load_state_dict(deepen_state(model.state_dict(), old, depth))
+    x, t = torch.randn(2, 4, 3, 4, 4), torch.rand(2)
+    text, mask = torch.randn(2, 5, 8), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    cond, cond_mask = torch.randn_like(x), torch.zeros(2, 1, 3, 4, 4)
+    cond_mask[:, :, 0] = 1
+    with torch.no_grad():
+        assert torch.allclose(deeper(x, t, text, mask, cond, cond_mask), model(x, t, text, mask, cond, cond_mask),
+                              atol=1e-5)
+    deeper(x, t, text, mask, cond, cond_mask).square().mean().backward()
+    sources = deeper_block_sources(old.depth, depth)
+    added = [j for j in range(1, depth) if sources[j] == sources[j - 1]]
+    assert len(added) == depth - old.depth
+    for j in added:
+        assert deeper.blocks[j].adaLN_modulation[-1].weight.grad.abs().sum() > 0
+        assert deeper.blocks[j].cross_attn.proj.weight.grad.abs().sum() > 0
+
+
+def test_deeper_block_sources_spread_the_copies_and_refuse_fewer_blocks():
+    assert deeper_block_sources(4, 4) == [0, 1, 2, 3]
+    assert deeper_block_sources(4, 6) == [0, 0, 1, 2, 2, 3]
+    assert deeper_block_sources(4, 8) == [0, 0, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match="at least as many blocks"):
+        deeper_block_sources(4, 3)
+    joint = DiTConfig(in_channels=4, patch=(1, 2, 2), dim=32, depth=2, heads=2, text_dim=8, joint_attention=True)
+    with pytest.raises(ValueError, match="joint attention"):
+        deepen_state(DiT(joint).state_dict(), joint, 3)
+
+
+def test_dit_train_continues_a_model_with_more_blocks(tiny_model_dir, tiny_latents):
+    """`dit train --init-from MODEL --depth` deeper than MODEL's: the run's model predicts what MODEL does."""
+    from kinema.data.latents import LatentDataset
+    from kinema.diffusion.objectives import FlowObjective
+    from kinema.io.weights import load_config, load_weights
+    from kinema.presets import DIT_PRESETS
+    from kinema.train.dit_task import DiTTask
+
+    stored = DiTConfig(**load_config(tiny_model_dir, "dit"))
+    data = LatentDataset(tiny_latents)
+    cfg = dataclasses.replace(DIT_PRESETS["tiny"](), depth=stored.depth + 2)
+    model = DiTTask(data, cfg, FlowObjective(), batch_size=2, init_from=tiny_model_dir).build_model().eval()
+    original = DiT(stored).eval()
+    original.load_state_dict(load_weights(tiny_model_dir, "dit")[0])
+    x, t = torch.randn(1, stored.in_channels, 3, 8, 8), torch.tensor([0.7])
+    text, mask = torch.randn(1, 4, stored.text_dim), torch.ones(1, 4, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.allclose(model(x, t, text, mask), original(x, t, text, mask), atol=1e-5)
+    assert len(model.blocks) == stored.depth + 2
+    with pytest.raises(ValueError, match="at least as many blocks"):
+        fewer = dataclasses.replace(cfg, depth=stored.depth - 1)
+        DiTTask(data, fewer, FlowObjective(), batch_size=2, init_from=tiny_model_dir).build_model()
 
 
 def test_a_finer_patch_run_with_other_sizes_names_the_weights_that_do_not_fit(tiny_model_dir, tiny_latents):

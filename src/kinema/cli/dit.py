@@ -226,8 +226,10 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
                                        "so the start computes what that model computed). With a --patch finer than "
                                        "that model's (1x4x4 -> 1x2x2) the run continues that model on more tokens: "
                                        "its patch embedding and output layer are converted and positions keep the "
-                                       "old units (dit.model.repatch_state); the size options must match the "
-                                       "model's either way")
+                                       "old units (dit.model.repatch_state). With a --depth larger than the "
+                                       "model's, the added blocks are silent copies of their neighbours, so the "
+                                       "start computes what that model computed (dit.model.deepen_state). The "
+                                       "other size options must match the model's")
     p.add_argument("--force", action="store_true", help="train even when the plan says it cannot fit")
     p.add_argument("--logit-mean", type=float, help="flow: centre of the logit-normal training noise levels (default "
                    "0.8: more training at high noise, where layout and motion are decided; 0 is SD3's)")

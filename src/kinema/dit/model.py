@@ -298,3 +298,36 @@ def repatch_state(state: dict[str, torch.Tensor], old: DiTConfig, new: DiTConfig
     b = state["final_layer.linear.bias"].unflatten(0, (-1, pt, qh, r, qw, r))
     out["final_layer.linear.bias"] = b.mean(dim=(3, 5)).flatten()
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Continuing a trained model with more blocks
+# ---------------------------------------------------------------------------------------------------
+
+
+def deeper_block_sources(old_depth: int, new_depth: int) -> list[int]:
+    """For each block of a model deepened from `old_depth` to `new_depth`, the old block it copies: spread evenly,
+    each old block first where it was in order (4 -> 6: [0, 0, 1, 2, 2, 3]; 4 -> 8: [0, 0, 1, 1, 2, 2, 3, 3])."""
+    if not 1 <= old_depth <= new_depth:
+        raise ValueError(f"a model of depth {old_depth} continues only with at least as many blocks, got {new_depth}")
+    return [j * old_depth // new_depth for j in range(new_depth)]
+
+
+def deepen_state(state: dict[str, torch.Tensor], old: DiTConfig, depth: int) -> dict[str, torch.Tensor]:
+    """Weights of a DiT trained as `old` for the same DiT with `depth` blocks. Each old block keeps its weights
+    and place in order; every added block is a copy of the one before it with its adaLN-Zero modulation and its
+    cross-attention output at zero, so it adds nothing: the deeper model computes exactly what the old one did
+    (as LLaMA Pro's block expansion). Its copied attention and MLP are a start that already reads the tokens, so
+    the zero gates get gradients from the first step."""
+    if old.joint_attention:  # the last joint block has no prompt stream to carry on
+        raise ValueError("only models with cross-attention blocks can be deepened, not joint attention")
+    sources = deeper_block_sources(old.depth, depth)
+    out = {k: v for k, v in state.items() if not k.startswith("blocks.")}
+    for j, i in enumerate(sources):
+        added = j > 0 and sources[j - 1] == i
+        for name, value in state.items():
+            if name.startswith(f"blocks.{i}."):
+                rest = name[len(f"blocks.{i}."):]
+                silent = added and rest.startswith(("adaLN_modulation.", "cross_attn.proj."))
+                out[f"blocks.{j}.{rest}"] = torch.zeros_like(value) if silent else value.clone()
+    return out

@@ -18,7 +18,7 @@ from kinema.config import from_dict, to_dict
 from kinema.data.buckets import batch_indices, bucket_batch_indices
 from kinema.data.latents import LatentDataset
 from kinema.diffusion.objectives import LossWeight, Objective, latent_foreground_weight
-from kinema.dit.model import DiT, DiTConfig, finer_position_scale, repatch_state
+from kinema.dit.model import DiT, DiTConfig, deepen_state, finer_position_scale, repatch_state
 from kinema.io.weights import load_config, load_weights, save_weights
 from kinema.layers.attention import kept_cross_attention
 from kinema.model_index import model_index_for, write_model_index
@@ -114,18 +114,23 @@ class DiTTask:
                              f"{self.data.meta.get('text_encoder')!r}; grounding needs one clause token per object "
                              f"(a text encoder named '...{CLAUSES}', e.g. `kinema vae encode --text-encoder "
                              f"minilm:0,6{CLAUSES}`)")
-        if self.init_from is not None and self.init_patch_config is not None:  # continued with finer patches
-            scale = finer_position_scale(self.init_patch_config, self.model_cfg.patch)  # raises unless it divides
+        stored = self.init_config
+        if stored is not None and tuple(stored.patch) != tuple(self.model_cfg.patch):  # continued on finer patches
+            scale = finer_position_scale(stored, self.model_cfg.patch)  # raises unless it divides
             self.model_cfg = dataclasses.replace(self.model_cfg, position_scale=scale)
         text_dim = self.data.meta.get("text_dim")
         if text_dim and text_dim != self.model_cfg.text_dim:  # the text width is the cache's text encoder's
             self.model_cfg = dataclasses.replace(self.model_cfg, text_dim=text_dim)
 
     @cached_property
-    def init_patch_config(self) -> DiTConfig | None:
-        """The init_from model's config when its patch is not this run's (`repatch_state` converts it)."""
+    def init_config(self) -> DiTConfig | None:
+        """The init_from model's config when its patch or depth is not this run's (converted in `build_model`:
+        `repatch_state` for a finer patch, then `deepen_state` for more blocks); None when it loads as it is."""
+        if self.init_from is None or not isinstance(self.model_cfg, DiTConfig):
+            return None
         stored = from_dict(DiTConfig, load_config(self.init_from, "dit"), where=f"{self.init_from}/dit.json")
-        return stored if tuple(stored.patch) != tuple(self.model_cfg.patch) else None
+        same = (tuple(stored.patch), stored.depth) == (tuple(self.model_cfg.patch), self.model_cfg.depth)
+        return None if same else stored
 
     def build_model(self) -> nn.Module:
         if getattr(self.model_cfg, "backbone", "dit") == "unet":  # the 3D U-Net baseline (scaling study)
@@ -135,8 +140,11 @@ class DiTTask:
         model = DiT(self.model_cfg)
         if self.init_from is not None:
             state, _ = load_weights(self.init_from, "dit")
-            if self.init_patch_config is not None:
-                state = repatch_state(state, self.init_patch_config, self.model_cfg)
+            stored = self.init_config
+            if stored is not None and tuple(stored.patch) != tuple(self.model_cfg.patch):
+                state = repatch_state(state, stored, self.model_cfg)
+            if stored is not None and stored.depth != self.model_cfg.depth:
+                state = deepen_state(state, stored, self.model_cfg.depth)
             load_widened(model, state, where=f"{self.init_from}/dit.safetensors")
         return model
 
