@@ -386,7 +386,7 @@ def test_dit_train_continues_a_model_with_more_blocks(tiny_model_dir, tiny_laten
     with torch.no_grad():
         assert torch.allclose(model(x, t, text, mask), original(x, t, text, mask), atol=1e-5)
     assert len(model.blocks) == stored.depth + 2
-    with pytest.raises(ValueError, match="at least as many blocks"):
+    with pytest.raises(ValueError, match="dit.json: a model of depth .* at least as many blocks"):
         fewer = dataclasses.replace(cfg, depth=stored.depth - 1)
         DiTTask(data, fewer, FlowObjective(), batch_size=2, init_from=tiny_model_dir).build_model()
 

@@ -18,7 +18,7 @@ from kinema.config import from_dict, to_dict
 from kinema.data.buckets import batch_indices, bucket_batch_indices
 from kinema.data.latents import LatentDataset
 from kinema.diffusion.objectives import LossWeight, Objective, latent_foreground_weight
-from kinema.dit.model import DiT, DiTConfig, deepen_state, finer_position_scale, repatch_state
+from kinema.dit.model import DiT, DiTConfig, deepen_state, deeper_block_sources, finer_position_scale, repatch_state
 from kinema.io.weights import load_config, load_weights, save_weights
 from kinema.layers.attention import kept_cross_attention
 from kinema.model_index import model_index_for, write_model_index
@@ -118,6 +118,11 @@ class DiTTask:
         if stored is not None and tuple(stored.patch) != tuple(self.model_cfg.patch):  # continued on finer patches
             scale = finer_position_scale(stored, self.model_cfg.patch)  # raises unless it divides
             self.model_cfg = dataclasses.replace(self.model_cfg, position_scale=scale)
+        if stored is not None and stored.depth != self.model_cfg.depth:  # continued with more blocks
+            try:
+                deeper_block_sources(stored.depth, self.model_cfg.depth)
+            except ValueError as e:
+                raise ValueError(f"{self.init_from}/dit.json: {e}") from e
         text_dim = self.data.meta.get("text_dim")
         if text_dim and text_dim != self.model_cfg.text_dim:  # the text width is the cache's text encoder's
             self.model_cfg = dataclasses.replace(self.model_cfg, text_dim=text_dim)
