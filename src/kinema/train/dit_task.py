@@ -115,7 +115,7 @@ class DiTTask:
                              f"(a text encoder named '...{CLAUSES}', e.g. `kinema vae encode --text-encoder "
                              f"minilm:0,6{CLAUSES}`)")
         stored = self.init_config
-        if stored is not None and tuple(stored.patch) != tuple(self.model_cfg.patch):  # continued on finer patches
+        if stored is not None and stored.patch != self.model_cfg.patch:  # continued on finer patches
             scale = finer_position_scale(stored, self.model_cfg.patch)  # raises unless it divides
             self.model_cfg = dataclasses.replace(self.model_cfg, position_scale=scale)
         if stored is not None and stored.depth != self.model_cfg.depth:  # continued with more blocks
@@ -129,13 +129,11 @@ class DiTTask:
 
     @cached_property
     def init_config(self) -> DiTConfig | None:
-        """The init_from model's config when its patch or depth is not this run's (converted in `build_model`:
-        `repatch_state` for a finer patch, then `deepen_state` for more blocks); None when it loads as it is."""
+        """The init_from model's config (None without one): where its patch or depth is not this run's,
+        `build_model` converts its weights (`repatch_state` for a finer patch, then `deepen_state` for more blocks)."""
         if self.init_from is None or not isinstance(self.model_cfg, DiTConfig):
             return None
-        stored = from_dict(DiTConfig, load_config(self.init_from, "dit"), where=f"{self.init_from}/dit.json")
-        same = (tuple(stored.patch), stored.depth) == (tuple(self.model_cfg.patch), self.model_cfg.depth)
-        return None if same else stored
+        return from_dict(DiTConfig, load_config(self.init_from, "dit"), where=f"{self.init_from}/dit.json")
 
     def build_model(self) -> nn.Module:
         if getattr(self.model_cfg, "backbone", "dit") == "unet":  # the 3D U-Net baseline (scaling study)
@@ -146,7 +144,7 @@ class DiTTask:
         if self.init_from is not None:
             state, _ = load_weights(self.init_from, "dit")
             stored = self.init_config
-            if stored is not None and tuple(stored.patch) != tuple(self.model_cfg.patch):
+            if stored is not None and stored.patch != self.model_cfg.patch:
                 state = repatch_state(state, stored, self.model_cfg)
             if stored is not None and stored.depth != self.model_cfg.depth:
                 state = deepen_state(state, stored, self.model_cfg.depth)
