@@ -211,7 +211,30 @@ def test_unread_flags_a_sample_with_an_object_no_token_reads():
     assert unread(maps).tolist() == [False, True, False]
 
 
-def test_watch_presence_reads_the_maps_of_the_call_at_its_level_and_averages_the_noises(clause_pipe, monkeypatch):
+def test_wrong_way_flags_an_object_whose_peak_travels_against_its_prompted_direction():
+    from kinema.dit.attention_guidance import wrong_way
+
+    def track(cols):  # one object's maps over len(cols) frames: a blob at row 1, column cols[i] in frame i
+        maps = torch.full((len(cols), 4, 4), 0.001)
+        for f, c in enumerate(cols):
+            maps[f, 1, c] = 0.2
+        return maps
+
+    left, right, still = track([3, 2, 1, 0]), track([0, 1, 2, 3]), track([1, 1, 1, 1])
+    times = [0.0, 2.5, 6.5, 10.5]  # uneven latent frame centres, as a causal VAE gives
+    go_left, stay = ObjectMotion((0.0, -0.5)), ObjectMotion((0.0, 0.0))  # (dy, dx) tokens per pixel frame
+    maps = torch.stack([torch.stack([left, still]), torch.stack([right, still]), torch.stack([still, right]),
+                        torch.stack([track([3, 2, 1, 1]), still])])  # (B=4, K=2, f, h, w)
+    # 0: goes left as asked; 1: goes right, asked left; 2: stays put (not against) while the still one moves (not
+    # a direction: not flagged); 3: goes left, then stops: along its direction on the whole, not flagged
+    assert wrong_way(maps, [go_left, stay], times).tolist() == [False, True, False, False]
+    assert wrong_way(maps, [None, None], times).tolist() == [False] * 4  # no motion prompted: nothing to judge
+    assert wrong_way(maps[:, :, :1], [go_left, stay], times[:1]).tolist() == [False] * 4  # one frame: no track
+    with pytest.raises(ValueError, match="1 motions"):
+        wrong_way(maps, [go_left], times)
+
+
+def test_watch_flaws_reads_the_maps_of_the_call_at_its_level_and_averages_the_noises(clause_pipe, monkeypatch):
     import kinema.dit.attention_guidance as ag
     from kinema.layers.patches import token_grid
 
@@ -226,36 +249,48 @@ def test_watch_presence_reads_the_maps_of_the_call_at_its_level_and_averages_the
         return clause_pipe.dit(x, t, text=text.expand(n, -1, -1), text_mask=mask.expand(n, -1))
 
     monkeypatch.setattr(ag, "unread", lambda maps: read.append(maps) or maps.flatten(1).sum(1) > 0)
-    fn, unread_in = ag.watch_presence(clause_pipe.dit, model_fn, tokens, level=0.5)
+    fn, flaws_in = ag.watch_flaws(clause_pipe.dit, model_fn, tokens, level=0.5)
     x = torch.randn(4, *clause_pipe.vae.cfg.latent_shape(5, 32, 32))  # 2 noises x 2 samples
     for level in (0.2, 0.9):
         assert fn(x, torch.full((4,), level)).shape == x.shape
-    assert unread_in(2).tolist() == [False, False] and not read  # no call at 0.5 yet: nothing read, nothing flagged
+    assert flaws_in(2).tolist() == [0, 0] and not read  # no call at 0.5 yet: nothing read, nothing flagged
     fn(x, torch.full((4,), 0.5))
     assert calls == pytest.approx([0.2, 0.9, 0.5])
-    assert unread_in(2).tolist() == [True, True]
+    assert flaws_in(2).tolist() == [2, 2]  # unread: the worst flaw
     grid = token_grid(x.shape, clause_pipe.dit.cfg.patch)
     assert read[0].shape == (2, 2, *grid)  # the two noises averaged: one map per sample and object
-    _, unread_none = ag.watch_presence(clause_pipe.dit, model_fn, [], level=0.5)
-    assert unread_none(2).tolist() == [False, False]  # no object clauses: nothing to read
+    _, flaws_none = ag.watch_flaws(clause_pipe.dit, model_fn, [], level=0.5)
+    assert flaws_none(2).tolist() == [0, 0]  # no object clauses: nothing to read
+    # with motions: an object read everywhere but going the wrong way is flaw 1
+    monkeypatch.setattr(ag, "unread", lambda maps: torch.zeros(maps.shape[0], dtype=torch.bool))
+    monkeypatch.setattr(ag, "wrong_way", lambda maps, motions, times: torch.tensor([True, False]))
+    times = [sum(g) / len(g) for g in clause_pipe.vae.cfg.frame_groups(5)]
+    fn, flaws_in = ag.watch_flaws(clause_pipe.dit, model_fn, tokens, [ObjectMotion((0, -1)), None], times)
+    fn(x, torch.full((4,), 0.5))
+    assert flaws_in(2).tolist() == [1, 0]
+    with pytest.raises(ValueError, match="1 motions for 2 tokens"):
+        ag.watch_flaws(clause_pipe.dit, model_fn, tokens, [None], times)
 
 
-def test_the_judge_ranks_a_candidate_with_an_unread_object_last(clause_pipe, monkeypatch):
+def test_the_judge_ranks_a_flawed_candidate_last_and_tells_it_the_prompted_motions(clause_pipe, monkeypatch):
     import kinema.pipeline as pipeline
 
     prompt = "a red circle moving left and a blue square moving up, on a black background"
     judged = []
 
-    def watch(model, model_fn, tokens, *args, **kwargs):  # candidate 0 (the error's first choice) misses an object
-        judged.append(list(tokens))
-        return model_fn, lambda batch: torch.tensor([True] + [False] * (batch - 1))
+    def watch(model, model_fn, tokens, motions, frame_times, *args, **kwargs):  # candidate 0 (the error's choice)
+        judged.append((list(tokens), motions, frame_times))  # is flawed
+        return model_fn, lambda batch: torch.tensor([1] + [0] * (batch - 1))
 
     monkeypatch.setattr(pipeline, "denoising_error", lambda obj, fn, x, generator: torch.tensor([0.0, 1.0]))
     by_error = clause_pipe(prompt, steps=3, seed=1, candidates=2, attention_guidance=(0.5, 0.0))
-    monkeypatch.setattr(pipeline, "watch_presence", watch)
-    by_presence = clause_pipe(prompt, steps=3, seed=1, candidates=2, attention_guidance=(0.5, 0.0))
-    assert judged and len(judged[0]) == 2  # both object clauses read
-    assert not np.array_equal(by_error, by_presence)  # candidate 1 kept though its error is higher
+    monkeypatch.setattr(pipeline, "watch_flaws", watch)
+    by_flaws = clause_pipe(prompt, steps=3, seed=1, candidates=2, attention_guidance=(0.5, 0.0))
+    tokens, motions, times = judged[0]
+    assert len(tokens) == 2 and len(times) == clause_pipe.vae.cfg.latent_frames(clause_pipe.index.frames)
+    vy, vx = motions[0].velocity  # the red circle moves left, the blue square up
+    assert vx < 0 and vy == 0 and motions[1].velocity[0] < 0 and motions[1].velocity[1] == 0
+    assert not np.array_equal(by_error, by_flaws)  # candidate 1 kept though its error is higher
     monkeypatch.setattr(pipeline, "denoising_error", lambda obj, fn, x, generator: torch.tensor([1.0, 0.0]))
     assert np.array_equal(clause_pipe(prompt, steps=3, seed=1, candidates=2, attention_guidance=(0.5, 0.0)),
-                          by_presence)  # the same candidate 1: best by the error and read in full
+                          by_flaws)  # the same candidate 1: best by the error and without a flaw

@@ -30,7 +30,7 @@ from kinema.dit.attention_guidance import (
     attention_corrector,
     check_attention_guidance,
     has_cross_attention,
-    watch_presence,
+    watch_flaws,
 )
 from kinema.dit.model import DiT, DiTConfig
 from kinema.io.video import to_frames, to_tensor
@@ -307,16 +307,16 @@ class TextToVideoPipeline:
                     z = keep_given(z, kwargs["cond"], kwargs["cond_mask"])
                 return self.dit(z, t, **_batched({"text": text, "text_mask": mask, **kwargs}, z.shape[0]))
 
-            correct, clauses = None, []
+            correct, clauses, motions = None, [], []
+            frame_times = [sum(g) / len(g) for g in self.vae.cfg.frame_groups(frames)]  # latent frame centres
             if strength:  # steer the early steps by the conditional model's cross-attention to each object
                 clauses = self.object_clauses(prompt, mask)
                 if not clauses:
                     warnings.warn(f"attention guidance: no clause of {prompt!r} names one object the caption parser "
                                   "knows (shapes-world words); sampling without it", stacklevel=2)
-                frame_times = [sum(g) / len(g) for g in self.vae.cfg.frame_groups(frames)]  # latent frame centres
+                motions = [self.object_motion(o, height) for _, o in clauses]
                 correct = attention_corrector(self.dit, conditional, [p for p, _ in clauses], strength, until,
-                                              [self.object_motion(o, height) for _, o in clauses], frame_times,
-                                              motion)
+                                              motions, frame_times, motion)
 
             states: list[tuple[int, torch.Tensor]] = []  # K > 1: the states the callback will see, once judged
 
@@ -333,10 +333,11 @@ class TextToVideoPipeline:
             if candidates > 1:  # keep the candidate whose latent the prompt explains best (diffusion/fit.py)
                 judge = torch.Generator(device=self.device).manual_seed(seed)
                 # where the clause tokens are grounded (attention guidance on), the judge's pass at noise level 0.5
-                # also shows an object drawn nowhere; such candidates rank last (the error alone prefers them)
-                judged, unread_in = watch_presence(self.dit, conditional, [p for p, _ in clauses])
+                # also shows an object drawn nowhere or moving against its prompted direction; such candidates rank
+                # last (the error alone prefers a missing object: less to explain; it does not see directions)
+                judged, flaws_in = watch_flaws(self.dit, conditional, [p for p, _ in clauses], motions, frame_times)
                 errors = denoising_error(self.objective, judged, x, judge)
-                best = int((errors + 1e3 * unread_in(candidates).to(errors)).argmin())
+                best = int((errors + 1e3 * flaws_in(candidates).to(errors)).argmin())
                 x = x[best:best + 1]
                 for i, z in states:  # the kept candidate's own path
                     callback(i, self._first_frames(z[best:best + 1]))
