@@ -101,7 +101,7 @@ shapes-model-two: $(STAMP)
 	$(KINEMA) dit train --latents $(TWO_DATA) $(TWO_DIT) --init-from $(TWO)-36k --lr 2e-4 --steps 4000 \
 		--grounding-weight 0.1 --out $(TWO)-dit-40k
 	$(KINEMA) dit export --run $(TWO)-dit-40k --out $(TWO) --weights ema --fp16 $(SAMPLING) --attention-guidance 0.05 \
-		--steps 10 --candidates 2
+		--steps 10 --candidates 3
 	$(KINEMA) eval adherence --model $(TWO) --n 50 --out $(TWO)-adherence
 
 clean:
