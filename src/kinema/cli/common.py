@@ -190,10 +190,9 @@ def add_candidates_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=int, metavar="K",
                    help="sample K starting noises side by side and keep the clip the model itself judges closest to "
                    "the prompt (its conditional denoising error, diffusion/fit.py): on the bundled model's two-object "
-                   "prompts K = 3 (its default) is right in 87.4%% over eighteen prompt sets, K = 2 in 82.7%%, at ~1.9x and ~1.6x "
-                   "the time of one on a CPU; candidates "
-                   "with a prompted object drawn nowhere or moving the wrong way rank last (default: the model's, else "
-                   "1)")
+                   "prompts K = 3 (its default) is right in 87.4%% over eighteen prompt sets, K = 2 in 82.7%%, at "
+                   "~1.9x and ~1.6x the time of one on a CPU; candidates with a prompted object drawn nowhere or "
+                   "moving the wrong way rank last (default: the model's, else 1)")
 
 
 def eval_pipeline(args: argparse.Namespace):
