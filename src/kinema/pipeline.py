@@ -307,13 +307,13 @@ class TextToVideoPipeline:
                     z = keep_given(z, kwargs["cond"], kwargs["cond_mask"])
                 return self.dit(z, t, **_batched({"text": text, "text_mask": mask, **kwargs}, z.shape[0]))
 
-            correct, clauses, motions = None, [], []
-            frame_times = [sum(g) / len(g) for g in self.vae.cfg.frame_groups(frames)]  # latent frame centres
+            correct, clauses, motions, frame_times = None, [], [], []
             if strength:  # steer the early steps by the conditional model's cross-attention to each object
                 clauses = self.object_clauses(prompt, mask)
                 if not clauses:
                     warnings.warn(f"attention guidance: no clause of {prompt!r} names one object the caption parser "
                                   "knows (shapes-world words); sampling without it", stacklevel=2)
+                frame_times = [sum(g) / len(g) for g in self.vae.cfg.frame_groups(frames)]  # latent frame centres
                 motions = [self.object_motion(o, height) for _, o in clauses]
                 correct = attention_corrector(self.dit, conditional, [p for p, _ in clauses], strength, until,
                                               motions, frame_times, motion)

@@ -134,6 +134,20 @@ def _normalised(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return p, ys, xs
 
 
+def _check_tracks(what: str, maps: torch.Tensor, motions: Sequence, frame_times: Sequence[float]) -> None:
+    """A ValueError naming `what` unless there is one motion per object and one time per latent frame of `maps`."""
+    if len(motions) != maps.shape[1] or len(frame_times) != maps.shape[2]:
+        raise ValueError(f"{what}: {len(motions)} motions and {len(frame_times)} frame times for maps of "
+                         f"shape {tuple(maps.shape)} (B, K objects, f frames, h, w)")
+
+
+def _check_motions(what: str, motions: Sequence, tokens: Sequence[int], frame_times: Sequence[float] | None) -> None:
+    """A ValueError naming `what` unless there is one motion (or None) per clause token and the frame times."""
+    if len(motions) != len(tokens) or frame_times is None:
+        raise ValueError(f"{what}: {len(motions)} motions for {len(tokens)} tokens, frame_times {frame_times!r}; "
+                         "expected one motion (or None) per token and the frame times")
+
+
 def attention_guidance_loss(maps: torch.Tensor) -> torch.Tensor:
     """(B, K, f, h, w) clause maps -> (B,): excite + SPREAD_WEIGHT x spread, each a mean over objects and frames."""
     excite = (1 - maps.flatten(-2).amax(-1)).mean((1, 2))
@@ -146,9 +160,7 @@ def motion_loss(maps: torch.Tensor, motions: Sequence[ObjectMotion | None], fram
     each latent frame's centre -> (B,): the mean over the objects with a motion of the mean over consecutive latent
     frames of relu(0.5 x speed x dt - the peak's displacement along the direction) for a moving object, or the
     length of the displacement for a still one; 0 where no object has a motion or there is one latent frame."""
-    if len(motions) != maps.shape[1] or len(frame_times) != maps.shape[2]:
-        raise ValueError(f"motion_loss: {len(motions)} motions and {len(frame_times)} frame times for maps of "
-                         f"shape {tuple(maps.shape)} (B, K objects, f frames, h, w)")
+    _check_tracks("motion_loss", maps, motions, frame_times)
     moves = torch.diff(centroids(maps, PEAK_POWER), dim=2)  # (B, K, f - 1, 2) tokens
     dt = torch.diff(torch.tensor(frame_times, dtype=moves.dtype, device=moves.device))  # (f - 1,) pixel frames
     terms = []
@@ -178,9 +190,8 @@ def attention_corrector(model: nn.Module, model_fn: Callable[[torch.Tensor, torc
     or strength 0: x unchanged."""
     patch = tuple(model.cfg.patch)
     moving = motion_weight > 0 and motions is not None and any(m is not None for m in motions)
-    if moving and (len(motions) != len(tokens) or frame_times is None):
-        raise ValueError(f"attention_corrector: {len(motions)} motions for {len(tokens)} tokens, frame_times "
-                         f"{frame_times!r}; expected one motion (or None) per token and the frame times")
+    if moving:
+        _check_motions("attention_corrector", motions, tokens, frame_times)
 
     def loss(maps: torch.Tensor) -> torch.Tensor:
         total = attention_guidance_loss(maps)
@@ -215,9 +226,7 @@ def wrong_way(maps: torch.Tensor, motions: Sequence[ObjectMotion | None], frame_
     in pixel frames -> (B,) True where some object the prompt moves has its map's peak (the centroid of
     map**PEAK_POWER) travel against its prompted direction: the least-squares slope of the peak's track over the
     frame times, along the direction, below 0. Still objects and a single latent frame flag nothing."""
-    if len(motions) != maps.shape[1] or len(frame_times) != maps.shape[2]:
-        raise ValueError(f"wrong_way: {len(motions)} motions and {len(frame_times)} frame times for maps of "
-                         f"shape {tuple(maps.shape)} (B, K objects, f frames, h, w)")
+    _check_tracks("wrong_way", maps, motions, frame_times)
     flagged = torch.zeros(maps.shape[0], dtype=torch.bool, device=maps.device)
     if maps.shape[2] < 2:
         return flagged
@@ -243,9 +252,8 @@ def watch_flaws(model: nn.Module, model_fn: Callable[[torch.Tensor, torch.Tensor
     way (`wrong_way`, given `motions`, one per token, and `frame_times`), else 0, on those maps averaged over the
     noises batched with each sample ((noises x batch) rows, sample-minor); all 0 where no call was at `level` or
     there are no tokens. A judge ranks candidates by their flaws first, then by their error."""
-    if motions is not None and (len(motions) != len(tokens) or frame_times is None):
-        raise ValueError(f"watch_flaws: {len(motions)} motions for {len(tokens)} tokens, frame_times "
-                         f"{frame_times!r}; expected one motion (or None) per token and the frame times")
+    if motions is not None:
+        _check_motions("watch_flaws", motions, tokens, frame_times)
     patch = tuple(model.cfg.patch)
     kept_maps: list[torch.Tensor] = []
 
@@ -261,9 +269,9 @@ def watch_flaws(model: nn.Module, model_fn: Callable[[torch.Tensor, torch.Tensor
         if not kept_maps:
             return torch.zeros(batch, dtype=torch.long)
         maps = torch.cat(kept_maps).float().unflatten(0, (-1, batch)).mean(0)
-        flaws = 2 * unread(maps).long().cpu()
+        flaws = 2 * unread(maps).long()
         if motions is not None:
-            flaws = torch.maximum(flaws, wrong_way(maps, motions, frame_times).long().cpu())
+            flaws = torch.maximum(flaws, wrong_way(maps, motions, frame_times).long())
         return flaws
 
     return fn, flaws_in
