@@ -135,6 +135,28 @@ def test_retext_reuses_latents_and_reencodes_captions(tiny_latents, tmp_path):
         reencode_text(tiny_latents, tiny_latents, "minilm", progress=False)
 
 
+def test_repeated_captions_are_encoded_once_and_land_on_every_row(last_layer):
+    from kinema.encode import encode_texts
+
+    calls = []
+
+    def counting(texts):
+        calls.extend(texts)
+        return last_layer(texts)
+
+    captions = [{"short": PROMPTS[i % 2][:20 + 9 * (i % 2)], "detailed": PROMPTS[i % 2]} for i in range(5)]
+    out = encode_texts(counting, captions, ["short", "detailed"], batch_size=2)
+    assert sorted(calls) == sorted({c[lv] for c in captions for lv in ("short", "detailed")})  # 4 encodes, not 10
+    for level in ("short", "detailed"):
+        text, mask = out[f"text.{level}"], out[f"mask.{level}"]
+        assert text.shape[0] == mask.shape[0] == 5
+        for i, c in enumerate(captions):
+            alone, alone_mask = last_layer([c[level]])
+            n = int(alone_mask.sum())
+            assert torch.equal(mask[i, :n], alone_mask[0]) and not mask[i, n:].any()
+            assert torch.allclose(text[i, :n].float(), alone[0, :n], rtol=1e-2, atol=1e-2)  # stored in bf16
+
+
 def test_a_wider_text_input_starts_where_the_narrow_model_was():
     from dataclasses import replace
 

@@ -75,15 +75,19 @@ def _encode_rows(vae, text_encoder, ds: ShardDataset, rows: list[int], batch_siz
 @torch.no_grad()
 def encode_texts(text_encoder, captions: list[dict[str, str]], levels: list[str],
                  batch_size: int) -> dict[str, torch.Tensor]:
-    """text.{level} (n, L, D) bf16 and mask.{level} (n, L) for each clip's captions, in order."""
+    """text.{level} (n, L, D) bf16 and mask.{level} (n, L) for each clip's captions, in order. Each distinct
+    caption is encoded once (a level like `short` has a few dozen among thousands of clips)."""
     out = {}
     for level in levels:
-        parts = [text_encoder([c[level] for c in captions[s:s + batch_size]])
-                 for s in range(0, len(captions), batch_size)]
+        texts = [c[level] for c in captions]
+        unique = list(dict.fromkeys(texts))  # first-seen order
+        parts = [text_encoder(unique[s:s + batch_size]) for s in range(0, len(unique), batch_size)]
         if parts:
             length = max(t.shape[1] for t, _ in parts)
-            out[f"text.{level}"] = torch.cat([pad_to(t, length).to(torch.bfloat16) for t, _ in parts])
-            out[f"mask.{level}"] = torch.cat([pad_to(m, length) for _, m in parts])
+            slot = {text: i for i, text in enumerate(unique)}
+            rows = torch.tensor([slot[text] for text in texts])
+            out[f"text.{level}"] = torch.cat([pad_to(t, length).to(torch.bfloat16) for t, _ in parts])[rows]
+            out[f"mask.{level}"] = torch.cat([pad_to(m, length) for _, m in parts])[rows]
     return out
 
 
