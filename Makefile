@@ -44,12 +44,12 @@ lint: $(STAMP)
 # DiT 31), about 90 core-minutes; hosts without AMX take longer (kinema.precision). A last stage (6000 steps, about
 # 16 wall minutes more) trains on the freely phrased caption level as well, for paraphrased prompts. v6, the
 # bundled model until session 35, is this recipe on a VAE trained 12000 steps without the weight: `make shapes-model
-# VAE_STEPS=12000 VAE_FG=0 NOISE=0.8` (single-object 99%, paraphrase 91.5% over four prompt sets). It draws one object, so
-# two-object prompts fail; the bundled model now (v7) is `make shapes-model-two`, below. Every step resumes, so
-# running it again continues where it stopped. Those numbers were measured at the default training noise centre
-# (0.8, `NOISE=0.8`); the DiT now trains at 1.4 (session 44: on the 2-core EPYC with AVX512-BF16, no AMX, where every stage runs
-# about twice as long, the hour's DiT reaches 79% single-object instead of 64% in 59 wall minutes, and 82-85% instead
-# of 75-83% at 66-74 minutes).
+# VAE_STEPS=12000 VAE_FG=0 NOISE=0.8` (single-object 99%, paraphrase 91.5% over four prompt sets). It draws one
+# object, so two-object prompts fail; the bundled model now (v7) is `make shapes-model-two`, below. Every step
+# resumes, so running it again continues where it stopped. Those numbers were measured at the default training
+# noise centre (0.8, `NOISE=0.8`); the DiT now trains at 1.4 (session 44: on the 2-core EPYC with AVX512-BF16, no
+# AMX, where every stage runs about twice as long, the hour's DiT reaches 79% single-object instead of 64% in 59 wall
+# minutes, and 82-85% instead of 75-83% at 66-74 minutes).
 KINEMA    := .venv/bin/kinema
 MODEL     ?= runs/shapes-model
 VAE_STEPS ?= 6000
