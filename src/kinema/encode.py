@@ -80,11 +80,11 @@ def encode_texts(text_encoder, captions: list[dict[str, str]], levels: list[str]
     out = {}
     for level in levels:
         texts = [c[level] for c in captions]
-        unique = list(dict.fromkeys(texts))  # first-seen order
+        slot = {text: i for i, text in enumerate(dict.fromkeys(texts))}  # distinct captions, first-seen order
+        unique = list(slot)
         parts = [text_encoder(unique[s:s + batch_size]) for s in range(0, len(unique), batch_size)]
         if parts:
             length = max(t.shape[1] for t, _ in parts)
-            slot = {text: i for i, text in enumerate(unique)}
             rows = torch.tensor([slot[text] for text in texts])
             out[f"text.{level}"] = torch.cat([pad_to(t, length).to(torch.bfloat16) for t, _ in parts])[rows]
             out[f"mask.{level}"] = torch.cat([pad_to(m, length) for _, m in parts])[rows]
