@@ -171,3 +171,44 @@ def test_dit_train_caption_mix_flag(tiny_latents, tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert main([*base, "--caption-mix", "recaption=1", "--out", str(tmp_path / "bad")]) == 2
     assert "has no captions of level ['recaption']" in capsys.readouterr().err
+
+
+def test_foreground_weight_counts_from_its_step_on(tiny_latents, tmp_path):
+    """--foreground-from: before that step the loss is the plain one, from it the weighted one, batch for batch;
+    the step is part of the run's identity (saved in its config) only when set."""
+    from kinema.cli import main
+    from kinema.diffusion.objectives import FlowObjective
+    from kinema.presets import DIT_PRESETS
+    from kinema.train.distributed import DistInfo
+    from kinema.train.dit_task import DiTTask
+
+    data = LatentDataset(tiny_latents)
+    objective = FlowObjective(prediction="x0")
+
+    def task(**kw) -> DiTTask:
+        return DiTTask(data, DIT_PRESETS["tiny"](), objective, batch_size=2, **kw)
+
+    late, plain, always = task(foreground_weight=9.0, foreground_from=3), task(), task(foreground_weight=9.0)
+    torch.manual_seed(0)
+    model = late.build_model()
+
+    def loss(t: DiTTask, step: int) -> torch.Tensor:
+        batch = t.batch(step, 0, DistInfo())
+        x0 = torch.full_like(batch["x0"], 0.3)  # a flat background with one object: (B, C, F, H, W)
+        x0[..., :2, :2] = 2.0
+        return t.loss(model, batch | {"x0": x0}, torch.Generator().manual_seed(step))[0]
+
+    for step in (0, 2):
+        assert not late.batch(step, 0, DistInfo())["foreground"]
+        assert torch.equal(loss(late, step), loss(plain, step))
+    for step in (3, 5):
+        assert torch.equal(loss(late, step), loss(always, step))
+    assert not torch.equal(loss(late, 3), loss(plain, 3))  # the weight is on: it changes the loss
+    assert late.model_config()["foreground_from"] == 3 and "foreground_from" not in always.model_config()
+    with pytest.raises(ValueError, match="foreground_from"):
+        task(foreground_weight=9.0, foreground_from=-1)
+    main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--foreground-weight", "4",
+          "--foreground-from", "1", "--steps", "2", "--batch-size", "2", "--sample-every", "0",
+          "--out", str(tmp_path / "run")])
+    model_cfg = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert (model_cfg["foreground_weight"], model_cfg["foreground_from"]) == (4.0, 1)

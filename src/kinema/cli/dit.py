@@ -43,7 +43,8 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
     task = DiTTask(data, model_cfg, objective, cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
                    vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None,
                    init_from=Path(args.init_from) if args.init_from else None, foreground_weight=args.foreground_weight,
-                   foreground_of=args.foreground_of, grounding_weight=args.grounding_weight,
+                   foreground_of=args.foreground_of, foreground_from=args.foreground_from,
+                   grounding_weight=args.grounding_weight,
                    **({"caption_mix": _check_mix(args.caption_mix, data)} if args.caption_mix else {}))
     _plan_or_refuse(args, cfg, data, task.model_cfg)  # the model it trains: overrides and the text width
     result = train(task, cfg, args.out)
@@ -250,6 +251,9 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--foreground-of", choices=["clip", "either"], default="clip", help="whose objects "
                    "--foreground-weight weights: the clip's, or also those the model drew where the clip has none "
                    "(either: an extra copy then costs what a missing object does)")
+    p.add_argument("--foreground-from", type=int, default=0, metavar="STEP", help="--foreground-weight counts "
+                   "from this step on (default 0: every step); on the shapes hour, weighting the objects from the "
+                   "middle of the run sharpened small shapes, from the start it did not")
     p.add_argument("--grounding-weight", type=float, default=0.0, metavar="W", help="add W x a cross-attention "
                    "grounding loss (TokenCompose): each object's clause token should be read by the video tokens "
                    "where that object is (needs a cache of clause tokens, text encoder '...+clauses', made from a "
