@@ -297,3 +297,17 @@ def test_vae_train_cli_fine_tunes_a_vae_folder(tiny_dataset, tiny_vae_dir, tmp_p
     assert config["vae"] == json.loads((tiny_vae_dir / "vae.json").read_text())
     assert config["loss"]["edge_weight"] == 0.5 and config["init_from"]["decoder_only"] is True
     assert config["loss"]["foreground_weight"] == 3.0
+
+
+def test_the_lite_shapes_preset_keeps_the_latent_and_narrows_the_deepest_stage():
+    """shapes-s4c8-lite (the from-scratch hour's VAE) encodes to the same latent shape as shapes-s4c8, with 64
+    channels instead of 128 at the deepest stage, so a DiT recipe moves between them unchanged."""
+    from kinema.presets import VAE_PRESETS, VAE_TRAIN, lookup
+
+    full, lite = (lookup(VAE_PRESETS, name, "vae") for name in ("shapes-s4c8", "shapes-s4c8-lite"))
+    assert (full.channels, lite.channels) == ([32, 64, 128], [32, 64, 64])
+    assert lite.latent_shape(17, 64, 64) == full.latent_shape(17, 64, 64) == (8, 5, 16, 16)
+    model = VideoVAE(lite)
+    assert model.encode(torch.zeros(1, 3, 9, 16, 16)).shape == (1, 8, 3, 4, 4)
+    assert sum(p.numel() for p in model.parameters()) < 0.4 * sum(p.numel() for p in VideoVAE(full).parameters())
+    assert lookup(VAE_TRAIN, "shapes-s4c8-lite", "vae") == lookup(VAE_TRAIN, "shapes-s4c8", "vae")
