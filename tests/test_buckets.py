@@ -207,6 +207,8 @@ def test_foreground_weight_counts_from_its_step_on(tiny_latents, tmp_path):
     assert late.model_config()["foreground_from"] == 3 and "foreground_from" not in always.model_config()
     with pytest.raises(ValueError, match="foreground_from"):
         task(foreground_weight=9.0, foreground_from=-1)
+    with pytest.raises(ValueError, match="no foreground_weight"):
+        task(foreground_from=3)
     main(["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--foreground-weight", "4",
           "--foreground-from", "1", "--steps", "2", "--batch-size", "2", "--sample-every", "0",
           "--out", str(tmp_path / "run")])

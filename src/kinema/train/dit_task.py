@@ -110,6 +110,9 @@ class DiTTask:
     def __post_init__(self) -> None:
         if self.foreground_from < 0:
             raise ValueError(f"foreground_from: {self.foreground_from}; expected a step >= 0")
+        if self.foreground_from and not self.foreground_weight:
+            raise ValueError(f"foreground_from: {self.foreground_from} with no foreground_weight; the step says when "
+                             f"the weight starts (e.g. `--foreground-weight 4 --foreground-from 3000`)")
         if self.foreground_of not in ("clip", "either"):
             raise ValueError(f"foreground_of: {self.foreground_of!r}; expected 'clip' or 'either'")
         if self.grounding_weight and getattr(self.model_cfg, "joint_attention", True):
