@@ -252,8 +252,7 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
                    "--foreground-weight weights: the clip's, or also those the model drew where the clip has none "
                    "(either: an extra copy then costs what a missing object does)")
     p.add_argument("--foreground-from", type=int, default=0, metavar="STEP", help="--foreground-weight counts "
-                   "from this step on (default 0: every step); on the shapes hour, weighting the objects from the "
-                   "middle of the run sharpened small shapes, from the start it did not")
+                   "from this step on (default 0: every step), e.g. once layout and motion are learned")
     p.add_argument("--grounding-weight", type=float, default=0.0, metavar="W", help="add W x a cross-attention "
                    "grounding loss (TokenCompose): each object's clause token should be read by the video tokens "
                    "where that object is (needs a cache of clause tokens, text encoder '...+clauses', made from a "

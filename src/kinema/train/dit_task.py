@@ -94,9 +94,9 @@ class DiTTask:
     cond_prob: float = 0.3  # share of samples trained with some frames given
     foreground_weight: float = 0.0  # extra loss weight on object positions (latent_foreground_weight); 0: none
     foreground_of: str = "clip"  # whose objects: "clip" (the clip's), or "either" (also where the model drew one)
-    # the step from which foreground_weight counts (0: every step). Weighting the objects from the start did not
-    # pay in the hour; from its middle on, once layout and motion are learned, it sharpened small shapes
-    # (docs/experiments/learning-efficiency.md, session 45)
+    # the step from which foreground_weight counts (0: every step): e.g. once layout and motion are learned
+    # (docs/experiments/learning-efficiency.md, session 45: from the hour's middle +6.5 points on one latent, -1 on
+    # another; from its start -2)
     foreground_from: int = 0
     # weight of the cross-attention grounding loss (train.grounding: each object's clause token read where that
     # object is; needs clause tokens and a shapes-world source with scenes); 0: none
