@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from kinema.config import TrainConfig
 from kinema.dit.model import DiTConfig
 from kinema.vae.model import VAEConfig
@@ -41,8 +43,7 @@ def vae_shapes_s4c8_lite() -> VAEConfig:
     """shapes-s4c8 with 64 channels instead of 128 at the deepest stage (2.0M parameters instead of 5.4M): 1.75x
     fewer FLOPs, 1.28x faster to train on a 2-core EPYC, probe ceiling 98.4% single-object; the from-scratch hour's
     VAE (docs/experiments/learning-efficiency.md, session 45)."""
-    return VAEConfig(latent_channels=8, spatial_compression=4, temporal_compression=4, base_channels=32,
-                     max_channel_mult=2)
+    return dataclasses.replace(vae_shapes_s4c8(), max_channel_mult=2)
 
 
 VAE_PRESETS = {"tiny": vae_tiny, "shapes": vae_shapes, "shapes-s4": vae_shapes_s4, "shapes-s4c8": vae_shapes_s4c8,
