@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import signal
@@ -245,3 +246,91 @@ def test_a_stopped_run_exports_its_latest_checkpoint_as_a_model_folder(tiny_late
     assert np.array_equal(tuned, mid("a red circle moving left", steps=3, guidance=4.0, sampler="euler-a",
                                      guidance_interval=(0.0, 0.8), seed=0))
     assert not np.array_equal(tuned, mid("a red circle moving left", steps=3, guidance=4.0, seed=0))
+
+
+class _ClockedTask:
+    """A linear model whose every loss call advances a fake clock by `seconds_per_step` (loop._clock reads it);
+    optionally stops the process-like run by raising at a step."""
+
+    name = "toy"
+
+    def __init__(self, clock: list[float], seconds_per_step: float, stop_at: int | None = None):
+        self.clock, self.seconds_per_step, self.stop_at, self.calls = clock, seconds_per_step, stop_at, 0
+
+    def build_model(self):
+        return torch.nn.Linear(4, 4)
+
+    def model_config(self):
+        return {"toy": 4}
+
+    def batch(self, step, micro, info):
+        if step == self.stop_at:
+            raise KeyboardInterrupt
+        return torch.randn(8, 4, generator=torch.Generator().manual_seed(step))
+
+    def loss(self, model, batch, generator):
+        self.clock[0] += self.seconds_per_step
+        return (model(batch) - batch).pow(2).mean(), {}
+
+    def samples(self, model, step, out_dir):
+        return []
+
+    def start(self, out_dir):
+        pass
+
+    def export(self, state_dict, out_dir):
+        return out_dir
+
+    def tokens_per_sample(self):
+        return 1
+
+
+def test_a_time_budget_sizes_the_run_when_warmup_ends_and_a_resume_keeps_that_length(tmp_path, monkeypatch):
+    from kinema.train import loop
+
+    clock = [0.0]
+    monkeypatch.setattr(loop, "_clock", lambda: clock[0])
+    cfg = TrainConfig(steps=10**9, minutes=1.0, warmup_steps=10, batch_size=8, log_every=5, ckpt_every=20, lr=1e-2)
+    # 1 s a step: 10 s of warmup leave 50 s, so 60 steps, and the cosine reaches its floor at the last one
+    result = loop.train(_ClockedTask(clock, 1.0), cfg, tmp_path / "straight", progress=False)
+    assert result.step == 60
+    assert json.loads((tmp_path / "straight" / "config.json").read_text())["train"]["steps"] == 60
+    assert lr_at(59, TrainConfig(steps=60, lr=1e-2, warmup_steps=10)) == pytest.approx(1e-3, rel=0.02)
+
+    # stopped after its checkpoint at step 20, resumed on a machine twice as slow: still 60 steps, the same weights
+    clock[0] = 0.0
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(_ClockedTask(clock, 1.0, stop_at=25), cfg, tmp_path / "stopped", progress=False)
+    assert loop.train(_ClockedTask(clock, 2.0), cfg, tmp_path / "stopped", progress=False).step == 60
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "step-0000060.safetensors")
+    b = load_checkpoint(tmp_path / "stopped" / "checkpoints" / "step-0000060.safetensors")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+    # stopped during warmup (checkpoint at step 4, 4 s spent): the time already spent still counts
+    clock[0] = 0.0
+    early = dataclasses.replace(cfg, ckpt_every=4)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(_ClockedTask(clock, 1.0, stop_at=6), early, tmp_path / "early", progress=False)
+    assert loop.train(_ClockedTask(clock, 1.0), early, tmp_path / "early", progress=False).step == 60
+
+    # a slower machine fits fewer steps; --steps stays a cap; a spent budget ends the run when warmup does
+    clock[0] = 0.0
+    assert loop.train(_ClockedTask(clock, 2.0), cfg, tmp_path / "slow", progress=False).step == 30
+    capped = dataclasses.replace(cfg, steps=40)
+    assert loop.train(_ClockedTask(clock, 1.0), capped, tmp_path / "capped", progress=False).step == 40
+    assert loop.train(_ClockedTask(clock, 7.0), cfg, tmp_path / "spent", progress=False).step == 10
+
+
+def test_a_time_budget_needs_a_warmup_to_measure_the_rate():
+    with pytest.raises(ValueError, match="warmup_steps >= 2"):
+        TrainConfig(minutes=5, warmup_steps=0)
+    with pytest.raises(ValueError, match="budget must be > 0"):
+        TrainConfig(minutes=-1)
+
+
+def test_dit_train_minutes_sizes_the_run_from_the_command_line(tiny_latents, tmp_path):
+    cmd = [*_train_cmd(tiny_latents, tmp_path, 40), "--minutes", "0.5"]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    train = json.loads((tmp_path / "config.json").read_text())["train"]
+    assert train["minutes"] == 0.5 and train["steps"] <= 40  # sized, and --steps is the cap
+    assert f"trained to step {train['steps']}," in done.stdout and "minutes fit" in done.stdout

@@ -84,6 +84,9 @@ class TrainConfig:
     parallel: str = "auto"  # auto (DDP when torchrun), ddp, fsdp, none
     compile: bool = False
     activation_checkpointing: bool = False
+    # > 0: a wall-clock budget for the run; its length is sized at the end of LR warmup from the rate measured
+    # there, so the cosine ends with the budget (train/loop.py, StepBudget), and `steps` is only a cap
+    minutes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -96,3 +99,7 @@ class TrainConfig:
         check_bf16_setting(self.bf16, "TrainConfig.bf16")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.minutes < 0 or self.minutes > 0 and self.warmup_steps < 2:
+            raise ValueError(f"TrainConfig: minutes = {self.minutes} with warmup_steps = {self.warmup_steps}; a time "
+                             "budget must be > 0 and needs warmup_steps >= 2 (the run's length is sized from the "
+                             "rate measured during warmup)")

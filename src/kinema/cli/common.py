@@ -108,6 +108,9 @@ def parse_attention_guidance(text: str) -> tuple[float, float, float]:
                                          ) from None
 
 
+UNCAPPED_STEPS = 10**9  # --minutes without --steps
+
+
 def train_config(preset, args: argparse.Namespace):
     """The preset's TrainConfig with the flags the user gave on top."""
     import dataclasses
@@ -115,6 +118,9 @@ def train_config(preset, args: argparse.Namespace):
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "warmup_steps", "seed", "grad_accum",
                                                 "ckpt_every", "sample_every", "parallel", "grad_clip")
                  if getattr(args, k, None) is not None}
+    if getattr(args, "minutes", None) is not None:
+        overrides["minutes"] = args.minutes
+        overrides.setdefault("steps", UNCAPPED_STEPS)  # the budget sizes the run; --steps given stays a cap
     if getattr(args, "bf16", None) is not None:
         overrides["bf16"] = args.bf16
     if getattr(args, "compile", False):
@@ -128,6 +134,9 @@ def add_train_flags(p: argparse.ArgumentParser, presets: list[str], default: str
     p.add_argument("--preset", choices=presets, default=default)
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, samples, weights")
     p.add_argument("--steps", type=int)
+    p.add_argument("--minutes", type=float, help="train for this many wall-clock minutes: the run's length is sized "
+                   "when LR warmup ends, from the rate measured there, so the cosine ends with the budget (a resumed "
+                   "run keeps that length; with --steps, at most that many)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--grad-accum", type=int)
     p.add_argument("--lr", type=float)

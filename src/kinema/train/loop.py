@@ -11,6 +11,7 @@ resumed ends bit-identical to one that never stopped (tests/test_train_loop.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -65,6 +66,50 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+class StepBudget:
+    """A run's length from a wall-clock budget (TrainConfig.minutes). It is sized once, when LR warmup ends (the
+    schedule does not depend on the length before then), from the rate measured over warmup's later four fifths
+    (the first steps carry compilation), so the cosine decays to its floor as the budget runs out. Checkpoints
+    keep the sized length, or before sizing the time already spent, so a resumed run ends where an uninterrupted
+    one would have; `steps` stays a cap."""
+
+    def __init__(self, cfg: TrainConfig, start: int, saved: dict | None) -> None:
+        saved = saved or {}
+        self.enabled = cfg.minutes > 0
+        self.steps = int(saved.get("sized_steps", 0)) if self.enabled else cfg.steps  # 0: not sized yet
+        self.spent_before = float(saved.get("elapsed_s", 0.0))
+        self.t0 = _clock()
+        self.window_start = max(start, start + (cfg.warmup_steps - start) // 5)
+        self.t_window = self.t0
+        self.rate = float("nan")
+
+    @property
+    def sized(self) -> bool:
+        return self.steps > 0
+
+    def elapsed(self) -> float:
+        return self.spent_before + _clock() - self.t0
+
+    def after_step(self, done: int, cfg: TrainConfig, info: D.DistInfo) -> bool:
+        """Called after every step; True at the step that sizes the run (then `steps` holds its length)."""
+        if self.sized:
+            return False
+        if done == self.window_start:
+            self.t_window = _clock()
+        if done < cfg.warmup_steps:
+            return False
+        self.rate = (done - self.window_start) / max(_clock() - self.t_window, 1e-9)  # steps per second
+        fits = done + max(0, int((cfg.minutes * 60 - self.elapsed()) * self.rate))
+        self.steps = max(done, min(cfg.steps, round(D.mean_across(info, float(fits)))))  # every rank the same
+        return True
+
+    def state(self) -> dict:
+        return {"sized_steps": self.steps, "elapsed_s": self.elapsed()}
+
+
+_clock = time.perf_counter  # the budget's clock (tests replace it)
+
+
 def step_generator(cfg: TrainConfig, step: int, micro: int, info: D.DistInfo) -> torch.Generator:
     """The noise source of one micro-batch: a pure function of its global index, so 1 process with
     gradient accumulation N and N processes without draw the very same noise for the same samples."""
@@ -96,7 +141,7 @@ def _load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, state: d
         opt.load_state_dict(state)
 
 
-def _save(path: Path, model, opt, ema, step, cfg, task, mode, info) -> None:
+def _save(path: Path, model, opt, ema, step, cfg, task, mode, info, budget: StepBudget) -> None:
     states = {
         "model": full_state_dict(model, mode),
         "optimizer": _optimizer_state(model, opt, mode),
@@ -105,6 +150,7 @@ def _save(path: Path, model, opt, ema, step, cfg, task, mode, info) -> None:
         "rng": {"torch": torch.get_rng_state()},
         "data": {"samples_seen": step * cfg.batch_size * cfg.grad_accum * info.world_size},
         "config": {"task": task.name, "model": task.model_config(), "train": to_dict(cfg)},
+        **({"budget": budget.state()} if budget.enabled else {}),
     }
     if info.is_main:
         save_checkpoint(path, states)
@@ -177,21 +223,28 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, progress: bool = Tr
             ema.updates = ckpt["step"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         start = ckpt["step"]
+    budget = StepBudget(cfg, start, ckpt.get("budget") if ckpt else None)
+    if budget.enabled and budget.sized:  # a resumed run keeps the length it was sized to
+        cfg = dataclasses.replace(cfg, steps=budget.steps)
 
     # 3. steps
     bf16 = use_bf16(cfg.bf16, info.device)  # "auto": only where bf16 is fast (precision.py)
     per_step = cfg.batch_size * cfg.grad_accum * info.world_size
     log_path = out_dir / "metrics.jsonl"
+
+    def write_config() -> None:
+        (out_dir / "config.json").write_text(json.dumps({"task": task.name, "model": task.model_config(),
+                                                         "train": to_dict(cfg), "bf16": bf16}, indent=2))
+
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         drop_logged_after(log_path, start)  # steps logged after the checkpoint we resume from are run again
-        (out_dir / "config.json").write_text(json.dumps({"task": task.name, "model": task.model_config(),
-                                                         "train": to_dict(cfg), "bf16": bf16}, indent=2))
+        write_config()
         task.start(out_dir)
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {task.name}", disable=not (progress and info.is_main),
-               dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps if budget.sized else None, initial=start, desc=f"train {task.name}",
+               disable=not (progress and info.is_main), dynamic_ncols=True)
     loss_value, t_last, step = float("nan"), time.perf_counter(), start
-    for step in range(start, cfg.steps):
+    while step < cfg.steps:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         model.train()
@@ -214,6 +267,13 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, progress: bool = Tr
         if ema:
             ema.update(model)
         done = step + 1
+        if budget.after_step(done, cfg, info):
+            cfg = dataclasses.replace(cfg, steps=budget.steps)
+            bar.total = cfg.steps
+            if info.is_main:
+                write_config()
+                bar.write(f"{out_dir}: {cfg.minutes:g} minutes fit {cfg.steps} steps ({budget.rate:.2f} steps/s "
+                          f"over warmup, {budget.elapsed() / 60:.1f} minutes spent)")
 
         # 4. log, checkpoint, sample
         if done % cfg.log_every == 0 or done == cfg.steps:
@@ -230,11 +290,12 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, progress: bool = Tr
             bar.set_postfix(loss=f"{loss_value:.4f}", sps=f"{rate:.1f}")
         bar.update(1)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            _save(ckpt_dir / f"step-{done:07d}.safetensors", model, opt, ema, done, cfg, task, mode, info)
+            _save(ckpt_dir / f"step-{done:07d}.safetensors", model, opt, ema, done, cfg, task, mode, info, budget)
         if cfg.sample_every and done % cfg.sample_every == 0 and done != cfg.steps:
             plain = _eval_model(task, model, ema, mode, info)  # every rank gathers, the main one samples
             if plain is not None:
                 task.samples(plain, done, out_dir / "samples")
+        step = done
     bar.close()
 
     # 5. final samples and released weights (EMA when kept)
