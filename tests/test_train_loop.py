@@ -320,6 +320,12 @@ def test_a_time_budget_sizes_the_run_when_warmup_ends_and_a_resume_keeps_that_le
     assert loop.train(_ClockedTask(clock, 1.0), capped, tmp_path / "capped", progress=False).step == 40
     assert loop.train(_ClockedTask(clock, 7.0), cfg, tmp_path / "spent", progress=False).step == 10
 
+    # a run trained past its warmup without a budget cannot be given one
+    loop.train(_ClockedTask(clock, 1.0), dataclasses.replace(cfg, minutes=0.0, steps=20), tmp_path / "plain",
+               progress=False)
+    with pytest.raises(ValueError, match="give --steps instead"):
+        loop.train(_ClockedTask(clock, 1.0), cfg, tmp_path / "plain", progress=False)
+
 
 def test_a_time_budget_needs_a_warmup_to_measure_the_rate():
     with pytest.raises(ValueError, match="warmup_steps >= 2"):

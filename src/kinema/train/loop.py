@@ -1,8 +1,8 @@
 """One training loop for every model and for 1 process or N under torchrun.
 
 A `Task` says what to train (model, batches, loss, samples, export); this loop says how: bf16 autocast,
-gradient accumulation and clipping, warmup + cosine LR, EMA, progress bar and JSONL metrics, periodic
-samples, atomic checkpoints and exact resume.
+gradient accumulation and clipping, warmup + cosine LR (over a step count or a wall-clock budget), EMA, progress
+bar and JSONL metrics, periodic samples, atomic checkpoints and exact resume.
 
 Exact resume: a batch and the noise of a step are pure functions of (seed, step, micro-step, rank), and
 the checkpoint holds model, optimizer, EMA, step and RNG states, so a run killed after a checkpoint and
@@ -66,6 +66,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+_clock = time.perf_counter  # the time budget's clock (tests replace it)
+
+
 class StepBudget:
     """A run's length from a wall-clock budget (TrainConfig.minutes). It is sized once, when LR warmup ends (the
     schedule does not depend on the length before then), from the rate measured over warmup's later four fifths
@@ -78,8 +81,11 @@ class StepBudget:
         self.enabled = cfg.minutes > 0
         self.steps = int(saved.get("sized_steps", 0)) if self.enabled else cfg.steps  # 0: not sized yet
         self.spent_before = float(saved.get("elapsed_s", 0.0))
+        if self.enabled and not self.sized and start >= cfg.warmup_steps:
+            raise ValueError(f"a time budget is sized during LR warmup (steps 1-{cfg.warmup_steps}), and this run "
+                             f"resumes at step {start}, trained without one: give --steps instead of --minutes")
         self.t0 = _clock()
-        self.window_start = max(start, start + (cfg.warmup_steps - start) // 5)
+        self.window_start = start + (cfg.warmup_steps - start) // 5
         self.t_window = self.t0
         self.rate = float("nan")
 
@@ -105,9 +111,6 @@ class StepBudget:
 
     def state(self) -> dict:
         return {"sized_steps": self.steps, "elapsed_s": self.elapsed()}
-
-
-_clock = time.perf_counter  # the budget's clock (tests replace it)
 
 
 def step_generator(cfg: TrainConfig, step: int, micro: int, info: D.DistInfo) -> torch.Generator:
