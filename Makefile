@@ -91,8 +91,8 @@ shapes-model: $(STAMP)
 # counted from the first stage (less a minute for the export), then exported and judged. Hosts differ about 2x
 # (kinema.precision): on a 2-core EPYC with AVX512-BF16 the DiT got 27 minutes, 7800 steps, 88.5% single-object
 # (session 45). The DiT trains at batch 16 (HOUR_BATCH): on the AVX2-only EPYC, where float32 leaves it 2551 steps of
-# batch 32 (47.5%), the same compute at batch 16 read 67% (session 46). Every stage resumes; the DiT, once past its warmup, keeps the length it was sized to. The hour's
-# start is kept in $(HOUR_RUN)/start (delete it to count from a new start).
+# batch 32 (47.5%), the same compute at batch 16 read 67% (session 46). Every stage resumes; the DiT, once past its
+# warmup, keeps the length it was sized to. The hour's start is kept in $(HOUR_RUN)/start (delete it to count anew).
 HOUR      ?= 60
 HOUR_RUN  ?= runs/shapes-hour
 HOUR_BATCH ?= 16
@@ -103,8 +103,8 @@ shapes-hour: $(STAMP)
 		--foreground-weight $(VAE_FG) --out $(VAE_RUN) --preload
 	$(KINEMA) data synth --n 8192 --out data/shapes-dit-single --seed 3 --objects 1 --holdout $(HOLDOUT)
 	$(KINEMA) vae encode --vae $(VAE_RUN) --data data/shapes-dit-single --out $(LATENTS)
-	$(KINEMA) dit train --latents $(LATENTS) $(DIT) --compile --sample-every 0 --batch-size $(HOUR_BATCH) --out $(HOUR_RUN)/dit \
-		--minutes \
+	$(KINEMA) dit train --latents $(LATENTS) $(DIT) --compile --sample-every 0 --batch-size $(HOUR_BATCH) \
+		--out $(HOUR_RUN)/dit --minutes \
 		$$($(PY) -c "import time; print(round(max(1.0, $(HOUR) - 1 - (time.time() - $$(cat $(HOUR_RUN)/start)) / 60), 2))")
 	$(KINEMA) dit export --run $(HOUR_RUN)/dit --out $(HOUR_RUN)/model --weights ema --fp16 $(SAMPLING)
 	$(KINEMA) eval adherence --model $(HOUR_RUN)/model --n 50 --out $(HOUR_RUN)/adherence

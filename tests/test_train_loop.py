@@ -340,3 +340,16 @@ def test_dit_train_minutes_sizes_the_run_from_the_command_line(tiny_latents, tmp
     train = json.loads((tmp_path / "config.json").read_text())["train"]
     assert train["minutes"] == 0.5 and train["steps"] <= 40  # sized, and --steps is the cap
     assert f"trained to step {train['steps']}," in done.stdout and "minutes fit" in done.stdout
+
+
+def test_minutes_on_the_command_line_uncaps_the_steps_only_when_a_budget_is_given():
+    import argparse
+
+    from kinema.cli.common import UNCAPPED_STEPS, train_config
+
+    preset = TrainConfig(steps=1500, warmup_steps=100)
+    budget = train_config(preset, argparse.Namespace(minutes=20.0, steps=None))
+    assert (budget.minutes, budget.steps) == (20.0, UNCAPPED_STEPS)
+    assert train_config(preset, argparse.Namespace(minutes=20.0, steps=3000)).steps == 3000  # a cap
+    off = train_config(preset, argparse.Namespace(minutes=0.0, steps=None))
+    assert (off.minutes, off.steps) == (0.0, 1500)

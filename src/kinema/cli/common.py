@@ -119,8 +119,9 @@ def train_config(preset, args: argparse.Namespace):
                                                 "ckpt_every", "sample_every", "parallel", "grad_clip")
                  if getattr(args, k, None) is not None}
     if getattr(args, "minutes", None) is not None:
-        overrides["minutes"] = args.minutes
-        overrides.setdefault("steps", UNCAPPED_STEPS)  # the budget sizes the run; --steps given stays a cap
+        overrides["minutes"] = args.minutes  # 0: no budget
+        if args.minutes > 0:
+            overrides.setdefault("steps", UNCAPPED_STEPS)  # the budget sizes the run; --steps given stays a cap
     if getattr(args, "bf16", None) is not None:
         overrides["bf16"] = args.bf16
     if getattr(args, "compile", False):
