@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 TORCH   := torch==2.13.0
 STAMP   := .venv/.installed
 
-.PHONY: demo test test-slow bench lint clean shapes-hour shapes-model shapes-model-two
+.PHONY: demo test test-slow bench lint clean shapes-latents shapes-hour shapes-model shapes-model-two
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -65,12 +65,15 @@ NOISE     ?= 1.4
 DIT       := --preset ref --patch 1x4x4 --prediction x0 --logit-mean $(NOISE) --sample-every 4000
 MIX       := detailed=0.4,free=0.3,medium=0.2,short=0.1
 SAMPLING  := --sampler euler-a --guidance 4
-shapes-model: $(STAMP)
+# the stages shapes-model and shapes-hour share: data, the VAE, the single-object latents
+shapes-latents: $(STAMP)
 	$(KINEMA) data synth --n 4096 --out data/shapes-train --seed 0
 	$(KINEMA) vae train --data data/shapes-train --preset $(VAE_PRESET) --steps $(VAE_STEPS) \
 		--foreground-weight $(VAE_FG) --out $(VAE_RUN) --preload
 	$(KINEMA) data synth --n 8192 --out data/shapes-dit-single --seed 3 --objects 1 --holdout $(HOLDOUT)
 	$(KINEMA) vae encode --vae $(VAE_RUN) --data data/shapes-dit-single --out $(LATENTS)
+
+shapes-model: shapes-latents
 	# single objects, then 8000 more steps from those weights (a cosine restart), judged after each stage
 	$(KINEMA) dit train --latents $(LATENTS) $(DIT) --out $(MODEL)-dit-4k --steps 4000
 	$(KINEMA) dit export --run $(MODEL)-dit-4k --out $(MODEL)-4k --weights ema --fp16 $(SAMPLING)
@@ -98,11 +101,7 @@ HOUR_RUN  ?= runs/shapes-hour
 HOUR_BATCH ?= 16
 shapes-hour: $(STAMP)
 	mkdir -p $(HOUR_RUN) && (test -e $(HOUR_RUN)/start || date +%s > $(HOUR_RUN)/start)
-	$(KINEMA) data synth --n 4096 --out data/shapes-train --seed 0
-	$(KINEMA) vae train --data data/shapes-train --preset $(VAE_PRESET) --steps $(VAE_STEPS) \
-		--foreground-weight $(VAE_FG) --out $(VAE_RUN) --preload
-	$(KINEMA) data synth --n 8192 --out data/shapes-dit-single --seed 3 --objects 1 --holdout $(HOLDOUT)
-	$(KINEMA) vae encode --vae $(VAE_RUN) --data data/shapes-dit-single --out $(LATENTS)
+	$(MAKE) shapes-latents
 	$(KINEMA) dit train --latents $(LATENTS) $(DIT) --compile --sample-every 0 --batch-size $(HOUR_BATCH) \
 		--out $(HOUR_RUN)/dit --minutes \
 		$$($(PY) -c "import time; print(round(max(1.0, $(HOUR) - 1 - (time.time() - $$(cat $(HOUR_RUN)/start)) / 60), 2))")
