@@ -58,8 +58,8 @@ MODEL     ?= runs/shapes-model
 VAE_PRESET ?= shapes-s4c8-lite
 VAE_STEPS ?= 6000
 VAE_FG    ?= 9
-VAE_RUN   := runs/vae-$(VAE_PRESET)-$(VAE_STEPS)-fg$(VAE_FG)
-LATENTS   := data/latents-model-single-$(VAE_PRESET)-$(VAE_STEPS)-fg$(VAE_FG)
+VAE_RUN    = runs/vae-$(VAE_PRESET)-$(VAE_STEPS)-fg$(VAE_FG)
+LATENTS    = data/latents-model-single-$(VAE_PRESET)-$(VAE_STEPS)-fg$(VAE_FG)
 HOLDOUT   := "yellow triangle" "cyan square" "purple diamond" "white circle"
 NOISE     ?= 1.4
 DIT       := --preset ref --patch 1x4x4 --prediction x0 --logit-mean $(NOISE) --sample-every 4000
@@ -99,9 +99,11 @@ shapes-model: shapes-latents
 HOUR      ?= 60
 HOUR_RUN  ?= runs/shapes-hour
 HOUR_BATCH ?= 16
+HOUR_VAE  ?= shapes-s4c8-slim
+shapes-hour: VAE_PRESET = $(HOUR_VAE)
 shapes-hour: $(STAMP)
 	mkdir -p $(HOUR_RUN) && (test -e $(HOUR_RUN)/start || date +%s > $(HOUR_RUN)/start)
-	$(MAKE) shapes-latents
+	$(MAKE) shapes-latents VAE_PRESET=$(VAE_PRESET)
 	$(KINEMA) dit train --latents $(LATENTS) $(DIT) --compile --sample-every 0 --batch-size $(HOUR_BATCH) \
 		--out $(HOUR_RUN)/dit --minutes \
 		$$($(PY) -c "import time; print(round(max(1.0, $(HOUR) - 1 - (time.time() - $$(cat $(HOUR_RUN)/start)) / 60), 2))")

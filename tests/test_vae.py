@@ -299,15 +299,18 @@ def test_vae_train_cli_fine_tunes_a_vae_folder(tiny_dataset, tiny_vae_dir, tmp_p
     assert config["loss"]["foreground_weight"] == 3.0
 
 
-def test_the_lite_shapes_preset_keeps_the_latent_and_narrows_the_deepest_stage():
-    """shapes-s4c8-lite (the from-scratch hour's VAE) encodes to the same latent shape as shapes-s4c8, with 64
-    channels instead of 128 at the deepest stage, so a DiT recipe moves between them unchanged."""
+@pytest.mark.parametrize(("name", "channels", "share"), [("shapes-s4c8-lite", [32, 64, 64], 0.4),
+                                                         ("shapes-s4c8-slim", [16, 32, 64], 0.3)])
+def test_the_narrow_shapes_presets_keep_the_latent(name: str, channels: list[int], share: float):
+    """shapes-s4c8-lite (64 channels instead of 128 at the deepest stage) and shapes-s4c8-slim (half the channels
+    at every stage) encode to the same latent shape as shapes-s4c8 with a fraction of its parameters, so a DiT
+    recipe moves between them unchanged; they train with its settings."""
     from kinema.presets import VAE_PRESETS, VAE_TRAIN, lookup
 
-    full, lite = (lookup(VAE_PRESETS, name, "vae") for name in ("shapes-s4c8", "shapes-s4c8-lite"))
-    assert (full.channels, lite.channels) == ([32, 64, 128], [32, 64, 64])
-    assert lite.latent_shape(17, 64, 64) == full.latent_shape(17, 64, 64) == (8, 5, 16, 16)
-    model = VideoVAE(lite)
+    full, narrow = (lookup(VAE_PRESETS, n, "vae") for n in ("shapes-s4c8", name))
+    assert (full.channels, narrow.channels) == ([32, 64, 128], channels)
+    assert narrow.latent_shape(17, 64, 64) == full.latent_shape(17, 64, 64) == (8, 5, 16, 16)
+    model = VideoVAE(narrow)
     assert model.encode(torch.zeros(1, 3, 9, 16, 16)).shape == (1, 8, 3, 4, 4)
-    assert sum(p.numel() for p in model.parameters()) < 0.4 * sum(p.numel() for p in VideoVAE(full).parameters())
-    assert lookup(VAE_TRAIN, "shapes-s4c8-lite", "vae") == lookup(VAE_TRAIN, "shapes-s4c8", "vae")
+    assert sum(p.numel() for p in model.parameters()) < share * sum(p.numel() for p in VideoVAE(full).parameters())
+    assert lookup(VAE_TRAIN, name, "vae") == lookup(VAE_TRAIN, "shapes-s4c8", "vae")

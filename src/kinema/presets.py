@@ -46,8 +46,16 @@ def vae_shapes_s4c8_lite() -> VAEConfig:
     return dataclasses.replace(vae_shapes_s4c8(), max_channel_mult=2)
 
 
+def vae_shapes_s4c8_slim() -> VAEConfig:
+    """shapes-s4c8 with half its channels at the pixel side (16, 32, 64 instead of 32, 64, 128; 1.4M parameters):
+    1.8x faster to train than `shapes-s4c8-lite` and 2x faster to encode on a 2-core AVX2 EPYC in float32, where
+    the full-resolution stage's convolutions are most of the VAE's time."""
+    return dataclasses.replace(vae_shapes_s4c8(), base_channels=16)
+
+
 VAE_PRESETS = {"tiny": vae_tiny, "shapes": vae_shapes, "shapes-s4": vae_shapes_s4, "shapes-s4c8": vae_shapes_s4c8,
-               "shapes-s4c8-lite": vae_shapes_s4c8_lite, "gpu": vae_gpu}
+               "shapes-s4c8-lite": vae_shapes_s4c8_lite,
+               "shapes-s4c8-slim": vae_shapes_s4c8_slim, "gpu": vae_gpu}
 
 VAE_TRAIN = {
     "tiny": TrainConfig(steps=30, batch_size=4, lr=2e-3, warmup_steps=5, log_every=5, ckpt_every=15),
@@ -56,7 +64,8 @@ VAE_TRAIN = {
     "gpu": TrainConfig(steps=50_000, batch_size=32, lr=5e-4, warmup_steps=1000, log_every=50, ckpt_every=1000,
                        sample_every=5000),
 }
-VAE_TRAIN["shapes-s4"] = VAE_TRAIN["shapes-s4c8"] = VAE_TRAIN["shapes-s4c8-lite"] = VAE_TRAIN["shapes"]
+for _name in ("shapes-s4", "shapes-s4c8", "shapes-s4c8-lite", "shapes-s4c8-slim"):
+    VAE_TRAIN[_name] = VAE_TRAIN["shapes"]
 
 
 def lookup(table: dict, name: str, what: str):
