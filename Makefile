@@ -94,7 +94,9 @@ shapes-model: shapes-latents
 # counted from the first stage (less a minute for the export), then exported and judged. Hosts differ about 2x
 # (kinema.precision): on a 2-core EPYC with AVX512-BF16 the DiT got 27 minutes, 7800 steps, 88.5% single-object
 # (session 45). The DiT trains at batch 16 (HOUR_BATCH): on the AVX2-only EPYC, where float32 leaves it 2551 steps of
-# batch 32 (47.5%), the same compute at batch 16 read 67% (session 46). Every stage resumes; the DiT, once past its
+# batch 32 (47.5%), the same compute at batch 16 read 67% (session 46). The VAE is the narrower `shapes-s4c8-slim`
+# (HOUR_VAE; half the channels, 18.6 minutes instead of 32 there, ceiling 93.8% instead of 98.4%), which leaves the
+# DiT 33.6 minutes: 8848 steps, 78% on that host (session 47). Every stage resumes; the DiT, once past its
 # warmup, keeps the length it was sized to. The hour's start is kept in $(HOUR_RUN)/start (delete it to count anew).
 HOUR      ?= 60
 HOUR_RUN  ?= runs/shapes-hour
