@@ -28,6 +28,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/world.py
 	$(PY) benchmarks/vae.py
+	$(PY) benchmarks/vae_presets.py
 	$(PY) benchmarks/dit.py
 	$(PY) benchmarks/generate.py
 
