@@ -47,15 +47,15 @@ def vae_shapes_s4c8_lite() -> VAEConfig:
 
 
 def vae_shapes_s4c8_slim() -> VAEConfig:
-    """shapes-s4c8 with half its channels at the pixel side (16, 32, 64 instead of 32, 64, 128; 1.4M parameters):
-    1.8x faster to train than `shapes-s4c8-lite` and 2x faster to encode on a 2-core AVX2 EPYC in float32, where
-    the full-resolution stage's convolutions are most of the VAE's time."""
+    """shapes-s4c8 with half its channels at every stage (16, 32, 64 instead of 32, 64, 128; 1.4M parameters):
+    1.8x faster to train than `shapes-s4c8-lite` and 2.1x faster to encode in float32 on a 2-core AVX2 EPYC
+    (`benchmarks/vae_presets.py`), where the convolutions at the pixel side are most of the VAE's time; probe
+    ceiling 93.8% single-object after 6000 steps; `make shapes-hour`'s VAE (learning-efficiency.md, session 47)."""
     return dataclasses.replace(vae_shapes_s4c8(), base_channels=16)
 
 
 VAE_PRESETS = {"tiny": vae_tiny, "shapes": vae_shapes, "shapes-s4": vae_shapes_s4, "shapes-s4c8": vae_shapes_s4c8,
-               "shapes-s4c8-lite": vae_shapes_s4c8_lite,
-               "shapes-s4c8-slim": vae_shapes_s4c8_slim, "gpu": vae_gpu}
+               "shapes-s4c8-lite": vae_shapes_s4c8_lite, "shapes-s4c8-slim": vae_shapes_s4c8_slim, "gpu": vae_gpu}
 
 VAE_TRAIN = {
     "tiny": TrainConfig(steps=30, batch_size=4, lr=2e-3, warmup_steps=5, log_every=5, ckpt_every=15),
