@@ -2,10 +2,11 @@
 
     python benchmarks/vae_presets.py [--repeats 5]
 
-A training step is `kinema vae train`'s: 8 random crops of 9x32x32 through encoder and decoder, L1 on the
-reconstruction, backward, AdamW; encoding is `kinema vae encode`'s: 16 clips of 17x64x64 through the encoder. The
-presets take turns within each round (`paired_seconds`), so a slow spell on a shared machine hits all of them;
-each ratio is the median of the per-round ratios. Precision as `kinema.precision` decides for training."""
+A training step is `kinema vae train`'s: the preset's batch of random 9x32x32 crops through encoder and decoder,
+its loss (`vae_loss` with `--foreground-weight 9`, as the hour trains), backward, AdamW; encoding is `kinema vae
+encode`'s: 16 clips of 17x64x64 through the encoder. The presets take turns within each round (`paired_seconds`),
+so a slow spell on a shared machine hits all of them; each ratio is the median of the per-round ratios. Precision
+as `kinema.precision` decides for training."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, paired_seconds, params  # noqa: E402
 from kinema.precision import autocast, use_bf16  # noqa: E402
 from kinema.presets import VAE_PRESETS, VAE_TRAIN, lookup  # noqa: E402
+from kinema.vae.loss import VAELossConfig, vae_loss  # noqa: E402
 from kinema.vae.model import VideoVAE  # noqa: E402
 
 PRESETS = ("shapes-s4c8", "shapes-s4c8-lite", "shapes-s4c8-slim")
@@ -35,6 +37,7 @@ def main() -> None:
     torch.manual_seed(0)
     crops = torch.rand(lookup(VAE_TRAIN, BASE, "vae").batch_size, 3, 9, 32, 32, device=device) * 2 - 1
     clips = torch.rand(16, 3, 17, 64, 64, device=device) * 2 - 1
+    loss_cfg = VAELossConfig(foreground_weight=9.0)
     train, encode, sizes = {}, {}, {}
     for name in PRESETS:
         model = VideoVAE(lookup(VAE_PRESETS, name, "vae")).to(device)
@@ -43,8 +46,7 @@ def main() -> None:
 
         def step(model=model, opt=opt) -> None:
             with autocast(device, fast):
-                recon, _, _ = model(crops)
-                loss = (recon.float() - crops).abs().mean()
+                loss, _ = vae_loss(crops, *model(crops), loss_cfg)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -48,7 +48,7 @@ def vae_shapes_s4c8_lite() -> VAEConfig:
 
 def vae_shapes_s4c8_slim() -> VAEConfig:
     """shapes-s4c8 with half its channels at every stage (16, 32, 64 instead of 32, 64, 128; 1.4M parameters):
-    1.8x faster to train than `shapes-s4c8-lite` and 2.1x faster to encode in float32 on a 2-core AVX2 EPYC
+    1.8-1.9x faster to train than `shapes-s4c8-lite` and 2.0-2.1x faster to encode in float32 on a 2-core AVX2 EPYC
     (`benchmarks/vae_presets.py`), where the convolutions at the pixel side are most of the VAE's time; probe
     ceiling 93.8% single-object after 6000 steps; `make shapes-hour`'s VAE (learning-efficiency.md, session 47)."""
     return dataclasses.replace(vae_shapes_s4c8(), base_channels=16)
