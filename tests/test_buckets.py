@@ -214,3 +214,40 @@ def test_foreground_weight_counts_from_its_step_on(tiny_latents, tmp_path):
           "--out", str(tmp_path / "run")])
     model_cfg = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
     assert (model_cfg["foreground_weight"], model_cfg["foreground_from"]) == (4.0, 1)
+
+
+def test_foreground_weight_counts_from_a_share_of_the_run(tiny_latents, tmp_path, capsys):
+    """--foreground-from N%: off until the loop tells the task the run's length, then from round(N% x steps) on,
+    as the step form would be; the CLI parses both forms and refuses others by name."""
+    from kinema.cli import main
+    from kinema.diffusion.objectives import FlowObjective
+    from kinema.presets import DIT_PRESETS
+    from kinema.train.distributed import DistInfo
+    from kinema.train.dit_task import DiTTask
+
+    data = LatentDataset(tiny_latents)
+
+    def task(**kw) -> DiTTask:
+        return DiTTask(data, DIT_PRESETS["tiny"](), FlowObjective(prediction="x0"), batch_size=2,
+                       foreground_weight=4.0, **kw)
+
+    share, step = task(foreground_from_share=0.45), task(foreground_from=9)
+    assert not share.batch(15, 0, DistInfo())["foreground"]  # the length is not known yet: the weight waits
+    share.set_run_steps(20)
+    for s in (0, 8, 9, 19):
+        assert share.batch(s, 0, DistInfo())["foreground"] == step.batch(s, 0, DistInfo())["foreground"] == (s >= 9)
+    assert share.model_config()["foreground_from_share"] == 0.45
+    for bad in ({"foreground_from_share": 1.0}, {"foreground_from_share": 0.5, "foreground_from": 3}):
+        with pytest.raises(ValueError, match="foreground_from_share"):
+            task(**bad)
+    base = ["dit", "train", "--latents", str(tiny_latents), "--preset", "tiny", "--foreground-weight", "4",
+            "--steps", "4", "--batch-size", "2", "--sample-every", "0"]
+    main([*base, "--foreground-from", "50%", "--out", str(tmp_path / "run")])
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    model_cfg = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert model_cfg["foreground_from_share"] == 0.5 and "foreground_from" not in model_cfg
+    assert metrics[-1]["step"] == 4
+    for text, message in (("100%", "under 100%"), ("-2", "a step must be >= 0"), ("half", "expected a step")):
+        with pytest.raises(SystemExit):
+            main([*base, "--foreground-from", text, "--out", str(tmp_path / "bad")])
+        assert message in capsys.readouterr().err

@@ -327,6 +327,41 @@ def test_a_time_budget_sizes_the_run_when_warmup_ends_and_a_resume_keeps_that_le
         loop.train(_ClockedTask(clock, 1.0), cfg, tmp_path / "plain", progress=False)
 
 
+class _ListeningTask(_ClockedTask):
+    """Records what the loop tells it of the run's length, and at which step it heard it."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.heard: list[tuple[int, int]] = []
+        self.step = 0
+
+    def batch(self, step, micro, info):
+        self.step = step
+        return super().batch(step, micro, info)
+
+    def set_run_steps(self, steps):
+        self.heard.append((self.step, steps))
+
+
+def test_the_loop_tells_a_listening_task_the_run_length_also_when_a_budget_sizes_it(tmp_path, monkeypatch):
+    from kinema.train import loop
+
+    clock = [0.0]
+    monkeypatch.setattr(loop, "_clock", lambda: clock[0])
+    plain = _ListeningTask(clock, 1.0)
+    loop.train(plain, TrainConfig(steps=20, warmup_steps=10, batch_size=8, lr=1e-2), tmp_path / "plain",
+               progress=False)
+    assert plain.heard == [(0, 20)]  # before the first step
+    cfg = TrainConfig(steps=10**9, minutes=1.0, warmup_steps=10, batch_size=8, log_every=5, ckpt_every=20, lr=1e-2)
+    budget = _ListeningTask(clock, 1.0, stop_at=25)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(budget, cfg, tmp_path / "budget", progress=False)
+    assert budget.heard == [(9, 60)]  # nothing until warmup's last step sized the run
+    resumed = _ListeningTask(clock, 2.0)
+    assert loop.train(resumed, cfg, tmp_path / "budget", progress=False).step == 60
+    assert resumed.heard == [(0, 60)]  # a resumed run keeps its sized length and says so before its first step
+
+
 def test_a_time_budget_needs_a_warmup_to_measure_the_rate():
     with pytest.raises(ValueError, match="warmup_steps >= 2"):
         TrainConfig(minutes=5, warmup_steps=0)

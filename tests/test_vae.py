@@ -281,8 +281,9 @@ def test_pixel_shape_inverts_latent_shape(cfg):
         assert cfg.pixel_shape(f, h, w) == (frames, size, 2 * size)
 
 
-def test_vae_train_cli_fine_tunes_a_vae_folder(tiny_dataset, tiny_vae_dir, tmp_path):
-    """--init-from takes the folder's architecture (not --preset's) and --decoder-only keeps its encoder."""
+def test_vae_train_cli_fine_tunes_a_vae_folder(tiny_dataset, tiny_vae_dir, tmp_path, capsys):
+    """--init-from takes the folder's architecture (not --preset's) and --decoder-only keeps its encoder; run again
+    on the finished run, it says there is nothing to do."""
     import json
 
     from kinema.cli import main
@@ -297,6 +298,11 @@ def test_vae_train_cli_fine_tunes_a_vae_folder(tiny_dataset, tiny_vae_dir, tmp_p
     assert config["vae"] == json.loads((tiny_vae_dir / "vae.json").read_text())
     assert config["loss"]["edge_weight"] == 0.5 and config["init_from"]["decoder_only"] is True
     assert config["loss"]["foreground_weight"] == 3.0
+    capsys.readouterr()
+    main(["vae", "train", "--data", str(tiny_dataset), "--init-from", str(tiny_vae_dir), "--decoder-only",  # again
+          "--edge-weight", "0.5", "--foreground-weight", "3", "--steps", "2", "--batch-size", "2", "--crop-size", "16",
+          "--crop-frames", "5", "--sample-every", "0", "--out", str(tmp_path / "run")])
+    assert capsys.readouterr().out.strip().endswith("already trained to step 2; nothing to do")  # not "loss nan"
 
 
 @pytest.mark.parametrize(("name", "channels", "share"), [("shapes-s4c8-lite", [32, 64, 64], 0.4),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kinema.cli.common import add_train_flags, parse_fhw, parse_tx_s, train_config
+from kinema.cli.common import add_train_flags, parse_fhw, parse_tx_s, train_config, trained_line
 
 
 def _captioner_data(args: argparse.Namespace):
@@ -40,7 +40,7 @@ def cmd_caption_train(args: argparse.Namespace) -> None:
     cfg = train_config(CAPTIONER_TRAIN, args)
     task = CaptionerTask(data, model_cfg, vocab, cfg.batch_size, subset, cfg.grad_accum, cfg.seed)
     result = train(task, cfg, args.out)
-    print(f"trained to step {result.step}, loss {result.last_loss:.4f}; weights: {result.exported}")
+    print(trained_line(result, f"weights: {result.exported}"))
 
 
 def cmd_caption_run(args: argparse.Namespace) -> None:

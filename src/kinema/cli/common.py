@@ -131,6 +131,14 @@ def train_config(preset, args: argparse.Namespace):
     return dataclasses.replace(preset, **overrides)
 
 
+def trained_line(result, made: str) -> str:
+    """A train command's last line: the step, the loss and what it made (e.g. "weights: PATH"); a run that was
+    already at its last step trained nothing, and says so instead of a NaN loss."""
+    if result.exported is None and result.last_loss != result.last_loss:  # NaN: no step ran
+        return f"{result.out_dir}: already trained to step {result.step}; nothing to do"
+    return f"trained to step {result.step}, loss {result.last_loss:.4f}; {made}"
+
+
 def add_train_flags(p: argparse.ArgumentParser, presets: list[str], default: str) -> None:
     p.add_argument("--preset", choices=presets, default=default)
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, samples, weights")

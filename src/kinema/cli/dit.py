@@ -15,6 +15,7 @@ from kinema.cli.common import (
     parse_fhw,
     parse_size,
     train_config,
+    trained_line,
 )
 
 
@@ -43,12 +44,13 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
     task = DiTTask(data, model_cfg, objective, cfg.batch_size, cfg.grad_accum, seed=cfg.seed,
                    vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None,
                    init_from=Path(args.init_from) if args.init_from else None, foreground_weight=args.foreground_weight,
-                   foreground_of=args.foreground_of, foreground_from=args.foreground_from,
+                   foreground_of=args.foreground_of, foreground_from=args.foreground_from[0],
+                   foreground_from_share=args.foreground_from[1],
                    grounding_weight=args.grounding_weight,
                    **({"caption_mix": _check_mix(args.caption_mix, data)} if args.caption_mix else {}))
     _plan_or_refuse(args, cfg, data, task.model_cfg)  # the model it trains: overrides and the text width
     result = train(task, cfg, args.out)
-    print(f"trained to step {result.step}, loss {result.last_loss:.4f}; model folder: {Path(args.out) / 'model'}")
+    print(trained_line(result, f"model folder: {Path(args.out) / 'model'}"))
 
 
 def parse_caption_mix(text: str) -> dict[str, float]:
@@ -70,6 +72,23 @@ def parse_caption_mix(text: str) -> dict[str, float]:
     if not any(mix.values()):
         raise argparse.ArgumentTypeError(f"{text!r}: every weight is 0")
     return mix
+
+
+def _step_or_share(text: str) -> tuple[int, float]:
+    """'3000' -> (3000, 0.0), a step; '45%' -> (0, 0.45), a share of the run's steps."""
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1]) / 100
+            if not 0 <= share < 1:
+                raise argparse.ArgumentTypeError(f"{text!r}: a share must be from 0% to under 100%")
+            return 0, share
+        step = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a step (e.g. 3000) or a share of the run (e.g. "
+                                         "45%)") from None
+    if step < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a step must be >= 0")
+    return step, 0.0
 
 
 def _check_mix(mix: dict[str, float], data) -> dict[str, float]:
@@ -251,8 +270,9 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--foreground-of", choices=["clip", "either"], default="clip", help="whose objects "
                    "--foreground-weight weights: the clip's, or also those the model drew where the clip has none "
                    "(either: an extra copy then costs what a missing object does)")
-    p.add_argument("--foreground-from", type=int, default=0, metavar="STEP", help="--foreground-weight counts "
-                   "from this step on (default 0: every step), e.g. once layout and motion are learned")
+    p.add_argument("--foreground-from", type=_step_or_share, default=(0, 0.0), metavar="STEP|N%",
+                   help="--foreground-weight counts from this step on, or from N%% of the run's steps (a --minutes "
+                   "run's too; default 0: every step), e.g. once layout and motion are learned")
     p.add_argument("--grounding-weight", type=float, default=0.0, metavar="W", help="add W x a cross-attention "
                    "grounding loss (TokenCompose): each object's clause token should be read by the video tokens "
                    "where that object is (needs a cache of clause tokens, text encoder '...+clauses', made from a "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kinema.cli.common import add_text_encoder_flag, add_train_flags, train_config
+from kinema.cli.common import add_text_encoder_flag, add_train_flags, train_config, trained_line
 
 
 def cmd_vae_train(args: argparse.Namespace) -> None:
@@ -32,7 +32,7 @@ def cmd_vae_train(args: argparse.Namespace) -> None:
                    crop_frames=args.crop_frames, crop_size=args.crop_size, seed=cfg.seed, preload=args.preload,
                    init_from=Path(args.init_from) if args.init_from else None, decoder_only=args.decoder_only)
     result = train(task, cfg, args.out)
-    print(f"trained to step {result.step}, loss {result.last_loss:.4f}; weights: {result.exported}")
+    print(trained_line(result, f"weights: {result.exported}"))
 
 
 def cmd_vae_eval(args: argparse.Namespace) -> None:

@@ -96,8 +96,11 @@ class DiTTask:
     foreground_of: str = "clip"  # whose objects: "clip" (the clip's), or "either" (also where the model drew one)
     # the step from which foreground_weight counts (0: every step): e.g. once layout and motion are learned
     # (docs/experiments/learning-efficiency.md, session 45: from the hour's middle +6.5 points on one latent, -1 on
-    # another; from its start -2)
+    # another; from its start -2; session 48: +4 on a third, the hour's default since)
     foreground_from: int = 0
+    # or a share of the run's steps (0 < share < 1; the loop tells the task its length, sized by a --minutes budget
+    # too): the hour's recipe, whose step count is not known before its warmup ends (session 48)
+    foreground_from_share: float = 0.0
     # weight of the cross-attention grounding loss (train.grounding: each object's clause token read where that
     # object is; needs clause tokens and a shapes-world source with scenes); 0: none
     grounding_weight: float = 0.0
@@ -113,6 +116,12 @@ class DiTTask:
         if self.foreground_from and not self.foreground_weight:
             raise ValueError(f"foreground_from: {self.foreground_from} with no foreground_weight; the step says when "
                              f"the weight starts (e.g. `--foreground-weight 4 --foreground-from 3000`)")
+        if not 0 <= self.foreground_from_share < 1:
+            raise ValueError(f"foreground_from_share: {self.foreground_from_share}; expected a share 0 <= s < 1")
+        if self.foreground_from_share and (self.foreground_from or not self.foreground_weight):
+            raise ValueError(f"foreground_from_share: {self.foreground_from_share} needs a foreground_weight and no "
+                             f"foreground_from step (e.g. `--foreground-weight 4 --foreground-from 45%`)")
+        self._run_steps: int | None = None  # the run's length, once the loop knows it (set_run_steps)
         if self.foreground_of not in ("clip", "either"):
             raise ValueError(f"foreground_of: {self.foreground_of!r}; expected 'clip' or 'either'")
         if self.grounding_weight and getattr(self.model_cfg, "joint_attention", True):
@@ -173,7 +182,20 @@ class DiTTask:
                 config["foreground_of"] = self.foreground_of
             if self.foreground_from:
                 config["foreground_from"] = self.foreground_from
+            if self.foreground_from_share:
+                config["foreground_from_share"] = self.foreground_from_share
         return config
+
+    def set_run_steps(self, steps: int) -> None:
+        """The loop's word of the run's length (train/loop.py): where a share of it starts the foreground weight."""
+        self._run_steps = steps
+
+    def _foreground_on(self, step: int) -> bool:
+        if not self.foreground_weight:
+            return False
+        if self.foreground_from_share:  # off until the run's length is known (a --minutes budget: after warmup)
+            return self._run_steps is not None and step >= round(self.foreground_from_share * self._run_steps)
+        return step >= self.foreground_from
 
     def tokens_per_sample(self) -> int:
         c, f, h, w = self.data.latent_shape
@@ -220,7 +242,7 @@ class DiTTask:
         to = info.device
         out = {"x0": b.latents.to(to), "text": (b.text * mask[..., None]).to(to), "text_mask": mask.to(to),
                "cond": b.latents.to(to), "cond_mask": cond_mask.to(to),
-               "foreground": bool(self.foreground_weight) and step >= self.foreground_from}
+               "foreground": self._foreground_on(step)}
         if self.grounding_weight:
             owner, token_masks = self._grounding.batch(idx, b.captions, mask)
             out |= {"ground_owner": owner.to(to), "ground_masks": token_masks.to(to)}

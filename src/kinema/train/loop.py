@@ -44,6 +44,12 @@ class Task(Protocol):
     def start(self, out_dir: Path) -> None: ...  # before the first step (and on resume), main rank only
     def export(self, state_dict: dict[str, torch.Tensor], out_dir: Path) -> Path: ...
     def tokens_per_sample(self) -> int: ...
+    # optional: `set_run_steps(steps)`, told the run's length at the start and again when a --minutes budget sizes it
+
+
+def _tell_run_steps(task: Task, steps: int) -> None:
+    if hasattr(task, "set_run_steps"):
+        task.set_run_steps(steps)
 
 
 class NonFiniteError(ValueError):
@@ -229,6 +235,8 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, progress: bool = Tr
     budget = StepBudget(cfg, start, ckpt.get("budget") if ckpt else None)
     if budget.enabled and budget.sized:  # a resumed run keeps the length it was sized to
         cfg = dataclasses.replace(cfg, steps=budget.steps)
+    if not budget.enabled or budget.sized:  # an unsized budget's length comes after warmup
+        _tell_run_steps(task, cfg.steps)
 
     # 3. steps
     bf16 = use_bf16(cfg.bf16, info.device)  # "auto": only where bf16 is fast (precision.py)
@@ -272,6 +280,7 @@ def train(task: Task, cfg: TrainConfig, out_dir: str | Path, progress: bool = Tr
         done = step + 1
         if budget.after_step(done, cfg, info):
             cfg = dataclasses.replace(cfg, steps=budget.steps)
+            _tell_run_steps(task, cfg.steps)
             bar.total = cfg.steps
             if info.is_main:
                 write_config()
