@@ -99,8 +99,8 @@ shapes-model: shapes-latents
 # (HOUR_VAE; half the channels, 18.6 minutes instead of 32 there, ceiling 93.8% instead of 98.4%), which leaves the
 # DiT 33.6 minutes: 8848 steps, 78% on that host (session 47). From 45% of its steps on, the DiT's loss counts object
 # positions 5x (HOUR_FG; once layout and motion are learned): 82% against 78% at the same steps there, and this
-# target end to end 80.5% at 59.5 minutes (session 48).
-# Every stage resumes; the DiT, once past its warmup, keeps the length it was sized to. The hour's start is kept in $(HOUR_RUN)/start (delete it to count anew).
+# target end to end 80.5% at 59.5 minutes (session 48). Every stage resumes; the DiT, once past its warmup, keeps
+# the length it was sized to. The hour's start is kept in $(HOUR_RUN)/start (delete it to count anew).
 HOUR      ?= 60
 HOUR_RUN  ?= runs/shapes-hour
 HOUR_BATCH ?= 16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -134,7 +135,7 @@ def train_config(preset, args: argparse.Namespace):
 def trained_line(result, made: str) -> str:
     """A train command's last line: the step, the loss and what it made (e.g. "weights: PATH"); a run that was
     already at its last step trained nothing, and says so instead of a NaN loss."""
-    if result.exported is None and result.last_loss != result.last_loss:  # NaN: no step ran
+    if result.exported is None and math.isnan(result.last_loss):  # the loss of no step
         return f"{result.out_dir}: already trained to step {result.step}; nothing to do"
     return f"trained to step {result.step}, loss {result.last_loss:.4f}; {made}"
 
