@@ -251,3 +251,27 @@ def test_foreground_weight_counts_from_a_share_of_the_run(tiny_latents, tmp_path
         with pytest.raises(SystemExit):
             main([*base, "--foreground-from", text, "--out", str(tmp_path / "bad")])
         assert message in capsys.readouterr().err
+
+
+def test_late_logit_mean_moves_the_noise_centre_when_the_foreground_weight_starts(tiny_latents, monkeypatch):
+    """--late-logit-mean: the flow loss draws its noise levels around the late centre from the step the foreground
+    weight starts, around --logit-mean before it; it needs that step, and is saved with the run's model config."""
+    from kinema.diffusion.objectives import FlowObjective
+    from kinema.presets import DIT_PRESETS
+    from kinema.train.distributed import DistInfo
+    from kinema.train.dit_task import DiTTask
+
+    data = LatentDataset(tiny_latents)
+    task = DiTTask(data, DIT_PRESETS["tiny"](), FlowObjective(prediction="x0", logit_mean=1.4), batch_size=2,
+                   foreground_weight=4.0, foreground_from=3, late_logit_mean=-0.5)
+    centres = []
+    plain = FlowObjective.loss
+    monkeypatch.setattr(FlowObjective, "loss",
+                        lambda self, *a, **k: centres.append(self.logit_mean) or plain(self, *a, **k))
+    model = task.build_model()
+    for step in (0, 2, 3, 7):
+        task.loss(model, task.batch(step, 0, DistInfo()), torch.Generator().manual_seed(step))
+    assert centres == [1.4, 1.4, -0.5, -0.5]
+    assert task.model_config()["late_logit_mean"] == -0.5
+    with pytest.raises(ValueError, match="late_logit_mean"):
+        DiTTask(data, DIT_PRESETS["tiny"](), FlowObjective(), batch_size=2, late_logit_mean=0.0)

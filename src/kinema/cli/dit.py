@@ -45,7 +45,7 @@ def cmd_dit_train(args: argparse.Namespace) -> None:
                    vae_dir=Path(data.meta["vae"]) if data.meta.get("vae") else None,
                    init_from=Path(args.init_from) if args.init_from else None, foreground_weight=args.foreground_weight,
                    foreground_of=args.foreground_of, foreground_from=args.foreground_from[0],
-                   foreground_from_share=args.foreground_from[1],
+                   foreground_from_share=args.foreground_from[1], late_logit_mean=args.late_logit_mean,
                    grounding_weight=args.grounding_weight,
                    **({"caption_mix": _check_mix(args.caption_mix, data)} if args.caption_mix else {}))
     _plan_or_refuse(args, cfg, data, task.model_cfg)  # the model it trains: overrides and the text width
@@ -273,6 +273,8 @@ def add_dit_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--foreground-from", type=_step_or_share, default=(0, 0.0), metavar="STEP|N%",
                    help="--foreground-weight counts from this step on, or from N%% of the run's steps (a --minutes "
                    "run's too; default 0: every step), e.g. once layout and motion are learned")
+    p.add_argument("--late-logit-mean", type=float, metavar="M", help="the flow noise centre (--logit-mean) from "
+                   "--foreground-from on: e.g. high noise first for layout and motion, then lower for shapes")
     p.add_argument("--grounding-weight", type=float, default=0.0, metavar="W", help="add W x a cross-attention "
                    "grounding loss (TokenCompose): each object's clause token should be read by the video tokens "
                    "where that object is (needs a cache of clause tokens, text encoder '...+clauses', made from a "

@@ -101,6 +101,9 @@ class DiTTask:
     # or a share of the run's steps (0 < share < 1; the loop tells the task its length, sized by a --minutes budget
     # too): the hour's recipe, whose step count is not known before its warmup ends (session 48)
     foreground_from_share: float = 0.0
+    # the flow objective's logit-normal noise centre from the step the foreground weight starts (None: unchanged):
+    # high noise first for layout and motion, then lower noise for the objects' shapes
+    late_logit_mean: float | None = None
     # weight of the cross-attention grounding loss (train.grounding: each object's clause token read where that
     # object is; needs clause tokens and a shapes-world source with scenes); 0: none
     grounding_weight: float = 0.0
@@ -121,6 +124,11 @@ class DiTTask:
         if self.foreground_from_share and (self.foreground_from or not self.foreground_weight):
             raise ValueError(f"foreground_from_share: {self.foreground_from_share} needs a foreground_weight and no "
                              f"foreground_from step (e.g. `--foreground-weight 4 --foreground-from 45%`)")
+        if self.late_logit_mean is not None and not (self.foreground_from or self.foreground_from_share):
+            raise ValueError(f"late_logit_mean: {self.late_logit_mean} needs the step it starts from, "
+                             f"--foreground-from (e.g. `--foreground-weight 4 --foreground-from 45%`)")
+        if self.late_logit_mean is not None and not hasattr(self.objective, "logit_mean"):
+            raise ValueError("late_logit_mean: sets the flow objective's noise centre; this objective has none")
         self._run_steps: int | None = None  # the run's length, once the loop knows it (set_run_steps)
         if self.foreground_of not in ("clip", "either"):
             raise ValueError(f"foreground_of: {self.foreground_of!r}; expected 'clip' or 'either'")
@@ -184,6 +192,8 @@ class DiTTask:
                 config["foreground_from"] = self.foreground_from
             if self.foreground_from_share:
                 config["foreground_from_share"] = self.foreground_from_share
+        if self.late_logit_mean is not None:
+            config["late_logit_mean"] = self.late_logit_mean
         return config
 
     def set_run_steps(self, steps: int) -> None:
@@ -258,7 +268,10 @@ class DiTTask:
     def loss(self, model: nn.Module, batch: dict, generator: torch.Generator):
         def flow_loss() -> torch.Tensor:
             weight = self._loss_weight(batch["x0"]) if batch["foreground"] else None
-            return self.objective.loss(model, batch["x0"], generator, weight,
+            objective = self.objective
+            if batch["foreground"] and self.late_logit_mean is not None:
+                objective = dataclasses.replace(objective, logit_mean=self.late_logit_mean)
+            return objective.loss(model, batch["x0"], generator, weight,
                                        text=batch["text"], text_mask=batch["text_mask"], cond=batch["cond"],
                                        cond_mask=batch["cond_mask"])
 
