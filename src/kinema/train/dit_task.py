@@ -272,8 +272,8 @@ class DiTTask:
             if batch["foreground"] and self.late_logit_mean is not None:
                 objective = dataclasses.replace(objective, logit_mean=self.late_logit_mean)
             return objective.loss(model, batch["x0"], generator, weight,
-                                       text=batch["text"], text_mask=batch["text_mask"], cond=batch["cond"],
-                                       cond_mask=batch["cond_mask"])
+                                  text=batch["text"], text_mask=batch["text_mask"], cond=batch["cond"],
+                                  cond_mask=batch["cond_mask"])
 
         if not self.grounding_weight:
             return flow_loss(), {}
