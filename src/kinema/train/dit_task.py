@@ -259,6 +259,13 @@ class DiTTask:
         return out
 
     @cached_property
+    def _late_objective(self) -> Objective:
+        """The objective of the steps the foreground weight is on: its noise centre moved to late_logit_mean."""
+        if self.late_logit_mean is None:
+            return self.objective
+        return dataclasses.replace(self.objective, logit_mean=self.late_logit_mean)
+
+    @cached_property
     def _grounding(self) -> GroundingTargets:
         vae_cfg = from_dict(VAEConfig, self.data.meta["vae_config"], where="latent cache meta.json vae_config")
         frames = vae_cfg.pixel_frames(self.data.latent_shape[1])
@@ -268,9 +275,7 @@ class DiTTask:
     def loss(self, model: nn.Module, batch: dict, generator: torch.Generator):
         def flow_loss() -> torch.Tensor:
             weight = self._loss_weight(batch["x0"]) if batch["foreground"] else None
-            objective = self.objective
-            if batch["foreground"] and self.late_logit_mean is not None:
-                objective = dataclasses.replace(objective, logit_mean=self.late_logit_mean)
+            objective = self._late_objective if batch["foreground"] else self.objective
             return objective.loss(model, batch["x0"], generator, weight,
                                   text=batch["text"], text_mask=batch["text_mask"], cond=batch["cond"],
                                   cond_mask=batch["cond_mask"])
